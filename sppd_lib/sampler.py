@@ -1,0 +1,307 @@
+"""SPPD tree-based self-sampling (SPPD_METHOD.md §3) over any engine.
+
+Per problem, ``k`` passes. A pass descends from the root, choosing a child with probability
+proportional to exp(mean token log-prob of its step), until it reaches a node without
+children; if that node is not terminal it is expanded with ``c`` sampled next steps. All
+expansions pending across a batch of problems go to the engine in one call per pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Container, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from sppd_lib.config import option
+from sppd_lib.data import Problem
+from sppd_lib.engines import Engine, SamplingSettings
+from sppd_lib.grading import extract_answer, grade
+from sppd_lib.prompts import DEFAULT_STEP_DELIMITER, SYSTEM_PROMPT, has_final_answer
+from sppd_lib.prompts import prompt_token_ids as build_prompt_ids
+from sppd_lib.tree import StepNode, StepTree, read_trees, write_trees
+
+__all__ = [
+    "SamplerConfig",
+    "grade_leaves",
+    "merge_tree_files",
+    "sample_to_file",
+    "sample_trees",
+    "shard",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplerConfig:
+    """Tree self-sampling. Where the paper is silent the default is ours (marked 'ours')."""
+
+    k: int = option(16, "Passes (selection + expansion) per problem; the paper uses 64.")
+    c: int = option(2, "Children sampled per expansion; the paper uses 2.")
+    temperature: float = option(0.7, "Sampling temperature (ours; the paper does not state it).")
+    top_p: float = option(1.0, "Nucleus sampling threshold (ours).")
+    max_step_tokens: int = option(128, "Token budget of one step (ours).")
+    max_depth: int = option(16, "Steps per path before a node is terminal (ours).")
+    max_total_tokens: int = option(
+        512, "Generated tokens per path before a node is terminal (ours)."
+    )
+    step_delimiter: str = option(DEFAULT_STEP_DELIMITER, "A step ends at this string (ours).")
+    answer_format: str = option(
+        "boxed",
+        "What makes a path complete: 'boxed' (a step with \\boxed{}, the paper) or 'any' (also "
+        "a path that ends at EOS with an extractable answer: for small models that never box).",
+    )
+    selection: str = option(
+        "logprob",
+        "Child choice on descent: 'logprob' (∝ exp(mean step log-prob), the paper) or 'uniform'.",
+    )
+    skip_closed: bool = option(
+        True,
+        "Descend only into subtrees that can still grow, so no pass is spent on a finished "
+        "branch (ours; the paper's passes may end on a terminal leaf).",
+    )
+    problems_per_batch: int = option(16, "Problems whose expansions share one engine call.")
+    seed: int = option(0, "Seed of selection and sampling: the same seed gives the same trees.")
+    system_prompt: str = option(SYSTEM_PROMPT, "System message of the chat prompt.")
+
+    def __post_init__(self) -> None:
+        for name in ("k", "c", "max_step_tokens", "max_depth", "max_total_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sampler.{name} must be >= 1, got {getattr(self, name)}")
+        if self.answer_format not in ("boxed", "any"):
+            raise ValueError(
+                f"sampler.answer_format must be 'boxed' or 'any', not {self.answer_format!r}"
+            )
+        if self.selection not in ("logprob", "uniform"):
+            raise ValueError(
+                f"sampler.selection must be 'logprob' or 'uniform', not {self.selection!r}"
+            )
+        if not self.step_delimiter:
+            raise ValueError("sampler.step_delimiter must be a non-empty string")
+
+
+def _select(tree: StepTree, rng: random.Random, config: SamplerConfig) -> StepNode | None:
+    """Descend from the root to a node without children; ``None`` when the tree is finished."""
+    node = tree.root
+    if config.skip_closed and tree.is_closed(node.id):
+        return None
+    while True:
+        children = tree.children(node.id)
+        if config.skip_closed:
+            children = [child for child in children if not tree.is_closed(child.id)]
+        if not children:
+            return node
+        if config.selection == "uniform":
+            node = rng.choice(children)
+        else:  # ∝ exp(mean log-prob), shifted by the max for numerical safety
+            top = max(child.mean_logprob for child in children)
+            weights = [math.exp(child.mean_logprob - top) for child in children]
+            node = rng.choices(children, weights=weights)[0]
+
+
+def _mark_terminal(tree: StepTree, node: StepNode, config: SamplerConfig) -> None:
+    path_tokens = sum(len(step.token_ids) for step in tree.path(node.id))
+    if has_final_answer(node.text):
+        node.terminal, node.terminal_reason = True, "answer"
+    elif node.finish_reason == "eos":
+        node.terminal = True
+        has_answer = config.answer_format == "any" and extract_answer(tree.path_text(node.id))
+        node.terminal_reason = "answer" if has_answer else "eos"
+    elif node.depth >= config.max_depth:
+        node.terminal, node.terminal_reason = True, "max_depth"
+    elif path_tokens >= config.max_total_tokens:
+        node.terminal, node.terminal_reason = True, "max_tokens"
+
+
+def grade_leaves(tree: StepTree) -> None:
+    """Record the extracted answer and its correctness on every terminal node."""
+    for node in tree.nodes:
+        if node.terminal:
+            result = grade(tree.path_text(node.id), tree.problem.answer)
+            node.answer, node.correct = result.pred, result.correct
+
+
+def _batches(items: Sequence[Problem], size: int) -> Iterator[Sequence[Problem]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def sample_trees(
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Iterable[Problem],
+    config: SamplerConfig,
+    *,
+    progress: bool = True,
+    meta: dict | None = None,
+    skip_batches: Container[int] = (),
+) -> Iterator[StepTree]:
+    """Sample one step tree per problem; trees are yielded batch by batch, in problem order.
+
+    Batch ``b`` is always ``problems[b * problems_per_batch :][:problems_per_batch]`` and its
+    seeds depend on ``b`` only, so skipping finished batches (``skip_batches``, for resuming)
+    gives the same trees for the others. Each tree's ``meta`` records its batch and index.
+    """
+    problems = list(problems)
+    for batch_index, batch in enumerate(_batches(problems, config.problems_per_batch)):
+        if batch_index in skip_batches:
+            continue
+        first_index = batch_index * config.problems_per_batch
+        trees = [
+            StepTree(
+                problem,
+                build_prompt_ids(tokenizer, problem.question, config.system_prompt),
+                meta={
+                    "sampler": asdict(config),
+                    **(meta or {}),
+                    "batch": batch_index,
+                    "problem_index": first_index + offset,
+                },
+            )
+            for offset, problem in enumerate(batch)
+        ]
+        # One generator per problem, seeded by its id: selection does not depend on batching.
+        rngs = [random.Random(f"{config.seed}/{p.id}") for p in batch]
+        bar = tqdm(
+            range(config.k), desc=f"trees {batch_index + 1}", unit="pass", disable=not progress
+        )
+        for pass_index in bar:
+            jobs = []
+            for tree, rng in zip(trees, rngs, strict=True):
+                node = _select(tree, rng, config)
+                if node is not None and not node.terminal:
+                    jobs.append((tree, node))
+            if not jobs:
+                break
+            settings = SamplingSettings(
+                max_tokens=config.max_step_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                stop=config.step_delimiter,
+                seed=config.seed * 1_000_003 + batch_index * 1_009 + pass_index,
+            )
+            results = engine.sample([t.prefix_ids(n.id) for t, n in jobs], config.c, settings)
+            for (tree, node), continuations in zip(jobs, results, strict=True):
+                for continuation in continuations:
+                    child = tree.add_child(
+                        node.id,
+                        text=continuation.text,
+                        token_ids=list(continuation.token_ids),
+                        logprobs=list(continuation.logprobs),
+                        finish_reason=continuation.finish_reason,
+                    )
+                    _mark_terminal(tree, child, config)
+            bar.set_postfix(nodes=sum(len(t.nodes) - 1 for t in trees))
+        for tree in trees:
+            grade_leaves(tree)
+            yield tree
+
+
+# ---------------------------------------------------------------------------------------
+# Files: resumable sampling, shards, merging
+# ---------------------------------------------------------------------------------------
+
+
+def _partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.jsonl")
+
+
+def _finished_batches(partial: Path, config: SamplerConfig, total: int) -> dict[int, list[dict]]:
+    """Trees of the batches a crashed run finished; a torn last line or a half batch is dropped."""
+    by_batch: dict[int, list[dict]] = {}
+    if partial.is_file():
+        for line in partial.read_text(encoding="utf-8").splitlines():
+            try:
+                tree = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the line being written when the run stopped
+            by_batch.setdefault(tree["meta"]["batch"], []).append(tree)
+    sizes = {
+        b: min(config.problems_per_batch, total - b * config.problems_per_batch) for b in by_batch
+    }
+    return {b: trees for b, trees in by_batch.items() if len(trees) == sizes[b]}
+
+
+def sample_to_file(
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[Problem],
+    config: SamplerConfig,
+    out: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> Path:
+    """Sample trees into ``out`` (gzip JSONL), resuming after a crash.
+
+    Each finished batch is appended to ``<out>.partial.jsonl`` at once; a rerun keeps the
+    finished batches and samples only the rest (same trees as an uninterrupted run). The
+    final file is written atomically and the partial file removed. An existing ``out`` is
+    left as it is.
+    """
+    out = Path(out)
+    if out.is_file():
+        logger.info("%s exists: nothing to sample", out)
+        return out
+    partial = _partial_path(out)
+    done = _finished_batches(partial, config, len(problems))
+    if done:
+        logger.info("resuming %s: %d batches already sampled", out, len(done))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with partial.open("w", encoding="utf-8") as handle:  # rewrite only the finished batches
+        for batch in sorted(done):
+            handle.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in done[batch])
+        handle.flush()
+        for tree in sample_trees(
+            engine, tokenizer, problems, config, progress=progress, meta=meta, skip_batches=done
+        ):
+            handle.write(json.dumps(tree.to_dict(), ensure_ascii=False) + "\n")
+            handle.flush()
+    merge_tree_files([partial], out, partial_ok=True)
+    partial.unlink()
+    return out
+
+
+def shard(problems: Sequence[Problem], spec: str | None) -> list[Problem]:
+    """Problems of shard ``"i/n"`` (every n-th problem from the i-th; ``None``: all of them)."""
+    if spec is None:
+        return list(problems)
+    try:
+        index, count = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), not {spec!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard index must be in 0..{count - 1}, got {index}")
+    return list(problems[index::count])
+
+
+def merge_tree_files(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    partial_ok: bool = False,
+) -> int:
+    """Merge tree files (gzip shards or a partial JSONL) into ``out``, ordered by problem index.
+
+    Raises ``ValueError`` when two files hold a tree for the same problem.
+    """
+    trees: dict[str, StepTree] = {}
+    for path in map(Path, inputs):
+        if partial_ok and path.suffix == ".jsonl":
+            loaded = (StepTree.from_dict(json.loads(line)) for line in path.open(encoding="utf-8"))
+        else:
+            loaded = read_trees(path)
+        for tree in loaded:
+            if tree.problem.id in trees:
+                raise ValueError(f"{path}: a second tree for problem {tree.problem.id}")
+            trees[tree.problem.id] = tree
+    ordered = sorted(trees.values(), key=lambda t: t.meta.get("problem_index", 0))
+    return write_trees(out, ordered)

@@ -1,0 +1,231 @@
+"""Step trees: typed nodes, traversal, statistics and a lossless gzip-JSONL round trip.
+
+Node 0 is the root: the prompt, with no step of its own. Every other node is one reasoning
+step (an action of the step MDP, SPPD_METHOD.md §1) whose state is the prompt plus the steps
+on the path from the root. Token ids are the ground truth: the prefix of a node is
+``prompt_ids + concat(token_ids on its path)``, exactly what the sampler fed the model, so the
+recorded log-probs stay valid reference log-probs for training.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sppd_lib.data import Problem
+from sppd_lib.files import atomic_path
+
+__all__ = ["StepNode", "StepTree", "TreeStats", "read_trees", "write_trees"]
+
+ROOT = 0
+
+
+@dataclass
+class StepNode:
+    """One step. ``logprobs[i]`` is the raw log-prob of ``token_ids[i]`` under the sampler."""
+
+    id: int
+    parent_id: int | None
+    depth: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    #: ``root``, ``delimiter`` (ended at the step delimiter), ``eos`` or ``length``.
+    finish_reason: str = "root"
+    #: No children will be sampled: a final answer, EOS, or the depth / token limit.
+    terminal: bool = False
+    #: Why the node is terminal: ``answer``, ``eos``, ``max_depth`` or ``max_tokens``.
+    terminal_reason: str | None = None
+    answer: str | None = None
+    correct: bool | None = None
+    value: float | None = None
+    value_source: str | None = None
+    #: Estimator details (e.g. the Monte-Carlo counts behind a value).
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean_logprob(self) -> float:
+        """Mean token log-prob of the step; the selection weight is its exp (SPPD §3)."""
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+
+    @property
+    def is_complete(self) -> bool:
+        """A terminal step that states a final answer: the end of a complete trajectory."""
+        return self.terminal and self.terminal_reason == "answer"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepNode:
+        return cls(**data)
+
+
+@dataclass
+class TreeStats:
+    """Size and cost of a tree. ``flat_tokens`` is what a flat sampler would have generated
+    for the same complete paths (each path written out in full)."""
+
+    nodes: int
+    leaves: int
+    complete_paths: int
+    correct_paths: int
+    tokens_generated: int
+    flat_tokens: int
+    depth_histogram: dict[int, int]
+    branching_histogram: dict[int, int]
+
+    @property
+    def token_ratio(self) -> float:
+        """Tree tokens per flat token for the same complete paths (lower is better)."""
+        return self.tokens_generated / self.flat_tokens if self.flat_tokens else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "token_ratio": self.token_ratio}
+
+
+@dataclass
+class StepTree:
+    """All steps sampled for one problem."""
+
+    problem: Problem
+    prompt_ids: list[int]
+    nodes: list[StepNode] = field(default_factory=list)
+    #: The sampler settings and model that produced the tree.
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            self.nodes = [StepNode(id=ROOT, parent_id=None, depth=0)]
+        self._children: dict[int, list[int]] = {}
+        for node in self.nodes[1:]:
+            self._children.setdefault(node.parent_id, []).append(node.id)  # type: ignore[arg-type]
+
+    # -- building -----------------------------------------------------------------------
+
+    @property
+    def root(self) -> StepNode:
+        return self.nodes[ROOT]
+
+    def add_child(self, parent_id: int, **fields: Any) -> StepNode:
+        parent = self.nodes[parent_id]
+        node = StepNode(id=len(self.nodes), parent_id=parent_id, depth=parent.depth + 1, **fields)
+        self.nodes.append(node)
+        self._children.setdefault(parent_id, []).append(node.id)
+        return node
+
+    # -- traversal ----------------------------------------------------------------------
+
+    def children(self, node_id: int) -> list[StepNode]:
+        return [self.nodes[i] for i in self._children.get(node_id, [])]
+
+    def siblings(self, node_id: int) -> list[StepNode]:
+        """The other children of this node's parent."""
+        parent = self.nodes[node_id].parent_id
+        if parent is None:
+            return []
+        return [n for n in self.children(parent) if n.id != node_id]
+
+    def path(self, node_id: int) -> list[StepNode]:
+        """Steps from the root's first child down to ``node_id`` (the root itself left out)."""
+        steps = []
+        node = self.nodes[node_id]
+        while node.parent_id is not None:
+            steps.append(node)
+            node = self.nodes[node.parent_id]
+        return steps[::-1]
+
+    def prefix_ids(self, node_id: int) -> list[int]:
+        """The tokens the model sees after ``node_id``: prompt plus every step on the path."""
+        ids = list(self.prompt_ids)
+        for step in self.path(node_id):
+            ids.extend(step.token_ids)
+        return ids
+
+    def path_text(self, node_id: int) -> str:
+        return "".join(step.text for step in self.path(node_id))
+
+    def leaves(self) -> list[StepNode]:
+        return [n for n in self.nodes if n.id != ROOT and n.id not in self._children]
+
+    def complete_leaves(self) -> list[StepNode]:
+        return [n for n in self.leaves() if n.is_complete]
+
+    def complete_paths(self) -> list[list[StepNode]]:
+        """Root-to-leaf paths that end in a final answer (SPPD §3 collection)."""
+        return [self.path(leaf.id) for leaf in self.complete_leaves()]
+
+    def is_closed(self, node_id: int) -> bool:
+        """True when nothing below ``node_id`` can still be expanded."""
+        node = self.nodes[node_id]
+        if node.terminal:
+            return True
+        kids = self._children.get(node_id)
+        return bool(kids) and all(self.is_closed(k) for k in kids)
+
+    # -- statistics ---------------------------------------------------------------------
+
+    def stats(self) -> TreeStats:
+        complete = self.complete_paths()
+        return TreeStats(
+            nodes=len(self.nodes) - 1,
+            leaves=len(self.leaves()),
+            complete_paths=len(complete),
+            correct_paths=sum(bool(path[-1].correct) for path in complete),
+            tokens_generated=sum(len(n.token_ids) for n in self.nodes),
+            flat_tokens=sum(len(s.token_ids) for path in complete for s in path),
+            depth_histogram=dict(sorted(Counter(n.depth for n in self.leaves()).items())),
+            branching_histogram=dict(
+                sorted(Counter(len(v) for v in self._children.values()).items())
+            ),
+        )
+
+    # -- serialization ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "problem": self.problem.to_dict(),
+            "prompt_ids": self.prompt_ids,
+            "nodes": [n.to_dict() for n in self.nodes],
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepTree:
+        nodes = [StepNode.from_dict(n) for n in data["nodes"]]
+        for index, node in enumerate(nodes):
+            if node.id != index:
+                raise ValueError(f"node ids must be 0..n-1 in order; found {node.id} at {index}")
+        return cls(
+            Problem.from_dict(data["problem"]), list(data["prompt_ids"]), nodes, data["meta"]
+        )
+
+
+def write_trees(path: str | os.PathLike[str], trees: Iterable[StepTree]) -> int:
+    """Write trees as gzip JSONL (atomically); returns how many were written."""
+    count = 0
+    with atomic_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as handle:
+        for tree in trees:
+            handle.write(json.dumps(tree.to_dict(), ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_trees(path: str | os.PathLike[str]) -> Iterator[StepTree]:
+    """Stream trees from gzip JSONL; a bad line raises ``ValueError`` naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trees file not found: {path}")
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            try:
+                yield StepTree.from_dict(json.loads(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{line_number}: not a step tree ({exc})") from None

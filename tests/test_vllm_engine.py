@@ -1,0 +1,95 @@
+"""The vLLM engine, for real: run in the vLLM virtualenv (`make test-vllm`, part of CI)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
+
+import torch  # noqa: E402
+
+from sppd_lib.data import load_problems  # noqa: E402
+from sppd_lib.engines import SamplingSettings  # noqa: E402
+from sppd_lib.prompts import prompt_token_ids  # noqa: E402
+from sppd_lib.sampler import SamplerConfig, sample_trees  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def vllm_engine():
+    from sppd_lib.engines.vllm_engine import VLLMEngine
+
+    return VLLMEngine("smollm2-135m-instruct", max_model_len=2048)
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2):
+    """The same model in transformers, fp32, for fresh forward passes."""
+    return smollm2
+
+
+def test_raw_logprobs_equal_a_fresh_forward(vllm_engine, reference) -> None:
+    model, tokenizer = reference
+    prefixes = [prompt_token_ids(tokenizer, q) for q in ["Calculate 3 * 4 + 5.", "What is 7 - 9?"]]
+    settings = SamplingSettings(max_tokens=24, temperature=1.0, seed=3)
+    worst = 0.0
+    for prefix, continuations in zip(
+        prefixes, vllm_engine.sample(prefixes, 2, settings), strict=True
+    ):
+        assert len(continuations) == 2
+        for c in continuations:
+            assert len(c.token_ids) == len(c.logprobs) >= 1
+            ids = torch.tensor([prefix + c.token_ids])
+            with torch.no_grad():
+                logits = model(ids).logits[0].float()
+            fresh = torch.log_softmax(logits[len(prefix) - 1 : -1], -1)
+            fresh = fresh.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+            worst = max(worst, (fresh - torch.tensor(c.logprobs)).abs().max().item())
+    # Raw log-probs (no temperature): with T=1 a processed log-prob would differ only by
+    # top-p, so also check T=2 below. vLLM's CPU kernels sum in another order than torch.
+    assert worst < 1e-4, worst
+    hot = vllm_engine.sample(prefixes[:1], 1, SamplingSettings(max_tokens=8, temperature=2.0))
+    c = hot[0][0]
+    with torch.no_grad():
+        logits = model(torch.tensor([prefixes[0] + c.token_ids])).logits[0].float()
+    fresh = torch.log_softmax(logits[len(prefixes[0]) - 1 : -1], -1)
+    fresh = fresh.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+    assert torch.allclose(fresh, torch.tensor(c.logprobs), atol=1e-4)
+
+
+def test_stops_at_the_delimiter_and_keeps_it(vllm_engine, reference) -> None:
+    _, tokenizer = reference
+    prefix = prompt_token_ids(tokenizer, "Explain step by step: what is 12 * 3 + 4?")
+    out = vllm_engine.sample([prefix], 4, SamplingSettings(max_tokens=96, temperature=0.7))
+    for c in out[0]:
+        if c.finish_reason == "delimiter":
+            assert c.text.endswith("\n\n") or "\n\n" in c.text
+        assert tokenizer.decode(c.token_ids, skip_special_tokens=True) == c.text
+    assert any(c.finish_reason == "delimiter" for c in out[0])
+
+
+def test_trees_same_seed_and_both_outcomes(vllm_engine, reference) -> None:
+    _, tokenizer = reference
+    problems = load_problems("arith", "train", limit=8)
+    config = SamplerConfig(
+        k=12,
+        c=2,
+        temperature=0.7,
+        max_step_tokens=96,
+        max_total_tokens=320,
+        answer_format="any",
+        problems_per_batch=8,
+    )
+    trees = list(sample_trees(vllm_engine, tokenizer, problems, config, progress=False))
+    again = list(sample_trees(vllm_engine, tokenizer, problems, config, progress=False))
+    assert [t.to_dict() for t in trees] == [t.to_dict() for t in again]
+    leaves = [leaf for tree in trees for leaf in tree.complete_leaves()]
+    assert leaves, "no complete path"
+    correct = sum(bool(leaf.correct) for leaf in leaves)
+    print(f"vLLM trees: {len(leaves)} complete leaves, {correct} correct")
+    assert 0 < correct < len(leaves)
+    for tree in trees:
+        for node in tree.nodes[1:]:
+            assert node.depth == tree.nodes[node.parent_id].depth + 1
+            if node.terminal:
+                assert tree.children(node.id) == []
