@@ -235,7 +235,12 @@ def _add_merge(subparsers: argparse._SubParsersAction) -> None:
 def _run_merge(args: argparse.Namespace) -> int:
     from sppd_lib.sampler import merge_tree_files
 
-    print(f"{merge_tree_files(args.inputs, args.out)} trees written to {args.out}")
+    try:
+        count = merge_tree_files(args.inputs, args.out)
+    except ValueError as exc:  # two shards hold the same problem, or a file is not trees
+        print(f"sppd merge-trees: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{count} trees written to {args.out}")
     return 0
 
 

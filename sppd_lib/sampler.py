@@ -68,12 +68,25 @@ class SamplerConfig:
         "Descend only into subtrees that can still grow, so no pass is spent on a finished "
         "branch (ours; the paper's passes may end on a terminal leaf).",
     )
+    passes_per_round: int = option(
+        1,
+        "Passes whose selections share one engine call (1 = the paper's strictly sequential "
+        "passes; more gives the engine bigger batches; a leaf picked twice in a round is "
+        "expanded once, so a tree may get fewer than k expansions).",
+    )
     problems_per_batch: int = option(16, "Problems whose expansions share one engine call.")
     seed: int = option(0, "Seed of selection and sampling: the same seed gives the same trees.")
     system_prompt: str = option(SYSTEM_PROMPT, "System message of the chat prompt.")
 
     def __post_init__(self) -> None:
-        for name in ("k", "c", "max_step_tokens", "max_depth", "max_total_tokens"):
+        for name in (
+            "k",
+            "c",
+            "max_step_tokens",
+            "max_depth",
+            "max_total_tokens",
+            "passes_per_round",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"sampler.{name} must be >= 1, got {getattr(self, name)}")
         if self.answer_format not in ("boxed", "any"):
@@ -170,15 +183,20 @@ def sample_trees(
         ]
         # One generator per problem, seeded by its id: selection does not depend on batching.
         rngs = [random.Random(f"{config.seed}/{p.id}") for p in batch]
+        rounds = math.ceil(config.k / config.passes_per_round)
         bar = tqdm(
-            range(config.k), desc=f"trees {batch_index + 1}", unit="pass", disable=not progress
+            range(rounds), desc=f"trees {batch_index + 1}", unit="round", disable=not progress
         )
         for pass_index in bar:
+            passes = min(config.passes_per_round, config.k - pass_index * config.passes_per_round)
             jobs = []
             for tree, rng in zip(trees, rngs, strict=True):
-                node = _select(tree, rng, config)
-                if node is not None and not node.terminal:
-                    jobs.append((tree, node))
+                chosen: set[int] = set()  # a leaf picked twice in one round is expanded once
+                for _ in range(passes):
+                    node = _select(tree, rng, config)
+                    if node is not None and not node.terminal and node.id not in chosen:
+                        chosen.add(node.id)
+                        jobs.append((tree, node))
             if not jobs:
                 break
             settings = SamplingSettings(
@@ -303,5 +321,11 @@ def merge_tree_files(
             if tree.problem.id in trees:
                 raise ValueError(f"{path}: a second tree for problem {tree.problem.id}")
             trees[tree.problem.id] = tree
-    ordered = sorted(trees.values(), key=lambda t: t.meta.get("problem_index", 0))
+    ordered = sorted(trees.values(), key=_index_in_data_set)
     return write_trees(out, ordered)
+
+
+def _index_in_data_set(tree: StepTree) -> int:
+    """Position of the tree's problem in the unsharded problem list."""
+    index, count = (int(x) for x in (tree.meta.get("shard") or "0/1").split("/"))
+    return index + tree.meta.get("problem_index", 0) * count

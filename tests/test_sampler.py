@@ -74,6 +74,7 @@ def test_same_seed_same_tree(engine, tiny_llama, problems) -> None:
     selection=st.sampled_from(["logprob", "uniform"]),
     skip_closed=st.booleans(),
     answer_format=st.sampled_from(["boxed", "any"]),
+    passes_per_round=st.integers(1, 3),
 )
 def test_structural_invariants(engine, tiny_llama, problems, **options) -> None:
     _, tokenizer = tiny_llama
@@ -129,3 +130,116 @@ def test_bad_sampler_config() -> None:
         SamplerConfig(answer_format="latex")
     with pytest.raises(ValueError, match="selection"):
         SamplerConfig(selection="greedy")
+
+
+def test_kv_reuse_gives_the_same_trees_as_recomputation(tiny_llama, problems) -> None:
+    model, tokenizer = tiny_llama
+    config = SamplerConfig(k=6, c=2, max_step_tokens=6, max_depth=4, temperature=1.0)
+    trees = {}
+    for name, budget in (("reuse", 100_000), ("recompute", 0), ("evicting", 12)):
+        engine = TransformersEngine(model, tokenizer, kv_cache_tokens=budget)
+        trees[name] = list(sample_trees(engine, tokenizer, problems, config, progress=False))
+        if name == "reuse":
+            assert engine.prefix_tokens_reused > 0  # the last pass reused earlier steps' KV
+        if name == "recompute":
+            assert engine.prefix_tokens_reused == 0
+    for name in ("recompute", "evicting"):
+        for a, b in zip(trees["reuse"], trees[name], strict=True):
+            assert [n.token_ids for n in a.nodes] == [n.token_ids for n in b.nodes]
+            for x, y in zip(a.nodes, b.nodes, strict=True):
+                assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
+
+
+class CrashingEngine:
+    """Wraps the real engine and fails on call ``crash_at`` (a crash in the middle of a run)."""
+
+    def __init__(self, engine: TransformersEngine, crash_at: int) -> None:
+        self.engine, self.crash_at, self.calls = engine, crash_at, 0
+
+    def sample(self, prefixes, n, settings):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise RuntimeError("simulated crash")
+        return self.engine.sample(prefixes, n, settings)
+
+
+def test_sample_to_file_resumes_after_a_crash(tiny_llama, tmp_path) -> None:
+    from sppd_lib.sampler import sample_to_file
+    from sppd_lib.tree import read_trees
+
+    model, tokenizer = tiny_llama
+    problems = load_problems("arith", "train", limit=3)
+    config = SamplerConfig(k=2, c=2, max_step_tokens=5, max_depth=2, problems_per_batch=1)
+    reference = sample_to_file(
+        TransformersEngine(model, tokenizer),
+        tokenizer,
+        problems,
+        config,
+        tmp_path / "ref.gz",
+        progress=False,
+    )
+    out = tmp_path / "trees.jsonl.gz"
+    crashing = CrashingEngine(TransformersEngine(model, tokenizer), crash_at=4)  # in batch 1
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sample_to_file(crashing, tokenizer, problems, config, out, progress=False)
+    assert not out.exists()
+    assert (tmp_path / "trees.jsonl.gz.partial.jsonl").read_text().count("\n") == 1  # batch 0
+    counting = CrashingEngine(TransformersEngine(model, tokenizer), crash_at=-1)
+    sample_to_file(counting, tokenizer, problems, config, out, progress=False)
+    assert counting.calls == 4  # batches 1 and 2 only (2 passes each)
+    assert [t.to_dict() for t in read_trees(out)] == [t.to_dict() for t in read_trees(reference)]
+    assert not (tmp_path / "trees.jsonl.gz.partial.jsonl").exists()
+
+
+def test_cli_sample_shards_and_merge(tmp_path, capsys) -> None:
+    from sppd_lib.cli import main
+    from sppd_lib.tree import read_trees
+
+    common = ["sample", "--model", "tiny-llama", "--dataset", "arith", "--limit", "5"]
+    common += [
+        "--k",
+        "2",
+        "--max-step-tokens",
+        "4",
+        "--max-depth",
+        "2",
+        "--problems-per-batch",
+        "2",
+    ]
+    for index in (0, 1):
+        out = str(tmp_path / f"shard{index}.jsonl.gz")
+        assert main([*common, "--shard", f"{index}/2", "--out", out]) == 0
+    assert "trees" in capsys.readouterr().out
+    shards = [str(tmp_path / f"shard{i}.jsonl.gz") for i in (0, 1)]
+    assert main(["merge-trees", *shards, "--out", str(tmp_path / "all.jsonl.gz")]) == 0
+    merged = list(read_trees(tmp_path / "all.jsonl.gz"))
+    assert [t.problem.id for t in merged] == [f"arith/train/{i}" for i in range(5)]
+    assert main(["merge-trees", shards[0], shards[0], "--out", str(tmp_path / "x.gz")]) == 2
+    assert "a second tree for problem" in capsys.readouterr().err
+    assert main([*common, "--shard", "2/2", "--out", str(tmp_path / "bad.gz")]) == 2
+    assert "shard index must be in 0..1" in capsys.readouterr().err
+    assert main([*common, "--answer-format", "latex", "--out", str(tmp_path / "bad.gz")]) == 2
+    assert "answer_format" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_model_trees_hold_correct_and_wrong_leaves(smollm2) -> None:
+    model, tokenizer = smollm2
+    problems = load_problems("arith", "train", limit=8)
+    config = SamplerConfig(
+        k=12,
+        c=2,
+        temperature=0.7,
+        max_step_tokens=96,
+        max_total_tokens=320,
+        answer_format="any",
+        problems_per_batch=8,
+    )
+    engine = TransformersEngine(model, tokenizer)
+    trees = list(sample_trees(engine, tokenizer, problems, config, progress=False))
+    leaves = [leaf for tree in trees for leaf in tree.complete_leaves()]
+    correct = sum(bool(leaf.correct) for leaf in leaves)
+    print(f"transformers trees: {len(leaves)} complete leaves, {correct} correct")
+    assert 0 < correct < len(leaves)
+    for tree in trees:
+        check_invariants(tree, config)

