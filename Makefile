@@ -42,6 +42,10 @@ $(VLLM_STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/sppd eval --model smollm2-135m-instruct --config configs/eval_demo.yaml \
 		--out runs/demo/eval.parquet
+	$(BIN)/sppd sample --model smollm2-135m-instruct --config configs/sample_demo.yaml \
+		--dataset arith --split train --limit 16 --out runs/demo/trees.jsonl.gz
+	$(BIN)/sppd pairs --config configs/sample_demo.yaml --trees runs/demo/trees.jsonl.gz \
+		--out runs/demo/pairs.parquet --stepwise runs/demo/stepwise.parquet
 
 test: setup lint setup-vllm
 	$(BIN)/pytest -m "not vllm"

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from sppd_lib.config import ConfigError, EvalConfig, config_from_dict, load_yaml
+from sppd_lib.data import DataError
+from sppd_lib.pairs import PairConfig
 from sppd_lib.sampler import SamplerConfig
 
 __all__ = ["build_parser", "main"]
@@ -245,6 +247,50 @@ def _run_merge(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# sppd pairs
+# ---------------------------------------------------------------------------------------
+
+
+def _add_pairs(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pairs",
+        help="value step trees and build preference pairs",
+        description=(
+            "Back up values over sampled trees (mc or bellman) and write sibling step pairs "
+            "with Δv above the threshold and their margins (parquet, plus a TRL-format "
+            "<out>.trl.parquet). --stepwise also writes TRL stepwise records (soft labels)."
+        ),
+    )
+    parser.add_argument("--trees", type=Path, required=True, help="trees file (.jsonl.gz)")
+    parser.add_argument("--out", type=Path, required=True, help="pairs file (.parquet)")
+    parser.add_argument("--stepwise", type=Path, default=None, help="stepwise records (.parquet)")
+    parser.add_argument("--config", type=Path, default=None, help="YAML file of config fields")
+    add_config_flags(parser, PairConfig)
+    parser.set_defaults(run=_run_pairs)
+
+
+def _run_pairs(args: argparse.Namespace) -> int:
+    import json
+
+    from sppd_lib.files import write_parquet_atomic
+    from sppd_lib.pairs import build_pairs, stepwise_records, summarize_pairs, write_pairs
+    from sppd_lib.tree import read_trees
+
+    config = config_from_args(PairConfig, args, section="pairs")
+    try:
+        trees = list(read_trees(args.trees))
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    pairs, reasons = build_pairs(trees, config)
+    write_pairs(pairs, args.out)
+    if args.stepwise is not None:
+        write_parquet_atomic(stepwise_records(trees), args.stepwise)
+    summary = summarize_pairs(pairs, len(trees))
+    print(json.dumps({**summary, "trees_without_pairs": dict(reasons)}, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(subparsers)
     _add_sample(subparsers)
     _add_merge(subparsers)
+    _add_pairs(subparsers)
     return parser
 
 
@@ -267,7 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from sppd_lib.data import DataError
     from sppd_lib.models import ModelError
 
     try:

@@ -8,6 +8,7 @@ expansions pending across a batch of problems go to the engine in one call per p
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -23,14 +24,19 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from sppd_lib.config import option
 from sppd_lib.data import Problem
 from sppd_lib.engines import Engine, SamplingSettings
-from sppd_lib.grading import extract_answer, grade
-from sppd_lib.prompts import DEFAULT_STEP_DELIMITER, SYSTEM_PROMPT, has_final_answer
+from sppd_lib.grading import extract_answer
+from sppd_lib.prompts import (
+    DEFAULT_STEP_DELIMITER,
+    SYSTEM_PROMPT,
+    build_prompt,
+    has_final_answer,
+)
 from sppd_lib.prompts import prompt_token_ids as build_prompt_ids
 from sppd_lib.tree import StepNode, StepTree, read_trees, write_trees
+from sppd_lib.values import grade_leaves
 
 __all__ = [
     "SamplerConfig",
-    "grade_leaves",
     "merge_tree_files",
     "sample_to_file",
     "sample_trees",
@@ -70,9 +76,10 @@ class SamplerConfig:
     )
     passes_per_round: int = option(
         1,
-        "Passes whose selections share one engine call (1 = the paper's strictly sequential "
-        "passes; more gives the engine bigger batches; a leaf picked twice in a round is "
-        "expanded once, so a tree may get fewer than k expansions).",
+        "Passes per tree whose selections share one engine call (1 = the paper's strictly "
+        "sequential passes). With m > 1, m distinct leaves are picked per round (leaves "
+        "already picked are not entered again, like virtual loss in parallel MCTS), so the "
+        "engine sees m times bigger batches and k passes take k/m rounds (ours).",
     )
     problems_per_batch: int = option(16, "Problems whose expansions share one engine call.")
     seed: int = option(0, "Seed of selection and sampling: the same seed gives the same trees.")
@@ -101,17 +108,24 @@ class SamplerConfig:
             raise ValueError("sampler.step_delimiter must be a non-empty string")
 
 
-def _select(tree: StepTree, rng: random.Random, config: SamplerConfig) -> StepNode | None:
-    """Descend from the root to a node without children; ``None`` when the tree is finished."""
+def _select(
+    tree: StepTree, rng: random.Random, config: SamplerConfig, taken: Container[int] = ()
+) -> StepNode | None:
+    """Descend from the root to a node without children (SPPD §3 selection).
+
+    Leaves in ``taken`` (already picked for expansion this round) and, with ``skip_closed``,
+    finished subtrees are not entered. ``None`` when the descent finds nothing to expand.
+    """
     node = tree.root
-    if config.skip_closed and tree.is_closed(node.id):
-        return None
     while True:
         children = tree.children(node.id)
-        if config.skip_closed:
-            children = [child for child in children if not tree.is_closed(child.id)]
         if not children:
-            return node
+            return None if node.id in taken else node
+        if config.skip_closed:
+            children = [c for c in children if not tree.is_closed(c.id)]
+        children = [c for c in children if c.id not in taken or tree.children(c.id)]
+        if not children:
+            return None
         if config.selection == "uniform":
             node = rng.choice(children)
         else:  # ∝ exp(mean log-prob), shifted by the max for numerical safety
@@ -132,14 +146,6 @@ def _mark_terminal(tree: StepTree, node: StepNode, config: SamplerConfig) -> Non
         node.terminal, node.terminal_reason = True, "max_depth"
     elif path_tokens >= config.max_total_tokens:
         node.terminal, node.terminal_reason = True, "max_tokens"
-
-
-def grade_leaves(tree: StepTree) -> None:
-    """Record the extracted answer and its correctness on every terminal node."""
-    for node in tree.nodes:
-        if node.terminal:
-            result = grade(tree.path_text(node.id), tree.problem.answer)
-            node.answer, node.correct = result.pred, result.correct
 
 
 def _batches(items: Sequence[Problem], size: int) -> Iterator[Sequence[Problem]]:
@@ -173,6 +179,7 @@ def sample_trees(
                 problem,
                 build_prompt_ids(tokenizer, problem.question, config.system_prompt),
                 meta={
+                    "prompt_text": build_prompt(tokenizer, problem.question, config.system_prompt),
                     "sampler": asdict(config),
                     **(meta or {}),
                     "batch": batch_index,
@@ -183,28 +190,40 @@ def sample_trees(
         ]
         # One generator per problem, seeded by its id: selection does not depend on batching.
         rngs = [random.Random(f"{config.seed}/{p.id}") for p in batch]
-        rounds = math.ceil(config.k / config.passes_per_round)
+        passes_done = [0] * len(trees)
         bar = tqdm(
-            range(rounds), desc=f"trees {batch_index + 1}", unit="round", disable=not progress
+            total=config.k * len(trees),
+            desc=f"trees {batch_index + 1}",
+            unit="pass",
+            disable=not progress,
         )
-        for pass_index in bar:
-            passes = min(config.passes_per_round, config.k - pass_index * config.passes_per_round)
+        for round_index in itertools.count():
             jobs = []
-            for tree, rng in zip(trees, rngs, strict=True):
-                chosen: set[int] = set()  # a leaf picked twice in one round is expanded once
-                for _ in range(passes):
-                    node = _select(tree, rng, config)
-                    if node is not None and not node.terminal and node.id not in chosen:
-                        chosen.add(node.id)
-                        jobs.append((tree, node))
+            for tree_index, (tree, rng) in enumerate(zip(trees, rngs, strict=True)):
+                want = min(config.passes_per_round, config.k - passes_done[tree_index])
+                chosen: set[int] = set()
+                for _ in range(2 * want):  # a few retries when a descent ends on a taken leaf
+                    if len(chosen) == want:
+                        break
+                    node = _select(tree, rng, config, chosen)
+                    if node is None:
+                        continue
+                    if node.terminal:  # only without skip_closed: the paper's wasted pass
+                        want -= 1
+                        passes_done[tree_index] += 1
+                        continue
+                    chosen.add(node.id)
+                    jobs.append((tree, node))
+                passes_done[tree_index] += len(chosen)
             if not jobs:
                 break
+            bar.update(len(jobs))
             settings = SamplingSettings(
                 max_tokens=config.max_step_tokens,
                 temperature=config.temperature,
                 top_p=config.top_p,
                 stop=config.step_delimiter,
-                seed=config.seed * 1_000_003 + batch_index * 1_009 + pass_index,
+                seed=config.seed * 1_000_003 + batch_index * 1_009 + round_index,
             )
             results = engine.sample([t.prefix_ids(n.id) for t, n in jobs], config.c, settings)
             for (tree, node), continuations in zip(jobs, results, strict=True):
@@ -218,6 +237,7 @@ def sample_trees(
                     )
                     _mark_terminal(tree, child, config)
             bar.set_postfix(nodes=sum(len(t.nodes) - 1 for t in trees))
+        bar.close()
         for tree in trees:
             grade_leaves(tree)
             yield tree

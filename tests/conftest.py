@@ -19,3 +19,26 @@ def smollm2():
     from sppd_lib.models import load_model
 
     return load_model("smollm2-135m-instruct", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_trees(smollm2):
+    """Step trees of the real model on 12 training arithmetic problems, and their config."""
+    from sppd_lib.data import load_problems
+    from sppd_lib.engines.transformers_engine import TransformersEngine
+    from sppd_lib.sampler import SamplerConfig, sample_trees
+
+    model, tokenizer = smollm2
+    config = SamplerConfig(
+        k=12,
+        c=2,
+        temperature=0.7,
+        max_step_tokens=96,
+        max_total_tokens=320,
+        answer_format="any",
+        problems_per_batch=12,
+        passes_per_round=2,
+    )
+    problems = load_problems("arith", "train", limit=12)
+    engine = TransformersEngine(model, tokenizer)
+    return list(sample_trees(engine, tokenizer, problems, config, progress=False)), config

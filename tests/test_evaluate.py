@@ -49,14 +49,14 @@ def test_accuracy_table_counts() -> None:
 
 def test_cli_eval_on_a_tiny_model(tmp_path, capsys) -> None:
     out = tmp_path / "eval.parquet"
-    argv = ["eval", "--model", "tiny-llama", "--benchmark", "arith", "--limit", "2"]
+    argv = ["eval", "--model", "tiny-llama", "--benchmarks", "arith", "--limit", "2"]
     assert main([*argv, "--max-new-tokens", "4", "--out", str(out)]) == 0
     assert "pass@1" in capsys.readouterr().out
     assert len(pd.read_parquet(out)) == 2
 
 
 def test_cli_reports_bad_input_clearly(tmp_path, capsys) -> None:
-    assert main(["eval", "--model", "tiny-llama", "--benchmark", "gsm9k", "--limit", "1"]) == 2
+    assert main(["eval", "--model", "tiny-llama", "--benchmarks", "gsm9k", "--limit", "1"]) == 2
     assert "unknown data set 'gsm9k'" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "missing"), "--limit", "1"]) == 2
     assert "model not found" in capsys.readouterr().err
@@ -65,7 +65,7 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys) -> None:
 @pytest.mark.slow
 def test_cli_eval_real_model(tmp_path, capsys) -> None:
     out = tmp_path / "eval.parquet"
-    argv = ["eval", "--benchmark", "arith", "--limit", "8", "--max-new-tokens", "160"]
+    argv = ["eval", "--benchmarks", "arith", "--limit", "8", "--max-new-tokens", "160"]
     assert main([*argv, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "smollm2-135m-instruct" in printed and "arith" in printed

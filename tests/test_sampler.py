@@ -223,20 +223,8 @@ def test_cli_sample_shards_and_merge(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_real_model_trees_hold_correct_and_wrong_leaves(smollm2) -> None:
-    model, tokenizer = smollm2
-    problems = load_problems("arith", "train", limit=8)
-    config = SamplerConfig(
-        k=12,
-        c=2,
-        temperature=0.7,
-        max_step_tokens=96,
-        max_total_tokens=320,
-        answer_format="any",
-        problems_per_batch=8,
-    )
-    engine = TransformersEngine(model, tokenizer)
-    trees = list(sample_trees(engine, tokenizer, problems, config, progress=False))
+def test_real_model_trees_hold_correct_and_wrong_leaves(smollm2_trees) -> None:
+    trees, config = smollm2_trees
     leaves = [leaf for tree in trees for leaf in tree.complete_leaves()]
     correct = sum(bool(leaf.correct) for leaf in leaves)
     print(f"transformers trees: {len(leaves)} complete leaves, {correct} correct")

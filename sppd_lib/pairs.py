@@ -1,0 +1,288 @@
+"""Preference pairs from valued step trees (SPPD_METHOD.md §2, §5).
+
+Step level: two sibling steps under the same prefix whose values differ by more than
+``threshold`` (Δv = v_w - v_l > 0.5 in the paper) become a pair; the margin is γ·Δv
+(``dynamic``, SPPD), a constant (``fixed``) or 0 (``none``, Step-DPO). Each pair carries the
+raw sampler log-probs of both steps: the reference log-probs of the loss.
+
+Sentence level: τ+ (correct complete paths, best first) for SFT, and (τ+, τ−) pairs of the
+same problem for sentence-level DPO.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from sppd_lib.config import option
+from sppd_lib.files import write_parquet_atomic
+from sppd_lib.prm import PRMScorer, prm_values
+from sppd_lib.tree import StepNode, StepTree
+from sppd_lib.values import bellman_values, mc_values
+
+__all__ = [
+    "PairConfig",
+    "apply_values",
+    "build_pairs",
+    "path_pairs",
+    "positive_paths",
+    "step_pairs",
+    "stepwise_records",
+    "summarize_pairs",
+    "to_trl_preference",
+    "write_pairs",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PairConfig:
+    """Value estimator, pair filter and margin."""
+
+    value: str = option(
+        "mc", "Value estimator: 'mc' (Monte-Carlo), 'bellman' or 'prm' (needs prm_model)."
+    )
+    prm_model: str | None = option(
+        None, "PRM for value='prm': a hub id or directory (one- or two-channel token head)."
+    )
+    bellman_aggregate: str = option("max", "Bellman backup: 'max' (optimality) or 'mean'.")
+    bellman_discount: float = option(1.0, "Bellman discount per level, in [0, 1].")
+    threshold: float = option(0.5, "Keep sibling pairs with v_w - v_l above this (paper: 0.5).")
+    margin: str = option(
+        "dynamic", "'dynamic' (γ·Δv, SPPD), 'fixed' (a constant) or 'none' (Step-DPO)."
+    )
+    gamma: float = option(1.0, "γ of the dynamic margin (paper sweeps 0.1-5).")
+    fixed_margin: float = option(0.5, "The constant margin of 'fixed'.")
+    pairing: str = option(
+        "all", "'all' qualifying sibling couples, or 'best_worst': one per sibling group."
+    )
+    min_leaves: int = option(
+        1, "mc only: complete leaves a step's subtree needs for its value to count."
+    )
+    path_rule: str = option(
+        "final", "Rank of a complete path: value of its 'final' step, its 'mean' or 'min'."
+    )
+
+    def __post_init__(self) -> None:
+        choices = {
+            "value": ("mc", "bellman", "prm"),
+            "bellman_aggregate": ("max", "mean"),
+            "margin": ("dynamic", "fixed", "none"),
+            "pairing": ("all", "best_worst"),
+            "path_rule": ("final", "mean", "min"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                value = getattr(self, name)
+                raise ValueError(f"pairs.{name} must be one of {allowed}, not {value!r}")
+        if self.value == "prm" and not self.prm_model:
+            raise ValueError("pairs.value 'prm' needs pairs.prm_model")
+        if self.threshold < 0:
+            raise ValueError(f"pairs.threshold must be >= 0, got {self.threshold}")
+
+
+def apply_values(tree: StepTree, config: PairConfig, scorer: PRMScorer | None = None) -> StepTree:
+    """Fill every node's value with the configured estimator (``scorer`` for ``prm``)."""
+    if config.value == "mc":
+        return mc_values(tree)
+    if config.value == "prm":
+        if scorer is None:
+            raise ValueError("value='prm' needs a PRMScorer")
+        return prm_values(tree, scorer)
+    return bellman_values(tree, config.bellman_aggregate, config.bellman_discount)
+
+
+def _margin(delta: float, config: PairConfig) -> float:
+    if config.margin == "dynamic":
+        return config.gamma * delta
+    return config.fixed_margin if config.margin == "fixed" else 0.0
+
+
+def _has_evidence(node: StepNode, config: PairConfig) -> bool:
+    return config.value != "mc" or node.info.get("mc_total", 0) >= config.min_leaves
+
+
+def _skip_reason(tree: StepTree) -> str | None:
+    if not tree.problem.answer.strip():
+        return "missing gold answer"
+    if not tree.complete_leaves():
+        return "no complete path"
+    if all(len(tree.children(n.id)) < 2 for n in tree.nodes):
+        return "no sibling steps"
+    return None
+
+
+def _pair_row(
+    tree: StepTree, parent: StepNode, win: StepNode, lose: StepNode, config: PairConfig
+) -> dict[str, Any]:
+    delta = win.value - lose.value  # type: ignore[operator]
+    prefix = tree.path(parent.id)
+    return {
+        "tree_id": tree.problem.id,
+        "problem_id": tree.problem.id,
+        "gold": tree.problem.answer,
+        "prompt": tree.meta.get("prompt_text", "") + "".join(s.text for s in prefix),
+        "prompt_ids": tree.prefix_ids(parent.id),
+        "chosen": win.text,
+        "rejected": lose.text,
+        "chosen_ids": win.token_ids,
+        "rejected_ids": lose.token_ids,
+        "chosen_ref_logps": win.logprobs,
+        "rejected_ref_logps": lose.logprobs,
+        "chosen_ref_logp": float(sum(win.logprobs)),
+        "rejected_ref_logp": float(sum(lose.logprobs)),
+        "value_chosen": float(win.value),  # type: ignore[arg-type]
+        "value_rejected": float(lose.value),  # type: ignore[arg-type]
+        "delta_value": float(delta),
+        "margin": float(_margin(delta, config)),
+        "depth": win.depth,
+        "parent_node": parent.id,
+        "chosen_node": win.id,
+        "rejected_node": lose.id,
+        "chosen_terminal": win.terminal,
+        "rejected_terminal": lose.terminal,
+        "value_source": win.value_source,
+    }
+
+
+def step_pairs(tree: StepTree, config: PairConfig) -> tuple[list[dict[str, Any]], str | None]:
+    """Sibling step pairs of one valued tree, and why there are none (``None`` if there are)."""
+    reason = _skip_reason(tree)
+    if reason is not None:
+        return [], reason
+    rows = []
+    for parent in tree.nodes:
+        siblings = [c for c in tree.children(parent.id) if _has_evidence(c, config)]
+        siblings.sort(key=lambda c: c.value, reverse=True)  # type: ignore[arg-type, return-value]
+        if len(siblings) < 2:
+            continue
+        if config.pairing == "best_worst":
+            couples = [(siblings[0], siblings[-1])]
+        else:
+            couples = list(itertools.combinations(siblings, 2))
+        for win, lose in couples:
+            if win.value - lose.value > config.threshold:  # type: ignore[operator]
+                rows.append(_pair_row(tree, parent, win, lose, config))
+    return rows, None if rows else f"no sibling gap above {config.threshold}"
+
+
+def _path_score(path: list[StepNode], rule: str) -> float:
+    values = [float(step.value or 0.0) for step in path]
+    if rule == "final":
+        return values[-1]
+    return sum(values) / len(values) if rule == "mean" else min(values)
+
+
+def positive_paths(tree: StepTree, config: PairConfig) -> list[list[StepNode]]:
+    """τ+: correct complete paths, best first by ``config.path_rule``."""
+    correct = [p for p in tree.complete_paths() if p[-1].correct]
+    return sorted(correct, key=lambda p: _path_score(p, config.path_rule), reverse=True)
+
+
+def path_pairs(tree: StepTree, config: PairConfig) -> list[dict[str, Any]]:
+    """(τ+, τ−) pairs of one problem: best correct with worst wrong, second with second, ..."""
+    winners = positive_paths(tree, config)
+    losers = sorted(
+        (p for p in tree.complete_paths() if not p[-1].correct),
+        key=lambda p: _path_score(p, config.path_rule),
+    )
+    prompt = tree.meta.get("prompt_text", "")
+    return [
+        {
+            "tree_id": tree.problem.id,
+            "prompt": prompt,
+            "prompt_ids": list(tree.prompt_ids),
+            "chosen": "".join(s.text for s in win),
+            "rejected": "".join(s.text for s in lose),
+            "chosen_ids": [t for s in win for t in s.token_ids],
+            "rejected_ids": [t for s in lose for t in s.token_ids],
+            "chosen_ref_logp": float(sum(sum(s.logprobs) for s in win)),
+            "rejected_ref_logp": float(sum(sum(s.logprobs) for s in lose)),
+            "score_chosen": _path_score(win, config.path_rule),
+            "score_rejected": _path_score(lose, config.path_rule),
+        }
+        for win, lose in zip(winners, losers, strict=False)  # as many as the shorter list
+    ]
+
+
+def build_pairs(trees: Iterable[StepTree], config: PairConfig) -> tuple[pd.DataFrame, Counter[str]]:
+    """Value every tree, then collect step pairs; returns the pairs and why trees gave none."""
+    rows: list[dict[str, Any]] = []
+    reasons: Counter[str] = Counter()
+    scorer = PRMScorer(config.prm_model) if config.value == "prm" else None  # type: ignore[arg-type]
+    for tree in trees:
+        apply_values(tree, config, scorer)
+        tree_rows, reason = step_pairs(tree, config)
+        rows.extend(tree_rows)
+        if reason is not None:
+            reasons[reason] += 1
+            logger.debug("%s: no pairs (%s)", tree.problem.id, reason)
+    if reasons:
+        logger.info("trees without pairs: %s", dict(reasons))
+    return pd.DataFrame(rows, columns=_COLUMNS), reasons
+
+
+_COLUMNS = [
+    "tree_id", "problem_id", "gold", "prompt", "prompt_ids", "chosen", "rejected", "chosen_ids",
+    "rejected_ids", "chosen_ref_logps", "rejected_ref_logps", "chosen_ref_logp",
+    "rejected_ref_logp", "value_chosen", "value_rejected", "delta_value", "margin", "depth",
+    "parent_node", "chosen_node", "rejected_node", "chosen_terminal", "rejected_terminal",
+    "value_source",
+]  # fmt: skip
+
+
+def to_trl_preference(pairs: pd.DataFrame) -> pd.DataFrame:
+    """TRL's preference format (``prompt``, ``chosen``, ``rejected``) plus margin and values."""
+    return pairs[
+        ["prompt", "chosen", "rejected", "margin", "value_chosen", "value_rejected"]
+    ].copy()
+
+
+def stepwise_records(trees: Iterable[StepTree]) -> pd.DataFrame:
+    """TRL's stepwise format per complete path: ``prompt``, ``completions`` (steps) and soft
+    ``labels`` (each step's value), e.g. to train a PRM on ``mc`` labels."""
+    rows = []
+    for tree in trees:
+        for path in tree.complete_paths():
+            rows.append(
+                {
+                    "prompt": tree.meta.get("prompt_text", tree.problem.question),
+                    "completions": [s.text for s in path],
+                    "labels": [float(s.value or 0.0) for s in path],
+                }
+            )
+    return pd.DataFrame(rows, columns=["prompt", "completions", "labels"])
+
+
+def write_pairs(pairs: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """``path`` (parquet, every column) and ``<stem>.trl.parquet`` beside it (TRL format)."""
+    write_parquet_atomic(pairs, path)
+    path = os.fspath(path)
+    stem = path[: -len(".parquet")] if path.endswith(".parquet") else path
+    write_parquet_atomic(to_trl_preference(pairs), stem + ".trl.parquet")
+
+
+def summarize_pairs(pairs: pd.DataFrame, trees: int) -> dict[str, Any]:
+    """Pairs per tree, Δv and margin histograms (0.1 bins) and pairs by depth."""
+
+    def histogram(column: str) -> dict[str, int]:
+        bins = ((pairs[column] * 10 + 1e-9) // 1 / 10).round(1)  # 1.0 // 0.1 is 9.0 in floats
+        return {f"{b:.1f}": int(c) for b, c in sorted(Counter(bins).items())}
+
+    return {
+        "pairs": len(pairs),
+        "trees": trees,
+        "trees_with_pairs": int(pairs["tree_id"].nunique()) if len(pairs) else 0,
+        "pairs_per_tree": len(pairs) / trees if trees else 0.0,
+        "delta_value_histogram": histogram("delta_value") if len(pairs) else {},
+        "margin_histogram": histogram("margin") if len(pairs) else {},
+        "pairs_by_depth": {int(d): int(c) for d, c in sorted(Counter(pairs["depth"]).items())},
+    }
