@@ -163,6 +163,7 @@ def main() -> None:
             flat = run_flat_vllm(engine, prompts, per_problem, config)
             figures["vllm"] = summarize(tree, flat)
             print("vllm:", json.dumps(figures["vllm"]))
+            engine.close()
     if "transformers" in figures and "vllm" in figures:
         figures["transformers_tree_tok_s_vs_vllm_flat_tok_s"] = (
             figures["transformers"]["tree"]["tokens_per_s"]

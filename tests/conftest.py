@@ -22,14 +22,11 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
-def smollm2_trees(smollm2):
-    """Step trees of the real model on 12 training arithmetic problems, and their config."""
-    from sppd_lib.data import load_problems
-    from sppd_lib.engines.transformers_engine import TransformersEngine
-    from sppd_lib.sampler import SamplerConfig, sample_trees
+def smollm2_sampler_config():
+    """Tree sampling settings under which SmolLM2-135M gets both right and wrong paths."""
+    from sppd_lib.sampler import SamplerConfig
 
-    model, tokenizer = smollm2
-    config = SamplerConfig(
+    return SamplerConfig(
         k=12,
         c=2,
         temperature=0.7,
@@ -39,6 +36,17 @@ def smollm2_trees(smollm2):
         problems_per_batch=12,
         passes_per_round=2,
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2_trees(smollm2, smollm2_sampler_config):
+    """Step trees of the real model on 12 training arithmetic problems, and their config."""
+    from sppd_lib.data import load_problems
+    from sppd_lib.engines.transformers_engine import TransformersEngine
+    from sppd_lib.sampler import sample_trees
+
+    model, tokenizer = smollm2
     problems = load_problems("arith", "train", limit=12)
     engine = TransformersEngine(model, tokenizer)
-    return list(sample_trees(engine, tokenizer, problems, config, progress=False)), config
+    trees = sample_trees(engine, tokenizer, problems, smollm2_sampler_config, progress=False)
+    return list(trees), smollm2_sampler_config

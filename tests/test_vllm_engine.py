@@ -12,14 +12,16 @@ import torch  # noqa: E402
 from sppd_lib.data import load_problems  # noqa: E402
 from sppd_lib.engines import SamplingSettings  # noqa: E402
 from sppd_lib.prompts import prompt_token_ids  # noqa: E402
-from sppd_lib.sampler import SamplerConfig, sample_trees  # noqa: E402
+from sppd_lib.sampler import sample_trees  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def vllm_engine():
     from sppd_lib.engines.vllm_engine import VLLMEngine
 
-    return VLLMEngine("smollm2-135m-instruct", max_model_len=2048)
+    engine = VLLMEngine("smollm2-135m-instruct", max_model_len=2048)
+    yield engine
+    engine.close()  # while pytest's output streams are still open
 
 
 @pytest.fixture(scope="module")
@@ -68,18 +70,10 @@ def test_stops_at_the_delimiter_and_keeps_it(vllm_engine, reference) -> None:
     assert any(c.finish_reason == "delimiter" for c in out[0])
 
 
-def test_trees_same_seed_and_both_outcomes(vllm_engine, reference) -> None:
+def test_trees_same_seed_and_both_outcomes(vllm_engine, reference, smollm2_sampler_config) -> None:
     _, tokenizer = reference
-    problems = load_problems("arith", "train", limit=8)
-    config = SamplerConfig(
-        k=12,
-        c=2,
-        temperature=0.7,
-        max_step_tokens=96,
-        max_total_tokens=320,
-        answer_format="any",
-        problems_per_batch=8,
-    )
+    problems = load_problems("arith", "train", limit=12)
+    config = smollm2_sampler_config
     trees = list(sample_trees(vllm_engine, tokenizer, problems, config, progress=False))
     again = list(sample_trees(vllm_engine, tokenizer, problems, config, progress=False))
     assert [t.to_dict() for t in trees] == [t.to_dict() for t in again]

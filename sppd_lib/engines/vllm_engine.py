@@ -65,6 +65,12 @@ class VLLMEngine:
             self.lora_request = LoRARequest("sppd-adapter", 1, lora_path)
         self.tokens_generated = 0
 
+    def close(self) -> None:
+        """Stop vLLM's engine processes now (rather than at interpreter exit)."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def sample(
         self, prefixes: Sequence[Sequence[int]], n: int, settings: SamplingSettings
     ) -> list[list[Continuation]]:
