@@ -17,6 +17,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from sppd_lib.config import EvalConfig
 from sppd_lib.data import Problem, load_problems
 from sppd_lib.grading import grade
+from sppd_lib.models import eos_token_ids
 from sppd_lib.prompts import build_prompt
 
 __all__ = ["Generation", "accuracy_table", "evaluate", "evaluate_problems", "generate_greedy"]
@@ -50,7 +51,7 @@ def generate_greedy(
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: list[Generation | None] = [None] * len(prompts)
-    eos_ids = set(_eos_ids(model, tokenizer))
+    eos_ids = set(eos_token_ids(model, tokenizer))
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
@@ -76,14 +77,6 @@ def generate_greedy(
         bar.update(len(batch))
     bar.close()
     return [r for r in results if r is not None]
-
-
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return sorted(set(ids))
 
 
 def evaluate(

@@ -30,6 +30,7 @@ __all__ = [
     "cache_dir",
     "convert_gguf",
     "default_device",
+    "eos_token_ids",
     "load_model",
     "load_tokenizer",
     "resolve_model",
@@ -186,6 +187,15 @@ def load_model(
         raise ModelError(f"could not load model {name_or_path!r}: {exc}") from exc
     model.to(device).eval()
     return model, load_tokenizer(location)
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends a response: the generation config's EOS ids and the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
 
 
 def build_tiny_model(

@@ -27,6 +27,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.engines import Continuation, FinishReason, SamplingSettings
+from sppd_lib.models import eos_token_ids
 
 __all__ = ["TransformersEngine"]
 
@@ -68,10 +69,7 @@ class TransformersEngine:
         self.tokenizer = tokenizer
         self.max_batch_rows = max_batch_rows
         self.kv_cache_tokens = kv_cache_tokens
-        eos = model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if tokenizer.eos_token_id is not None:
-            eos.append(tokenizer.eos_token_id)
+        eos = eos_token_ids(model, tokenizer)
         self.eos_ids = frozenset(eos)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         self._may_complete: dict[str, list[bool]] = {}
