@@ -227,10 +227,11 @@ def build_pairs(trees: Iterable[StepTree], config: PairConfig) -> tuple[pd.DataF
             logger.debug("%s: no pairs (%s)", tree.problem.id, reason)
     if reasons:
         logger.info("trees without pairs: %s", dict(reasons))
-    return pd.DataFrame(rows, columns=_COLUMNS), reasons
+    # Columns come from the rows; the list only names them when there is no row at all.
+    return (pd.DataFrame(rows) if rows else pd.DataFrame(columns=_COLUMNS)), reasons
 
 
-_COLUMNS = [
+_COLUMNS = [  # the keys of _pair_row, for an empty result
     "tree_id", "problem_id", "gold", "prompt", "prompt_ids", "chosen", "rejected", "chosen_ids",
     "rejected_ids", "chosen_ref_logps", "rejected_ref_logps", "chosen_ref_logp",
     "rejected_ref_logp", "value_chosen", "value_rejected", "delta_value", "margin", "depth",
