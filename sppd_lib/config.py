@@ -35,7 +35,12 @@ def option(default: Any, help: str) -> Any:
 
 @dataclass
 class EvalConfig:
-    """Greedy pass@1 evaluation of a model on benchmarks (SPPD_METHOD.md §6)."""
+    """Evaluation of a model on benchmarks (SPPD_METHOD.md §6).
+
+    Greedy pass@1 always; with ``num_samples`` N > 0 also N sampled responses per problem,
+    scored as maj@N (plain majority), vote@N (weight-summed vote) and best@N (the answer of
+    the highest-weighted response).
+    """
 
     benchmarks: list[str] = option(
         ["gsm8k"], "Benchmarks to evaluate: gsm8k, math500, math, ocw, arith, svamp, ..."
@@ -45,9 +50,38 @@ class EvalConfig:
     max_new_tokens: int = option(
         512, "Generation budget per response (the paper uses 2048 on GPUs)."
     )
-    batch_size: int = option(16, "Prompts generated together (left-padded).")
+    batch_size: int = option(
+        16, "Prompts generated together (HF generate: one left-padded batch; engine: one call)."
+    )
     system_prompt: str = option(SYSTEM_PROMPT, "System message of the chat prompt.")
     arith_seed: int = option(0, "Seed of the generated arithmetic problems.")
+    num_samples: int = option(
+        0,
+        "Sampled responses per problem for maj@N, vote@N and best@N (paper: 64); 0 = greedy only.",
+    )
+    sample_temperature: float = option(0.7, "Temperature of the sampled responses (> 0).")
+    sample_top_p: float = option(1.0, "Top-p of the sampled responses, in (0, 1].")
+    seed: int = option(0, "Seed of the sampled responses.")
+    prm_model: str | None = option(
+        None,
+        "PRM (hub id or directory) whose last-step score weights vote@N and best@N; null: "
+        "the policy's own confidence exp(mean token log-prob) (a self-confidence weight, "
+        "not a PRM).",
+    )
+
+    def __post_init__(self) -> None:
+        # config_from_dict has checked the types; these are the value ranges.
+        rules = {
+            "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "limit": (self.limit is None or self.limit >= 0, ">= 0 or null"),
+            "num_samples": (self.num_samples >= 0, ">= 0"),
+            "sample_temperature": (self.sample_temperature > 0, "> 0"),
+            "sample_top_p": (0 < self.sample_top_p <= 1, "in (0, 1]"),
+        }
+        for key, (ok, rule) in rules.items():
+            if not ok:
+                raise ConfigError(f"{key} must be {rule}, got {getattr(self, key)!r}")
 
 
 def _type_matches(value: Any, annotation: Any) -> bool:

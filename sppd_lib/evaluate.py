@@ -1,4 +1,15 @@
-"""Greedy pass@1 evaluation: generate, extract, grade, and keep every response for regrading."""
+"""Evaluation (SPPD_METHOD.md §6): greedy pass@1 and, from N sampled responses per problem,
+maj@N, vote@N and best@N; every response is kept with its answer and grade for regrading.
+
+* pass@1: the greedy response's answer.
+* maj@N: the answer given by most samples (equivalent forms such as ``0.5`` and ``1/2``
+  count as one answer; samples without an answer do not vote).
+* vote@N: the answer whose samples have the largest total weight (the paper's ORM_VOTE@N).
+* best@N: the answer of the single highest-weighted sample that has one (ORM_MAX@N).
+
+A sample's weight is the last-step score of a PRM (``EvalConfig.prm_model``) or, without one,
+the policy's own confidence ``exp(mean token log-prob)``: a self-confidence weight, not a PRM.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +27,43 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import EvalConfig
 from sppd_lib.data import Problem, load_problems
-from sppd_lib.grading import grade
+from sppd_lib.engines import Engine, SamplingSettings
+from sppd_lib.grading import grade, group_equivalent
 from sppd_lib.models import eos_token_ids
-from sppd_lib.prompts import build_prompt
+from sppd_lib.prm import PRMScorer
+from sppd_lib.prompts import build_prompt, split_steps
 
-__all__ = ["Generation", "accuracy_table", "evaluate", "evaluate_problems", "generate_greedy"]
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "Generation",
+    "accuracy_table",
+    "best_of_n",
+    "evaluate",
+    "evaluate_problems",
+    "evaluate_samples",
+    "generate_greedy",
+    "generate_with_engine",
+    "maj_at_n",
+    "regrade",
+    "sample_responses",
+    "sampled_scores",
+    "summary_rows",
+    "vote_at_n",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Columns of ``summary.parquet`` (one row per iteration x benchmark x metric).
+SUMMARY_COLUMNS = [
+    "iteration",
+    "benchmark",
+    "metric",
+    "value",
+    "n",
+    "correct",
+    "ci95_low",
+    "ci95_high",
+]
 
 
 @dataclass(frozen=True)
@@ -32,6 +73,13 @@ class Generation:
     text: str
     num_tokens: int
     finish_reason: str  # "stop" (EOS) or "length" (ran out of max_new_tokens)
+    #: Mean raw log-prob of the generated tokens (NaN where the generator does not report it).
+    mean_logprob: float = math.nan
+
+
+# ---------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------
 
 
 @torch.inference_mode()
@@ -44,7 +92,8 @@ def generate_greedy(
     batch_size: int = 16,
     progress: bool = True,
 ) -> list[Generation]:
-    """Greedy-decode each prompt (left-padded batches, similar lengths together)."""
+    """Greedy-decode each prompt with ``model.generate`` (left-padded batches, similar
+    lengths together)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tokenizer.padding_side = "left"
@@ -79,46 +128,129 @@ def generate_greedy(
     return [r for r in results if r is not None]
 
 
+def generate_with_engine(
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    n: int,
+    settings: SamplingSettings,
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[list[Generation]]:
+    """``n`` complete responses per prompt through any :class:`~sppd_lib.engines.Engine`.
+
+    ``settings.stop`` should be ``None`` (whole responses, not steps). Prompts go to the
+    engine ``batch_size`` at a time; each call's seed is ``settings.seed`` plus the index of
+    its first prompt, so different prompts never share a random stream and a rerun with the
+    same seed and batch size draws the same responses.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    prefixes = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    results: list[list[Generation]] = []
+    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
+    for start in range(0, len(prefixes), batch_size):
+        chunk = prefixes[start : start + batch_size]
+        call = SamplingSettings(
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            stop=settings.stop,
+            seed=settings.seed + start,
+        )
+        for continuations in engine.sample(chunk, n, call):
+            results.append(
+                [
+                    Generation(
+                        text=c.text,
+                        num_tokens=len(c.token_ids),  # the EOS counts, as in generate_greedy
+                        finish_reason="length" if c.finish_reason == "length" else "stop",
+                        mean_logprob=sum(c.logprobs) / len(c.logprobs) if c.logprobs else math.nan,
+                    )
+                    for c in continuations
+                ]
+            )
+        bar.update(len(chunk))
+    bar.close()
+    return results
+
+
+def _benchmark_problems(config: EvalConfig, benchmark: str) -> list[Problem]:
+    options = {"seed": config.arith_seed} if benchmark == "arith" else {}
+    return load_problems(benchmark, config.split, config.limit, **options)
+
+
+# ---------------------------------------------------------------------------------------
+# Greedy pass@1
+# ---------------------------------------------------------------------------------------
+
+
 def evaluate(
-    model: PreTrainedModel,
+    model: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     config: EvalConfig,
     *,
+    engine: Engine | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Greedy pass@1 on every benchmark of ``config``: one row per (benchmark, problem).
 
-    Columns: benchmark, problem_id, question, gold, response, pred, correct, status,
-    num_tokens, finish_reason, seconds (generation time of the benchmark, per problem).
+    Decodes with ``model.generate`` by default, or with ``engine`` (temperature 0, e.g. the
+    vLLM engine; ``model`` may then be ``None``). Columns: benchmark, problem_id, question,
+    gold, response, pred, correct, status, num_tokens, finish_reason, seconds (generation
+    time of the benchmark, per problem).
     """
     frames = []
     for benchmark in config.benchmarks:
-        options = {"seed": config.arith_seed} if benchmark == "arith" else {}
-        problems = load_problems(benchmark, config.split, config.limit, **options)
-        frames.append(evaluate_problems(model, tokenizer, problems, config, progress=progress))
+        problems = _benchmark_problems(config, benchmark)
+        frames.append(
+            evaluate_problems(model, tokenizer, problems, config, engine=engine, progress=progress)
+        )
         accuracy = frames[-1]["correct"].mean() if len(frames[-1]) else float("nan")
         logger.info("%s: pass@1 %.3f on %d problems", benchmark, accuracy, len(problems))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def evaluate_problems(
-    model: PreTrainedModel,
+    model: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     problems: Sequence[Problem],
     config: EvalConfig,
     *,
+    engine: Engine | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
+    """Greedy pass@1 on ``problems``; the rows of :func:`evaluate`."""
     prompts = [build_prompt(tokenizer, p.question, config.system_prompt) for p in problems]
     started = time.perf_counter()
-    generations = generate_greedy(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size,
-        progress=progress,
-    )
+    if engine is not None:
+        greedy = SamplingSettings(
+            max_tokens=config.max_new_tokens, temperature=0.0, top_p=1.0, stop=None
+        )
+        generations = [
+            g[0]
+            for g in generate_with_engine(
+                engine,
+                tokenizer,
+                prompts,
+                1,
+                greedy,
+                batch_size=config.batch_size,
+                progress=progress,
+            )
+        ]
+    elif model is not None:
+        generations = generate_greedy(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            progress=progress,
+        )
+    else:
+        raise ValueError("evaluate needs a model or an engine")
     seconds = (time.perf_counter() - started) / max(len(problems), 1)
     rows = []
     for problem, generation in zip(problems, generations, strict=True):
@@ -141,6 +273,199 @@ def evaluate_problems(
     return pd.DataFrame(rows)
 
 
+# ---------------------------------------------------------------------------------------
+# Sampled responses
+# ---------------------------------------------------------------------------------------
+
+
+def _prm_weights(scorer: PRMScorer, prompt: str, responses: Sequence[str]) -> list[float]:
+    """The PRM's score of each response's last step (its judgement of the whole solution)."""
+    paths = [split_steps(r) for r in responses]
+    scored = iter(scorer.score(prompt, [p for p in paths if p]))
+    # An empty response has no step to score: weight 0.
+    return [next(scored)[-1] if path else 0.0 for path in paths]
+
+
+def sample_responses(
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[Problem],
+    config: EvalConfig,
+    *,
+    scorer: PRMScorer | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """``config.num_samples`` sampled responses per problem, graded and weighted.
+
+    One row per (benchmark, problem_id, sample) with columns benchmark, problem_id, sample,
+    gold, response, pred, correct, status, num_tokens, finish_reason, mean_logprob (mean raw
+    token log-prob) and weight: the last-step score of ``scorer`` (or of a PRM loaded from
+    ``config.prm_model``), else ``exp(mean_logprob)``, a self-confidence weight.
+    """
+    if config.num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1 to sample, got {config.num_samples}")
+    if scorer is None and config.prm_model:
+        scorer = PRMScorer(config.prm_model)
+    settings = SamplingSettings(
+        max_tokens=config.max_new_tokens,
+        temperature=config.sample_temperature,
+        top_p=config.sample_top_p,
+        stop=None,
+        seed=config.seed,
+    )
+    prompts = [build_prompt(tokenizer, p.question, config.system_prompt) for p in problems]
+    generations = generate_with_engine(
+        engine,
+        tokenizer,
+        prompts,
+        config.num_samples,
+        settings,
+        batch_size=config.batch_size,
+        progress=progress,
+    )
+    rows = []
+    for problem, prompt, samples in zip(problems, prompts, generations, strict=True):
+        if scorer is not None:
+            weights = _prm_weights(scorer, prompt, [g.text for g in samples])
+        else:
+            weights = [math.exp(g.mean_logprob) for g in samples]
+        for index, (generation, weight) in enumerate(zip(samples, weights, strict=True)):
+            result = grade(generation.text, problem.answer)
+            rows.append(
+                {
+                    "benchmark": problem.source,
+                    "problem_id": problem.id,
+                    "sample": index,
+                    "gold": problem.answer,
+                    "response": generation.text,
+                    "pred": result.pred,
+                    "correct": result.correct,
+                    "status": result.status,
+                    "num_tokens": generation.num_tokens,
+                    "finish_reason": generation.finish_reason,
+                    "mean_logprob": generation.mean_logprob,
+                    "weight": float(weight),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def evaluate_samples(
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    config: EvalConfig,
+    *,
+    scorer: PRMScorer | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """:func:`sample_responses` on every benchmark of ``config`` (the PRM is loaded once)."""
+    if scorer is None and config.prm_model:
+        scorer = PRMScorer(config.prm_model)
+    frames = [
+        sample_responses(
+            engine,
+            tokenizer,
+            _benchmark_problems(config, benchmark),
+            config,
+            scorer=scorer,
+            progress=progress,
+        )
+        for benchmark in config.benchmarks
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def regrade(results: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``results`` with pred, correct and status recomputed from response and gold.
+
+    Works on greedy rows and sample rows alike; on unchanged grading code it reproduces the
+    stored columns, so a grading fix can be applied to old runs without generating again.
+    """
+    grades = [grade(r, g) for r, g in zip(results["response"], results["gold"], strict=True)]
+    out = results.copy()
+    out["pred"] = [g.pred for g in grades]
+    out["correct"] = [g.correct for g in grades]
+    out["status"] = [g.status for g in grades]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# maj@N, vote@N, best@N
+# ---------------------------------------------------------------------------------------
+
+
+def _vote_winner(groups: list[list[int]], weights: Sequence[float]) -> int | None:
+    """First index of the group with the largest total weight; ties go to the group seen
+    first (as in :func:`sppd_lib.grading.majority_vote`)."""
+    best, best_score = None, -math.inf
+    for group in groups:
+        score = sum(weights[i] for i in group)
+        if score > best_score:
+            best, best_score = group[0], score
+    return best
+
+
+def sampled_scores(samples: pd.DataFrame) -> pd.DataFrame:
+    """maj@N, vote@N and best@N of every problem (rows of :func:`sample_responses`).
+
+    One row per (benchmark, problem_id): samples (N), and for each metric in ``maj``,
+    ``vote``, ``best`` the chosen answer ``<metric>_pred`` and ``<metric>_correct``. The
+    answer groups are computed once per problem and shared by maj and vote; a chosen
+    answer is correct when the stored grade of the sample that stands for it is.
+    """
+    rows = []
+    for (benchmark, problem_id), group in samples.groupby(["benchmark", "problem_id"], sort=False):
+        if "sample" in group:
+            group = group.sort_values("sample", kind="stable")  # ties: lowest sample first
+        preds = [None if pd.isna(p) else str(p) for p in group["pred"]]
+        correct = [bool(c) for c in group["correct"]]
+        weights = [float(w) for w in group["weight"]]
+        groups = group_equivalent(preds)  # answerless samples are left out: they never win
+        # best@N: the highest weight among samples with an answer (ties: lowest sample).
+        answered = [i for i, p in enumerate(preds) if p is not None and not math.isnan(weights[i])]
+        chosen = {
+            "maj": _vote_winner(groups, [1.0] * len(preds)),
+            "vote": _vote_winner(groups, weights),
+            "best": max(answered, key=lambda i: (weights[i], -i), default=None),
+        }
+        row = {"benchmark": benchmark, "problem_id": problem_id, "samples": len(preds)}
+        for metric, index in chosen.items():
+            row[f"{metric}_pred"] = None if index is None else preds[index]
+            row[f"{metric}_correct"] = False if index is None else correct[index]
+        rows.append(row)
+    columns = ["benchmark", "problem_id", "samples"]
+    columns += [f"{m}_{c}" for m in ("maj", "vote", "best") for c in ("pred", "correct")]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _one_metric(samples: pd.DataFrame, metric: str) -> pd.DataFrame:
+    scores = sampled_scores(samples)
+    return scores[["benchmark", "problem_id", f"{metric}_pred", f"{metric}_correct"]].rename(
+        columns={f"{metric}_pred": "pred", f"{metric}_correct": "correct"}
+    )
+
+
+def maj_at_n(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per problem (benchmark, problem_id, pred, correct): the answer most samples give."""
+    return _one_metric(samples, "maj")
+
+
+def vote_at_n(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per problem (benchmark, problem_id, pred, correct): the answer of largest total weight."""
+    return _one_metric(samples, "vote")
+
+
+def best_of_n(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per problem (benchmark, problem_id, pred, correct): the answer of the highest-weighted
+    sample that has an answer."""
+    return _one_metric(samples, "best")
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------
+
+
 def _wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
     if total == 0:
         return (float("nan"), float("nan"))
@@ -149,6 +474,60 @@ def _wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, 
     centre = (p + z**2 / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denominator
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summary_rows(
+    greedy: pd.DataFrame | None, samples: pd.DataFrame | None, iteration: int
+) -> pd.DataFrame:
+    """This iteration's rows of ``summary.parquet``: one per benchmark x metric.
+
+    Metrics: ``pass@1`` from the greedy rows (:func:`evaluate`) and, when ``samples``
+    (:func:`sample_responses`) is given and not empty, ``maj@N``, ``vote@N`` and ``best@N``
+    with N the samples per problem. Columns :data:`SUMMARY_COLUMNS`; value is the accuracy,
+    n the problems, ci95_low/high its 95% Wilson interval.
+    """
+    per_benchmark: dict[str, list[tuple[str, pd.Series]]] = {}
+    if greedy is not None and len(greedy):
+        for benchmark, group in greedy.groupby("benchmark", sort=False):
+            per_benchmark.setdefault(str(benchmark), []).append(("pass@1", group["correct"]))
+    if samples is not None and len(samples):
+        scores = sampled_scores(samples)
+        n = int(scores["samples"].max())
+        for benchmark, group in scores.groupby("benchmark", sort=False):
+            for metric in ("maj", "vote", "best"):
+                per_benchmark.setdefault(str(benchmark), []).append(
+                    (f"{metric}@{n}", group[f"{metric}_correct"])
+                )
+    rows = []
+    for benchmark, metrics in per_benchmark.items():
+        for metric, correct_column in metrics:
+            correct, total = int(correct_column.sum()), len(correct_column)
+            low, high = _wilson_interval(correct, total)
+            rows.append(
+                {
+                    "iteration": int(iteration),
+                    "benchmark": benchmark,
+                    "metric": metric,
+                    "value": correct / total,
+                    "n": total,
+                    "correct": correct,
+                    "ci95_low": low,
+                    "ci95_high": high,
+                }
+            )
+    table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    return table.astype(
+        {
+            "iteration": "int64",
+            "benchmark": "object",
+            "metric": "object",
+            "value": "float64",
+            "n": "int64",
+            "correct": "int64",
+            "ci95_low": "float64",
+            "ci95_high": "float64",
+        }
+    )
 
 
 def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:

@@ -1,13 +1,33 @@
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
 from sppd_lib.cli import main
-from sppd_lib.config import EvalConfig
-from sppd_lib.evaluate import accuracy_table, evaluate, generate_greedy
+from sppd_lib.config import ConfigError, EvalConfig, config_from_dict
+from sppd_lib.data import load_problems
+from sppd_lib.engines.transformers_engine import TransformersEngine
+from sppd_lib.evaluate import (
+    SUMMARY_COLUMNS,
+    accuracy_table,
+    best_of_n,
+    evaluate,
+    evaluate_samples,
+    generate_greedy,
+    maj_at_n,
+    regrade,
+    sample_responses,
+    sampled_scores,
+    summary_rows,
+    vote_at_n,
+)
 from sppd_lib.grading import grade
-from sppd_lib.prompts import build_prompt
+from sppd_lib.prm import PRMScorer
+from sppd_lib.prompts import build_prompt, split_steps
+
+from .test_prm import save_tiny_prm
 
 
 def test_generate_greedy_is_deterministic_and_order_preserving(tiny_llama) -> None:
@@ -85,3 +105,177 @@ def test_cli_eval_reads_a_config_and_flags_override(tmp_path, capsys) -> None:
     config.write_text("limt: 3\n")
     assert main(["eval", "--model", "tiny-llama", "--config", str(config)]) == 2
     assert "unknown config key limt" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# Greedy through an engine, sampled responses
+# ---------------------------------------------------------------------------------------
+
+
+def test_greedy_through_the_engine_matches_generate(tiny_llama) -> None:
+    model, tokenizer = tiny_llama
+    config = EvalConfig(benchmarks=["arith"], limit=3, max_new_tokens=6, batch_size=3)
+    reference = evaluate(model, tokenizer, config, progress=False)
+    engine = TransformersEngine(model, tokenizer)
+    through_engine = evaluate(None, tokenizer, config, engine=engine, progress=False)
+    columns = ["problem_id", "response", "pred", "num_tokens", "finish_reason"]
+    pd.testing.assert_frame_equal(through_engine[columns], reference[columns])
+    with pytest.raises(ValueError, match="needs a model or an engine"):
+        evaluate(None, tokenizer, config, progress=False)
+
+
+def test_sample_responses_rows_weights_and_regrade(tiny_llama) -> None:
+    model, tokenizer = tiny_llama
+    config = EvalConfig(
+        benchmarks=["arith"], limit=2, max_new_tokens=5, num_samples=3, batch_size=1, seed=1
+    )
+    problems = load_problems("arith", "test", limit=2)
+    engine = TransformersEngine(model, tokenizer)
+    samples = sample_responses(engine, tokenizer, problems, config, progress=False)
+    assert len(samples) == 2 * 3
+    assert samples.groupby("problem_id")["sample"].apply(list).tolist() == [[0, 1, 2]] * 2
+    assert samples["mean_logprob"].map(math.isfinite).all() and samples["mean_logprob"].lt(0).all()
+    # Without a PRM the weight is the policy's own confidence exp(mean log-prob).
+    assert samples["weight"].tolist() == pytest.approx(samples["mean_logprob"].map(math.exp))
+    assert samples["num_tokens"].le(5).all()
+    # Every stored grade is reproduced from the stored response and gold.
+    columns = ["pred", "correct", "status"]
+    pd.testing.assert_frame_equal(regrade(samples)[columns], samples[columns])
+    # Same seed, same responses; the benchmark loop gives the same rows.
+    again = evaluate_samples(engine, tokenizer, config, progress=False)
+    pd.testing.assert_frame_equal(again, samples)
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        sample_responses(engine, tokenizer, problems, EvalConfig(), progress=False)
+
+
+def test_prm_weights_are_last_step_scores(tmp_path, tiny_llama) -> None:
+    model, tokenizer = tiny_llama
+    prm_dir = save_tiny_prm(tmp_path / "prm", tokenizer, channels=1)
+    config = EvalConfig(limit=1, max_new_tokens=4, num_samples=2, prm_model=prm_dir)
+    problems = load_problems("arith", "test", limit=1)
+    engine = TransformersEngine(model, tokenizer)
+    samples = sample_responses(engine, tokenizer, problems, config, progress=False)
+    assert samples["weight"].between(0, 1).all()
+    # The weight is the PRM's score of each response's last step, prompt included.
+    scorer = PRMScorer(prm_dir)
+    prompt = build_prompt(tokenizer, problems[0].question, config.system_prompt)
+    for row in samples.itertuples():
+        if row.response:
+            [scores] = scorer.score(prompt, [split_steps(row.response)])
+            assert row.weight == pytest.approx(scores[-1], abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# maj@N, vote@N, best@N, summary rows
+# ---------------------------------------------------------------------------------------
+
+
+def hand_made_samples() -> pd.DataFrame:
+    """Three problems (gold in column ``gold``) with four samples each."""
+    problems = {
+        # 1/2 and 0.5 are one answer (2 votes, weight 0.2) against 3 (1 vote, weight 0.9);
+        # the answerless sample has the top weight but never counts.
+        "p1": ("1/2", [("0.5", 0.1), ("3", 0.9), ("\\frac{1}{2}", 0.1), (None, 0.99)]),
+        # A 2-2 count tie goes to the answer seen first (7, wrong); weights favour 8.
+        "p2": ("8", [("7", 0.1), ("8", 0.4), ("7", 0.1), ("8", 0.3)]),
+        # No sample has an answer: every metric is wrong with no prediction.
+        "p3": ("5", [(None, 0.5), (None, 0.5), (None, 0.5), (None, 0.5)]),
+    }
+    rows = []
+    for problem_id, (gold, samples) in problems.items():
+        for index, (pred, weight) in enumerate(samples):
+            response = "I am not sure" if pred is None else f"So \\boxed{{{pred}}}"
+            result = grade(response, gold)
+            assert result.pred == pred
+            rows.append(
+                {
+                    "benchmark": "toy",
+                    "problem_id": problem_id,
+                    "sample": index,
+                    "gold": gold,
+                    "response": response,
+                    "pred": result.pred,
+                    "correct": result.correct,
+                    "status": result.status,
+                    "weight": weight,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_maj_vote_and_best_on_hand_made_samples() -> None:
+    samples = hand_made_samples()
+    maj = maj_at_n(samples).set_index("problem_id")
+    vote = vote_at_n(samples).set_index("problem_id")
+    best = best_of_n(samples).set_index("problem_id")
+    assert list(maj.columns) == ["benchmark", "pred", "correct"]
+    # p1: equivalent forms vote together; the first form seen stands for the group.
+    assert (maj.loc["p1", "pred"], maj.loc["p1", "correct"]) == ("0.5", True)
+    assert (vote.loc["p1", "pred"], vote.loc["p1", "correct"]) == ("3", False)
+    assert (best.loc["p1", "pred"], best.loc["p1", "correct"]) == ("3", False)
+    # p2: the count tie goes to the first group; the weights break it the other way.
+    assert (maj.loc["p2", "pred"], maj.loc["p2", "correct"]) == ("7", False)
+    assert (vote.loc["p2", "pred"], vote.loc["p2", "correct"]) == ("8", True)
+    assert (best.loc["p2", "pred"], best.loc["p2", "correct"]) == ("8", True)
+    for table in (maj, vote, best):
+        assert pd.isna(table.loc["p3", "pred"]) and not table.loc["p3", "correct"]
+
+
+def test_best_of_n_ties_go_to_the_first_sample() -> None:
+    samples = hand_made_samples()
+    samples.loc[samples["problem_id"] == "p2", "weight"] = 0.5
+    best = best_of_n(samples).set_index("problem_id")
+    assert best.loc["p2", "pred"] == "7"
+    scores = sampled_scores(samples.sample(frac=1.0, random_state=0))  # row order is irrelevant
+    assert scores.set_index("problem_id").loc["p2", "best_pred"] == "7"
+
+
+def test_regrade_reproduces_hand_made_rows_and_fixes_stale_ones() -> None:
+    samples = hand_made_samples()
+    columns = ["pred", "correct", "status"]
+    pd.testing.assert_frame_equal(regrade(samples)[columns], samples[columns])
+    stale = samples.assign(correct=False, status="wrong")
+    pd.testing.assert_frame_equal(regrade(stale)[columns], samples[columns])
+
+
+def test_summary_rows_columns_and_values() -> None:
+    greedy = pd.DataFrame(
+        {"benchmark": ["toy", "toy", "toy", "other"], "correct": [True, False, True, False]}
+    )
+    summary = summary_rows(greedy, hand_made_samples(), iteration=2)
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert summary["iteration"].dtype == "int64" and summary["n"].dtype == "int64"
+    keyed = summary.set_index(["benchmark", "metric"])
+    assert list(keyed.index) == [
+        ("toy", "pass@1"),
+        ("toy", "maj@4"),
+        ("toy", "vote@4"),
+        ("toy", "best@4"),
+        ("other", "pass@1"),
+    ]
+    assert keyed.loc[("toy", "pass@1"), "value"] == pytest.approx(2 / 3)
+    assert keyed.loc[("toy", "maj@4"), ["n", "correct"]].tolist() == [3, 1]
+    assert keyed.loc[("toy", "vote@4"), "correct"] == 1
+    assert keyed.loc[("other", "pass@1"), "value"] == 0.0
+    assert (summary["ci95_low"] <= summary["value"]).all()
+    assert (summary["value"] <= summary["ci95_high"]).all()
+    assert list(summary_rows(greedy, None, 0)["metric"]) == ["pass@1", "pass@1"]
+    empty = summary_rows(None, None, 0)
+    assert empty.empty and list(empty.columns) == SUMMARY_COLUMNS
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"num_samples": -1}, "num_samples must be >= 0, got -1"),
+        ({"sample_temperature": 0.0}, "sample_temperature must be > 0"),
+        ({"sample_top_p": 1.5}, r"sample_top_p must be in \(0, 1\]"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"num_samples": 2.5}, "num_samples must be int"),
+        ({"prm_model": 3}, "prm_model must be"),
+    ],
+)
+def test_bad_sampling_config_raises(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(EvalConfig, data)
