@@ -31,6 +31,8 @@ __all__ = [
     "PairConfig",
     "apply_values",
     "build_pairs",
+    "build_sentence_pairs",
+    "build_sft_examples",
     "path_pairs",
     "positive_paths",
     "step_pairs",
@@ -110,10 +112,11 @@ def _has_evidence(node: StepNode, config: PairConfig) -> bool:
     return config.value != "mc" or node.info.get("mc_total", 0) >= config.min_leaves
 
 
-def _skip_reason(tree: StepTree) -> str | None:
+def _skip_reason(tree: StepTree, config: PairConfig) -> str | None:
     if not tree.problem.answer.strip():
         return "missing gold answer"
-    if not tree.complete_leaves():
+    # Outcome-based values need a graded path; a PRM scores unfinished steps too.
+    if config.value != "prm" and not tree.complete_leaves():
         return "no complete path"
     if all(len(tree.children(n.id)) < 2 for n in tree.nodes):
         return "no sibling steps"
@@ -155,7 +158,7 @@ def _pair_row(
 
 def step_pairs(tree: StepTree, config: PairConfig) -> tuple[list[dict[str, Any]], str | None]:
     """Sibling step pairs of one valued tree, and why there are none (``None`` if there are)."""
-    reason = _skip_reason(tree)
+    reason = _skip_reason(tree, config)
     if reason is not None:
         return [], reason
     rows = []
@@ -238,6 +241,45 @@ _COLUMNS = [  # the keys of _pair_row, for an empty result
     "parent_node", "chosen_node", "rejected_node", "chosen_terminal", "rejected_terminal",
     "value_source",
 ]  # fmt: skip
+
+
+def build_sentence_pairs(trees: Iterable[StepTree], config: PairConfig) -> pd.DataFrame:
+    """(τ+, τ−) pairs of every tree for sentence-level DPO (margin 0), trainer-ready."""
+    scorer = PRMScorer(config.prm_model) if config.value == "prm" else None  # type: ignore[arg-type]
+    rows = []
+    for tree in trees:
+        apply_values(tree, config, scorer)
+        rows.extend({**row, "margin": 0.0, "delta_value": 0.0} for row in path_pairs(tree, config))
+    columns = ["tree_id", "prompt", "prompt_ids", "chosen", "rejected", "chosen_ids"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+
+
+def build_sft_examples(
+    trees: Iterable[StepTree], config: PairConfig, per_problem: int = 4
+) -> pd.DataFrame:
+    """τ+ for SFT: up to ``per_problem`` distinct correct complete paths of each tree, best
+    first (a cap, so easy problems with many correct paths do not dominate)."""
+    scorer = PRMScorer(config.prm_model) if config.value == "prm" else None  # type: ignore[arg-type]
+    rows = []
+    for tree in trees:
+        apply_values(tree, config, scorer)
+        seen: set[tuple[int, ...]] = set()
+        for path in positive_paths(tree, config):
+            ids = tuple(t for step in path for t in step.token_ids)
+            if ids in seen or len(seen) >= per_problem:
+                continue
+            seen.add(ids)
+            rows.append(
+                {
+                    "tree_id": tree.problem.id,
+                    "prompt": tree.meta.get("prompt_text", ""),
+                    "prompt_ids": list(tree.prompt_ids),
+                    "chosen": "".join(step.text for step in path),
+                    "chosen_ids": list(ids),
+                }
+            )
+    columns = ["tree_id", "prompt", "prompt_ids", "chosen", "chosen_ids"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def to_trl_preference(pairs: pd.DataFrame) -> pd.DataFrame:

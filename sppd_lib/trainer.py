@@ -1,0 +1,533 @@
+"""Step-level preference training on ``transformers.Trainer`` (SPPD_METHOD.md §2, §5).
+
+One trainer, three phases over the same batch layout (``sppd_lib.packing``):
+- ``sppd``: sibling step pairs, loss −log σ(β·h − γ·Δv) with the margin stored in the pair;
+- ``dpo``: sentence-level pairs (τ+, τ−), the same loss with margin 0;
+- ``sft``: correct complete paths τ+, negative log-likelihood of the solution tokens.
+
+The reference log-probs travel with the data (the sampler recorded them), so no reference
+model is loaded unless ``reference`` asks to recompute them. Because the Trainer does the
+optimisation loop, ``accelerate launch`` (DDP, FSDP, DeepSpeed) works unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from accelerate import PartialState
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from sppd_lib.config import ConfigError, config_to_dict, option
+from sppd_lib.files import write_parquet_atomic
+from sppd_lib.loss import sft_loss, sppd_loss
+from sppd_lib.packing import Batch, pack_sequences, pad_sequences, sequence_logps
+
+__all__ = [
+    "PairCollator",
+    "PreferenceDataset",
+    "SPPDTrainer",
+    "TrainConfig",
+    "TrainResult",
+    "compute_reference_logps",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("sft", "dpo", "sppd")
+
+
+@dataclass
+class TrainConfig:
+    """Training of one phase (SPPD_METHOD.md §5)."""
+
+    phase: str = option("sppd", "'sppd' (step pairs), 'dpo' (sentence pairs) or 'sft' (τ+).")
+    beta: float = option(0.1, "β of the DPO/SPPD loss (paper: 0.1).")
+    optimizer: str = option("adamw", "'adamw' or 'sgd' (the paper's DPO/SPPD optimiser).")
+    learning_rate: float = option(1e-4, "Peak learning rate (paper, full fine-tuning: SGD 1e-5).")
+    lr_scheduler: str = option("cosine", "Learning-rate schedule (any transformers scheduler).")
+    warmup_ratio: float = option(0.0, "Share of steps spent warming the learning rate up.")
+    weight_decay: float = option(0.0, "Weight decay of the optimiser.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables clipping).")
+    epochs: int = option(1, "Passes over the training data (reshuffled tree by tree each pass).")
+    batch_size: int = option(8, "Pairs (or τ+ paths) per device per micro-batch.")
+    gradient_accumulation_steps: int = option(1, "Micro-batches per optimiser step.")
+    lora_r: int = option(16, "LoRA rank; 0 trains all weights (full fine-tuning).")
+    lora_alpha: int = option(32, "LoRA alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = option(0.0, "LoRA dropout.")
+    lora_target_modules: str = option("all-linear", "Modules that get LoRA adapters.")
+    packing: bool = option(
+        True, "Forward each batch as one token trie (shared prefixes once); false pads rows."
+    )
+    group_by_tree: bool = option(
+        True, "Order pairs tree by tree, so a batch holds siblings and shares more prefix."
+    )
+    reference: str = option(
+        "tree",
+        "Reference log-probs: 'tree' (recorded by the sampler) or 'recompute' (the policy "
+        "before training: LoRA adapter disabled, or the starting weights), for pairs that did "
+        "not come from this model.",
+    )
+    gradient_checkpointing: bool = option(False, "Recompute activations to save memory.")
+    bf16: bool | None = option(None, "bf16 mixed precision; default: on for CUDA, off on CPU.")
+    max_examples: int | None = option(None, "Train on the first N pairs/paths only.")
+    logging_steps: int = option(1, "Optimiser steps between log lines.")
+    seed: int = option(0, "Seed of the data order and the LoRA initialisation.")
+    save_merged: bool = option(
+        True, "Also save LoRA merged into full weights (next sampler, vLLM, export)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ConfigError(f"train.phase must be one of {PHASES}, not {self.phase!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"train.optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
+        if self.reference not in ("tree", "recompute"):
+            raise ConfigError(
+                f"train.reference must be 'tree' or 'recompute', not {self.reference!r}"
+            )
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lora_r < 0 or self.beta <= 0 or self.learning_rate <= 0:
+            raise ConfigError("train.lora_r must be >= 0, train.beta and learning_rate > 0")
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+
+def _ids(value: Any) -> list[int]:
+    return [] if value is None else [int(t) for t in value]
+
+
+class PreferenceDataset(torch.utils.data.Dataset):
+    """Pairs (``sppd``, ``dpo``) or τ+ paths (``sft``) as token ids, in training order.
+
+    Each row needs ``prompt_ids`` and ``chosen_ids``; pairs also ``rejected_ids``,
+    ``chosen_ref_logp``, ``rejected_ref_logp`` and (``sppd``) ``margin``. The order is the
+    training order (see ``training_order``), so the Trainer samples sequentially.
+    """
+
+    def __init__(self, frame: pd.DataFrame, phase: str) -> None:
+        needed = ["prompt_ids", "chosen_ids"]
+        if phase != "sft":
+            needed += ["rejected_ids", "chosen_ref_logp", "rejected_ref_logp"]
+        if phase == "sppd":
+            needed.append("margin")
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise ConfigError(f"{phase} training data lacks column(s) {missing}")
+        self.phase = phase
+        self.rows: list[dict[str, Any]] = []
+        for index, row in enumerate(frame.to_dict("records")):
+            prompt, chosen = _ids(row["prompt_ids"]), _ids(row["chosen_ids"])
+            rejected = _ids(row.get("rejected_ids"))
+            if not prompt or not chosen or (phase != "sft" and not rejected):
+                raise ConfigError(f"training row {index} has an empty prompt or step")
+            self.rows.append(
+                {
+                    "pair_index": int(row.get("pair_index", index)),
+                    "prompt_ids": prompt,
+                    "chosen_ids": chosen,
+                    "rejected_ids": rejected,
+                    "ref_chosen": float(row.get("chosen_ref_logp", 0.0)),
+                    "ref_rejected": float(row.get("rejected_ref_logp", 0.0)),
+                    "margin": float(row.get("margin", 0.0)) if phase == "sppd" else 0.0,
+                    "delta_value": float(row.get("delta_value", 0.0) or 0.0),
+                }
+            )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+
+def training_order(
+    frame: pd.DataFrame, epochs: int, seed: int, group_by_tree: bool
+) -> pd.DataFrame:
+    """``epochs`` shuffled copies of ``frame`` (with ``pair_index`` = original row).
+
+    With ``group_by_tree`` the trees are shuffled and each tree's pairs stay together, so a
+    batch holds siblings whose shared prefix is forwarded once.
+    """
+    frame = frame.reset_index(drop=True).assign(pair_index=lambda f: f.index)
+    rng = random.Random(seed)
+    passes = []
+    for _ in range(epochs):
+        if group_by_tree and "tree_id" in frame.columns:
+            trees = list(dict.fromkeys(frame["tree_id"]))
+            rng.shuffle(trees)
+            rank = {tree: i for i, tree in enumerate(trees)}
+            order = sorted(frame.index, key=lambda i: (rank[frame.at[i, "tree_id"]], i))
+        else:
+            order = list(frame.index)
+            rng.shuffle(order)
+        passes.append(frame.loc[order])
+    return pd.concat(passes, ignore_index=True)
+
+
+class PairCollator:
+    """Features of a micro-batch → one packed trie row (or padded rows) + loss targets.
+
+    Sequence ``2i`` is pair i's ``prompt + chosen``, ``2i + 1`` its ``prompt + rejected``;
+    ``sft`` has only the chosen sequences. A step that is not final carries no EOS: the step
+    token ids come from the sampler as generated (EOS only where the model stopped).
+    """
+
+    def __init__(self, phase: str, packing: bool = True, pad_id: int = 0) -> None:
+        self.phase, self.packing, self.pad_id = phase, packing, pad_id
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        prefixes, steps = [], []
+        for feature in features:
+            prefixes.append(feature["prompt_ids"])
+            steps.append(feature["chosen_ids"])
+            if self.phase != "sft":
+                prefixes.append(feature["prompt_ids"])
+                steps.append(feature["rejected_ids"])
+        if self.packing:
+            batch = pack_sequences(prefixes, steps)
+        else:
+            batch = pad_sequences(prefixes, steps, self.pad_id)
+        column = lambda key, dtype: torch.tensor([f[key] for f in features], dtype=dtype)  # noqa: E731
+        return {
+            **{f"batch_{name}": value for name, value in vars(batch).items()},
+            "pair_index": column("pair_index", torch.long),
+            "ref_chosen": column("ref_chosen", torch.float32),
+            "ref_rejected": column("ref_rejected", torch.float32),
+            "margin": column("margin", torch.float32),
+            "delta_value": column("delta_value", torch.float32),
+        }
+
+
+def _batch_of(inputs: dict[str, torch.Tensor]) -> Batch:
+    return Batch(**{k[len("batch_") :]: v for k, v in inputs.items() if k.startswith("batch_")})
+
+
+@torch.no_grad()
+def compute_reference_logps(
+    model: PreTrainedModel,
+    dataset: PreferenceDataset,
+    batch_size: int = 8,
+    packing: bool = True,
+) -> None:
+    """Replace the dataset's reference log-probs with ``model``'s (adapter disabled if peft)."""
+    collator = PairCollator(dataset.phase, packing)
+    disable = getattr(model, "disable_adapter", None)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with disable() if disable is not None else _nothing():
+        for start in range(0, len(dataset), batch_size):
+            rows = dataset.rows[start : start + batch_size]
+            batch = _batch_of({k: v.to(device) for k, v in collator(rows).items()})
+            logps, _ = sequence_logps(model, batch, 2 * len(rows), _attention(model))
+            for row, (chosen, rejected) in zip(rows, logps.view(-1, 2).tolist(), strict=True):
+                row["ref_chosen"], row["ref_rejected"] = chosen, rejected
+    model.train(was_training)
+
+
+def _attention(model: torch.nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------
+
+
+class SPPDTrainer(Trainer):
+    """``transformers.Trainer`` with the SPPD/DPO/SFT loss on packed batches.
+
+    Only ``compute_loss`` and ``log`` (both public hooks) are overridden; metrics are
+    accumulated per micro-batch and averaged into each log line, as TRL does.
+    """
+
+    def __init__(self, *args: Any, train_config: TrainConfig, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.train_config = train_config
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self.pair_log: list[dict[str, Any]] = []
+        self.tokens_forwarded = 0
+        self.attention = _attention(self.model)
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        config = self.train_config
+        batch = _batch_of(inputs)
+        self.tokens_forwarded += batch.tokens_forwarded
+        sequences = len(inputs["pair_index"]) * (1 if config.phase == "sft" else 2)
+        logps, token_logps = sequence_logps(model, batch, sequences, self.attention)
+        if config.phase == "sft":
+            loss = sft_loss(token_logps[None], torch.ones_like(token_logps)[None])
+            self._metrics["nll"].append(loss.item())
+            return (loss, None) if return_outputs else loss
+        chosen_logps, rejected_logps = logps.view(-1, 2).unbind(1)
+        losses, chosen_rewards, rejected_rewards = sppd_loss(
+            chosen_logps,
+            rejected_logps,
+            inputs["ref_chosen"],
+            inputs["ref_rejected"],
+            inputs["margin"],
+            config.beta,
+        )
+        self._record(inputs, losses, chosen_rewards, rejected_rewards)
+        loss = losses.mean()
+        return (loss, None) if return_outputs else loss
+
+    def _record(
+        self,
+        inputs: dict[str, torch.Tensor],
+        losses: torch.Tensor,
+        chosen_rewards: torch.Tensor,
+        rejected_rewards: torch.Tensor,
+    ) -> None:
+        gather = self.accelerator.gather_for_metrics
+        stats = {
+            "loss": losses.detach(),
+            "reward_margin": chosen_rewards - rejected_rewards,  # β·h
+            "value_margin": inputs["margin"],
+            "delta_value": inputs["delta_value"],
+            "chosen_reward": chosen_rewards,
+            "rejected_reward": rejected_rewards,
+            "pair_index": inputs["pair_index"],
+        }
+        stats = {k: gather(v).cpu() for k, v in stats.items()}
+        self._metrics["reward_accuracy"].extend((stats["reward_margin"] > 0).float().tolist())
+        for key in ("reward_margin", "value_margin", "chosen_reward", "rejected_reward"):
+            self._metrics[key].extend(stats[key].tolist())
+        step = self.state.global_step
+        for i in range(len(stats["pair_index"])):
+            self.pair_log.append(
+                {
+                    "step": step,
+                    "phase": self.train_config.phase,
+                    "pair_index": int(stats["pair_index"][i]),
+                    "reward_margin": float(stats["reward_margin"][i]),
+                    "value_margin": float(stats["value_margin"][i]),
+                    "delta_value": float(stats["delta_value"][i]),
+                    "loss": float(stats["loss"][i]),
+                }
+            )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metrics and "loss" in logs:  # a training log line, not the final summary
+            for key, values in self._metrics.items():
+                logs[key] = sum(values) / len(values)
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+
+class _JsonlLogger(TrainerCallback):
+    """Appends every training log line (with phase and step) to ``log.jsonl``."""
+
+    def __init__(self, path: Path, phase: str) -> None:
+        self.path, self.phase = path, phase
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "phase": self.phase, **logs}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# The whole phase: load, train, save
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` wrote and measured."""
+
+    out_dir: Path
+    model_dir: Path | None  # full weights (merged LoRA), the next sampler
+    adapter_dir: Path | None
+    examples: int
+    steps: int
+    seconds: float
+    tokens_forwarded: int
+    final_metrics: dict[str, float]
+
+
+def _training_arguments(config: TrainConfig, work_dir: Path, cuda: bool, progress: bool) -> Any:
+    bf16 = cuda if config.bf16 is None else config.bf16
+    # Named only when on: transformers 5.2x renames the flag and warns on every use.
+    checkpointing = {"gradient_checkpointing": True} if config.gradient_checkpointing else {}
+    return TrainingArguments(
+        **checkpointing,
+        output_dir=str(work_dir / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_train_epochs=1,  # the data already holds `epochs` shuffled passes
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim="sgd" if config.optimizer == "sgd" else "adamw_torch",
+        bf16=bf16,
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        train_sampling_strategy="sequential",  # training_order already shuffled
+        seed=config.seed,
+        disable_tqdm=not progress,
+        use_cpu=not cuda,
+        dataloader_drop_last=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def _prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:
+    implementation = _attention(model)
+    if config.packing and implementation not in ("sdpa", "eager"):
+        raise ConfigError(
+            f"train.packing needs sdpa or eager attention (the model uses {implementation!r}); "
+            "set train.packing: false"
+        )
+    if config.lora_r == 0:
+        return model
+    from sppd_lib.models import attach_lora
+
+    torch.manual_seed(config.seed)
+    return attach_lora(
+        model,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+    )
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: pd.DataFrame,
+    config: TrainConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``data`` for one phase; write everything into ``out_dir``.
+
+    ``out_dir`` gets ``log.jsonl`` (one line per logged step), ``pair_log.parquet`` (per pair
+    per step: β·h, margin, loss), ``config.json``, ``metrics.json``, ``adapter/`` (LoRA) and
+    ``model/`` (full weights with the tokenizer). It is built in ``<out_dir>.partial`` and
+    renamed when complete, so a crash never leaves a half-written result.
+    """
+    out_dir = Path(out_dir)
+    if len(data) == 0:
+        raise ConfigError(f"no {config.phase} training data: nothing to train on")
+    if config.max_examples is not None:
+        data = data.iloc[: config.max_examples]
+    work_dir = out_dir.with_name(out_dir.name + ".partial")
+    state = PartialState()  # the process group of `accelerate launch` (one process otherwise)
+    if state.is_main_process:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True)
+    state.wait_for_everyone()
+    ordered = training_order(data, config.epochs, config.seed, config.group_by_tree)
+    dataset = PreferenceDataset(ordered, config.phase)
+    cuda = next(model.parameters()).is_cuda
+    policy = _prepare_model(model, config)
+    if config.reference == "recompute" and config.phase != "sft":
+        compute_reference_logps(policy, dataset, config.batch_size, config.packing)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trainer = SPPDTrainer(
+        model=policy,
+        args=_training_arguments(config, work_dir, cuda, progress),
+        train_dataset=dataset,
+        data_collator=PairCollator(config.phase, config.packing, pad_id),
+        callbacks=[_JsonlLogger(work_dir / "log.jsonl", config.phase)],
+        train_config=config,
+    )
+    started = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+    result = TrainResult(
+        out_dir=out_dir,
+        model_dir=None,
+        adapter_dir=None,
+        examples=len(data),
+        steps=output.global_step,
+        seconds=seconds,
+        tokens_forwarded=trainer.tokens_forwarded,
+        final_metrics={k: v for k, v in output.metrics.items() if isinstance(v, int | float)},
+    )
+    if not trainer.is_world_process_zero():
+        return result
+    _save(trainer, policy, tokenizer, config, work_dir, result)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(work_dir, out_dir)
+    result.model_dir = out_dir / "model" if config.save_merged else None
+    result.adapter_dir = out_dir / "adapter" if config.lora_r else None
+    return result
+
+
+def _save(
+    trainer: SPPDTrainer,
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: TrainConfig,
+    work_dir: Path,
+    result: TrainResult,
+) -> None:
+    shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
+    write_parquet_atomic(pd.DataFrame(trainer.pair_log), work_dir / "pair_log.parquet")
+    (work_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+    metrics = {
+        "phase": config.phase,
+        "examples": result.examples,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "tokens_forwarded": result.tokens_forwarded,
+        **result.final_metrics,
+    }
+    (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    if config.lora_r:
+        policy.save_pretrained(work_dir / "adapter")
+    if config.save_merged:
+        merged = policy.merge_and_unload() if config.lora_r else policy
+        merged.save_pretrained(work_dir / "model")
+        tokenizer.save_pretrained(work_dir / "model")
+
+
+def read_log(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The training log of ``out_dir`` (one row per logged step)."""
+    path = Path(out_dir) / "log.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return pd.DataFrame(rows)
