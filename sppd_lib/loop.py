@@ -1,0 +1,395 @@
+"""The SPPD self-training loop (SPPD_METHOD.md §5, DESIGN.md §3).
+
+A run is a sequence of iterations. Iteration 0 evaluates the starting model. Iteration k ≥ 1
+samples step trees with the current policy, backs up values, builds pairs, trains (the phases
+of the curriculum), evaluates, and hands the trained model on as the next sampler and
+reference. Every phase writes one artifact atomically into ``runs/<run_id>/iter_<k>/``; a
+phase whose artifact exists is skipped, so rerunning the same command resumes a killed run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sppd_lib.config import (
+    ConfigError,
+    EvalConfig,
+    config_from_dict,
+    config_to_dict,
+    load_yaml,
+    option,
+)
+from sppd_lib.data import BENCHMARKS, GENERATED, DataError, Problem, load_problems
+from sppd_lib.files import write_parquet_atomic, write_text_atomic
+from sppd_lib.pairs import PairConfig
+from sppd_lib.sampler import SamplerConfig
+from sppd_lib.trainer import PHASES, TrainConfig
+
+__all__ = ["DataConfig", "RunConfig", "load_run_config", "run", "summary_table"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """Training prompts of the loop."""
+
+    name: str = option("arith", "Data set of the training prompts: arith, gsm8k, math, ...")
+    split: str = option("train", "Split of the training prompts.")
+    prompts_per_iteration: int = option(32, "Problems sampled into trees per iteration.")
+    fresh_prompts: bool = option(
+        True, "Each iteration takes the next prompts (true) or reuses the same ones (false)."
+    )
+    mix: dict[str, float] = option(
+        {}, "Mix of data sets by share, e.g. {gsm8k: 0.4, math: 0.6} (the paper); overrides name."
+    )
+    arith: dict[str, Any] = option(
+        {}, "Options of generated arithmetic (data.generate_arithmetic): max_terms, digits, ..."
+    )
+    arith_seed: int = option(0, "Seed of the generated arithmetic training problems.")
+
+
+@dataclass
+class RunConfig:
+    """A whole SPPD run: model, curriculum and the config of every phase."""
+
+    run_id: str = option("sppd", "Name of the run; its directory is runs/<run_id>.")
+    model: str = option(
+        "smollm2-135m-instruct", "Starting policy (alias, directory, .gguf, hub id)."
+    )
+    device: str | None = option(None, "cpu or cuda (default: cuda if present).")
+    iterations: int = option(2, "Self-training iterations after iteration 0 (evaluation only).")
+    phases: list[str] = option(["sppd"], "Training phases of every iteration, in order.")
+    first_phases: list[str] | None = option(
+        None, "Phases of iteration 1 if different, e.g. [sft, dpo, sppd] for a base model."
+    )
+    engine: str = option("transformers", "Sampling engine: 'transformers' or 'vllm'.")
+    sft_per_problem: int = option(4, "τ+ paths per problem for the sft phase.")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training prompts."})
+    sampler: SamplerConfig = field(default_factory=SamplerConfig, metadata={"help": "Sampler."})
+    pairs: PairConfig = field(default_factory=PairConfig, metadata={"help": "Values, pairs."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0:
+            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+        for key in ("phases", "first_phases"):
+            for phase in getattr(self, key) or []:
+                if phase not in PHASES:
+                    raise ConfigError(f"{key}: unknown phase {phase!r} (choose from {PHASES})")
+        if not self.phases:
+            raise ConfigError("phases must name at least one phase")
+        if self.engine not in ("transformers", "vllm"):
+            raise ConfigError(f"engine must be 'transformers' or 'vllm', not {self.engine!r}")
+        for name in [*self.eval.benchmarks, self.data.name, *self.data.mix]:
+            if name not in BENCHMARKS and name not in GENERATED:
+                known = sorted([*BENCHMARKS, *GENERATED])
+                raise ConfigError(f"unknown data set {name!r} (known: {known})")
+
+    def phases_of(self, iteration: int) -> list[str]:
+        return list(self.first_phases or self.phases) if iteration == 1 else list(self.phases)
+
+
+def load_run_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
+    """A ``RunConfig`` from YAML, with ``key.sub=value`` overrides (values parsed as YAML).
+
+    Raises:
+        ConfigError: missing file, unknown key or wrong type, naming the key.
+    """
+    import yaml
+
+    data = load_yaml(path)
+    for override in overrides or []:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set wants key=value, got {override!r}")
+        target = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {key}: {parent} is not a section")
+        target[leaf] = yaml.safe_load(raw)
+    try:
+        return config_from_dict(RunConfig, data)
+    except ValueError as exc:  # __post_init__ checks of the nested configs
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Run directory
+# ---------------------------------------------------------------------------------------
+
+
+def iteration_dir(run_dir: Path, iteration: int) -> Path:
+    return run_dir / f"iter_{iteration}"
+
+
+def _start_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """Create the run directory, or check that a resumed run has the same config."""
+    saved = run_dir / "config.yaml"
+    wanted = config_to_dict(config)
+    if saved.exists():
+        previous = load_yaml(saved)
+        if previous != wanted:
+            changed = sorted(_changed_keys(previous, wanted))
+            raise ConfigError(
+                f"{run_dir} holds a run with another config (changed: {', '.join(changed)}); "
+                "use another run_id / --run-dir, or delete the directory"
+            )
+        logger.info("resuming run %s", run_dir)
+        return
+    import yaml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(saved, yaml.safe_dump(wanted, sort_keys=False, allow_unicode=True))
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = set(old) | set(new)
+        return [
+            k for key in keys for k in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+# ---------------------------------------------------------------------------------------
+# Phases
+# ---------------------------------------------------------------------------------------
+
+
+class _Policy:
+    """The current policy, loaded once and shared by sampling and evaluation."""
+
+    def __init__(self, device: str | None) -> None:
+        self.device, self.path, self.model, self.tokenizer = device, None, None, None
+
+    def load(self, path: str) -> tuple[Any, Any]:
+        if self.path != path:
+            from sppd_lib.models import load_model
+
+            self.model = self.tokenizer = None  # free the old weights first
+            self.model, self.tokenizer = load_model(path, device=self.device)
+            self.path = path
+        return self.model, self.tokenizer
+
+
+def training_problems(config: RunConfig, iteration: int) -> list[Problem]:
+    """The prompts of ``iteration`` (1-based): the next slice of the data (or the same one)."""
+    data = config.data
+    count = data.prompts_per_iteration
+    start = (iteration - 1) * count if data.fresh_prompts else 0
+    mix = data.mix or {data.name: 1.0}
+    total = sum(mix.values())
+    problems: list[Problem] = []
+    for name, share in mix.items():
+        wanted = round(count * share / total)
+        offset = round(start * share / total)
+        options = {"seed": data.arith_seed, **data.arith} if name in GENERATED else {}
+        loaded = load_problems(name, data.split, offset + wanted, **options)
+        if len(loaded) < offset + wanted:
+            raise DataError(
+                f"{name} {data.split} has {len(loaded)} problems, iteration {iteration} needs "
+                f"{offset + wanted} (lower prompts_per_iteration or set fresh_prompts: false)"
+            )
+        problems.extend(loaded[offset:])
+    return problems
+
+
+def _engine(config: RunConfig, policy: _Policy, model_path: str) -> tuple[Any, Any]:
+    if config.engine == "vllm":
+        from sppd_lib.engines.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(model_path, seed=config.sampler.seed)
+        return engine, engine.tokenizer
+    from sppd_lib.engines.transformers_engine import TransformersEngine
+
+    model, tokenizer = policy.load(model_path)
+    return TransformersEngine(model, tokenizer), tokenizer
+
+
+def _sample_phase(
+    config: RunConfig, policy: _Policy, model_path: str, out_dir: Path, k: int
+) -> None:
+    from sppd_lib.sampler import sample_to_file
+
+    trees_file = out_dir / "trees.jsonl.gz"
+    if trees_file.exists():
+        return
+    problems = training_problems(config, k)
+    logger.info("iteration %d: sampling trees for %d problems", k, len(problems))
+    sampler = SamplerConfig(**{**vars(config.sampler), "seed": config.sampler.seed + k})
+    engine, tokenizer = _engine(config, policy, model_path)
+    try:
+        sample_to_file(engine, tokenizer, problems, sampler, trees_file, meta={"iteration": k})
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
+
+
+def _pairs_phase(config: RunConfig, out_dir: Path, k: int) -> None:
+    from sppd_lib.pairs import build_pairs, summarize_pairs, write_pairs
+    from sppd_lib.tree import read_trees, write_trees
+
+    pairs_file = out_dir / "pairs.parquet"
+    if pairs_file.exists():
+        return
+    trees = list(read_trees(out_dir / "trees.jsonl.gz"))
+    pairs, reasons = build_pairs(trees, config.pairs)
+    # Values live on the nodes too, for the notebooks; the pairs file marks the phase done.
+    write_trees(out_dir / "trees.jsonl.gz", trees)
+    summary = {**summarize_pairs(pairs, len(trees)), "trees_without_pairs": dict(reasons)}
+    write_text_atomic(out_dir / "pairs_summary.json", json.dumps(summary, indent=1))
+    write_pairs(pairs, pairs_file)
+    stats = [t.stats() for t in trees]
+    logger.info(
+        "iteration %d: %d trees, %d complete paths (%d correct), %d pairs",
+        k,
+        len(trees),
+        sum(s.complete_paths for s in stats),
+        sum(s.correct_paths for s in stats),
+        len(pairs),
+    )
+
+
+def _phase_data(config: RunConfig, phase: str, out_dir: Path) -> pd.DataFrame:
+    from sppd_lib.pairs import build_sentence_pairs, build_sft_examples
+    from sppd_lib.tree import read_trees
+
+    if phase == "sppd":
+        return pd.read_parquet(out_dir / "pairs.parquet")
+    trees = list(read_trees(out_dir / "trees.jsonl.gz"))
+    if phase == "dpo":
+        return build_sentence_pairs(trees, config.pairs)
+    return build_sft_examples(trees, config.pairs, config.sft_per_problem)
+
+
+def _train_phase(config: RunConfig, model_path: str, out_dir: Path, k: int) -> str:
+    """Train the iteration's phases in turn; returns the next policy's directory."""
+    from sppd_lib.models import load_model
+    from sppd_lib.trainer import read_log, train
+
+    train_dir = out_dir / "train"
+    done = train_dir / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())["model"]
+    current = model_path
+    logs, pair_logs = [], []
+    for index, phase in enumerate(config.phases_of(k)):
+        phase_dir = train_dir / phase
+        data = _phase_data(config, phase, out_dir)
+        if len(data) == 0:
+            logger.warning("iteration %d: no %s data, phase skipped", k, phase)
+            continue
+        if not (phase_dir / "model").exists():
+            logger.info("iteration %d: %s on %d examples", k, phase, len(data))
+            # Only the first phase trains the sampler itself; later ones recompute the
+            # reference as the model they start from (e.g. DPO after SFT).
+            reference = config.train.reference if index == 0 else "recompute"
+            settings = TrainConfig(**{**vars(config.train), "phase": phase, "reference": reference})
+            model, tokenizer = load_model(current, device=config.device)
+            train(model, tokenizer, data, settings, phase_dir)
+            del model
+        current = str(phase_dir / "model")
+        logs.append(read_log(phase_dir))
+        pair_log = phase_dir / "pair_log.parquet"
+        if pair_log.exists():
+            pair_logs.append(pd.read_parquet(pair_log))
+    train_dir.mkdir(parents=True, exist_ok=True)
+    if logs:
+        lines = pd.concat(logs, ignore_index=True).to_json(orient="records", lines=True)
+        write_text_atomic(train_dir / "log.jsonl", lines)
+    if pair_logs:
+        write_parquet_atomic(
+            pd.concat(pair_logs, ignore_index=True), train_dir / "pair_log.parquet"
+        )
+    write_text_atomic(done, json.dumps({"model": current, "phases": config.phases_of(k)}))
+    return current
+
+
+def _eval_phase(config: RunConfig, policy: _Policy, model_path: str, out_dir: Path, k: int) -> None:
+    from sppd_lib.evaluate import evaluate, evaluate_samples
+
+    eval_file = out_dir / "eval.parquet"
+    samples_file = out_dir / "eval_samples.parquet"
+    if config.eval.num_samples and not samples_file.exists():
+        engine, tokenizer = _engine(config, policy, model_path)
+        try:
+            write_parquet_atomic(evaluate_samples(engine, tokenizer, config.eval), samples_file)
+        finally:
+            if hasattr(engine, "close"):
+                engine.close()
+    if eval_file.exists():
+        return
+    model, tokenizer = policy.load(model_path)
+    logger.info("iteration %d: evaluating %s", k, ", ".join(config.eval.benchmarks))
+    write_parquet_atomic(evaluate(model, tokenizer, config.eval), eval_file)
+
+
+def summary_table(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per (iteration, benchmark, metric) from the stored evaluations (regradable)."""
+    from sppd_lib.evaluate import SUMMARY_COLUMNS, summary_rows
+
+    frames = []
+    for directory in sorted(Path(run_dir).glob("iter_*"), key=lambda p: int(p.name[5:])):
+        greedy = directory / "eval.parquet"
+        if not greedy.exists():
+            continue
+        samples = directory / "eval_samples.parquet"
+        frames.append(
+            summary_rows(
+                pd.read_parquet(greedy),
+                pd.read_parquet(samples) if samples.exists() else None,
+                int(directory.name[5:]),
+            )
+        )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SUMMARY_COLUMNS)
+
+
+def accuracy_by_iteration(summary: pd.DataFrame, metric: str = "pass@1") -> pd.DataFrame:
+    """Accuracy table: one row per iteration, one column per benchmark."""
+    rows = summary[summary["metric"] == metric]
+    return rows.pivot(index="iteration", columns="benchmark", values="value").rename_axis(
+        None, axis=1
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+def run(config: RunConfig, run_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Run (or resume) the loop; returns the summary table (also ``summary.parquet``)."""
+    from sppd_lib.models import resolve_model
+
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / config.run_id
+    _start_run_dir(config, run_dir)
+    policy = _Policy(config.device)
+    model_path = resolve_model(config.model)
+    started = time.perf_counter()
+    for k in range(config.iterations + 1):
+        out_dir = iteration_dir(run_dir, k)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if k > 0:
+            _sample_phase(config, policy, model_path, out_dir, k)
+            _pairs_phase(config, out_dir, k)
+            model_path = _train_phase(config, model_path, out_dir, k)
+        _eval_phase(config, policy, model_path, out_dir, k)
+        summary = summary_table(run_dir)
+        write_parquet_atomic(summary, run_dir / "summary.parquet")
+        minutes = (time.perf_counter() - started) / 60
+        table = accuracy_by_iteration(summary).to_string(float_format=lambda x: f"{x:.3f}")
+        logger.info("pass@1 after iteration %d (%.1f min):\n%s", k, minutes, table)
+    write_text_atomic(run_dir / "final_model.txt", model_path + "\n")
+    return summary_table(run_dir)
