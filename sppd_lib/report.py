@@ -1,0 +1,543 @@
+"""Reports: the notebooks of ``notebooks/`` executed by papermill, exported to offline HTML.
+
+``render_run_report(run_dir)`` writes ``reports/<run_id>/`` with every run notebook as an
+executed ``.ipynb`` and a self-contained ``.html`` (inputs hidden, plotly.js embedded, no CDN),
+plus an ``index.html`` linking them. ``render_compare_report`` does the same for several runs,
+and ``sweep`` executes one notebook over a grid of parameters.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sppd_lib import viz
+
+__all__ = [
+    "NOTEBOOKS_DIR",
+    "RUN_NOTEBOOKS",
+    "BrowserCheck",
+    "Report",
+    "ReportError",
+    "browser_check",
+    "ensure_kernel",
+    "execute_notebook",
+    "export_html",
+    "find_chromium",
+    "find_notebook",
+    "parse_grid",
+    "render_compare_report",
+    "render_run_report",
+    "sweep",
+]
+
+logger = logging.getLogger(__name__)
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+KERNEL_NAME = "sppd"
+
+#: Notebook stem -> (title, description, extra parameters) of a single-run report.
+RUN_NOTEBOOKS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "accuracy": ("Accuracy", "accuracy per iteration and benchmark, all scores", {}),
+    "margins": (
+        "Pairs, margins and training",
+        "trees and pairs per iteration, Δv and margin histograms, β·h against the value "
+        "margin, training curves",
+        {},
+    ),
+    "tree_explorer": (
+        "Step trees",
+        "selected step trees with their values and pairs",
+        {"interactive": False},
+    ),
+}
+
+# nbconvert's lab template without anything fetched from a CDN (require.js, MathJax,
+# mermaid, the widget manager): the report must open offline.
+_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{% block extra_css %}<style>
+  body { max-width: 1280px; margin: 0 auto; padding: 0 16px; }
+</style>{% endblock extra_css %}
+"""
+
+
+class ReportError(RuntimeError):
+    """A notebook could not be found or failed to execute."""
+
+
+@dataclass
+class Report:
+    """What a render wrote: the executed notebooks, their HTML and the index page."""
+
+    out_dir: Path
+    index: Path
+    notebooks: list[Path] = field(default_factory=list)
+    html: list[Path] = field(default_factory=list)
+    #: Notebook stem -> error message, for notebooks that raised (their HTML shows where).
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# Kernel, execution, export
+# ---------------------------------------------------------------------------------------
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def ensure_kernel(name: str = KERNEL_NAME) -> str:
+    """A Jupyter kernel spec ``name`` that runs this interpreter, installed (into
+    ``sys.prefix``, else the user's folder) when missing or pointing elsewhere."""
+    from ipykernel.kernelspec import install
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    def current() -> bool:
+        try:
+            spec = KernelSpecManager().get_kernel_spec(name)
+        except NoSuchKernel:
+            return False
+        return _same_file(spec.argv[0], sys.executable)
+
+    if current():
+        return name
+    display_name = "Python (sppd)"
+    try:
+        install(kernel_name=name, display_name=display_name, prefix=sys.prefix)
+    except OSError:  # a read-only interpreter prefix
+        install(kernel_name=name, display_name=display_name, user=True)
+    if not current():
+        raise ReportError(f"the Jupyter kernel {name!r} found does not run {sys.executable}")
+    return name
+
+
+def find_notebook(notebook: str | os.PathLike[str]) -> Path:
+    """A notebook path, or the name of one in ``notebooks/`` (``margins``)."""
+    path = Path(notebook)
+    candidates = [path, NOTEBOOKS_DIR / path.name, NOTEBOOKS_DIR / f"{path.name}.ipynb"]
+    for candidate in candidates:
+        if candidate.is_file() and candidate.suffix == ".ipynb":
+            return candidate
+    raise ReportError(f"notebook not found: {notebook} (looked in {NOTEBOOKS_DIR})")
+
+
+def execute_notebook(
+    notebook: str | os.PathLike[str], out: str | os.PathLike[str], parameters: Mapping[str, Any]
+) -> str | None:
+    """Run ``notebook`` with ``parameters`` (papermill) into ``out``; returns ``None`` on
+    success, else the error (the executed notebook is written either way)."""
+    import papermill
+
+    source = find_notebook(notebook)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(out),
+            parameters=dict(parameters),
+            kernel_name=ensure_kernel(),
+            cwd=str(source.parent),
+            progress_bar=False,
+        )
+    except papermill.PapermillExecutionError as exc:
+        return f"{exc.ename}: {exc.evalue}"
+    return None
+
+
+def export_html(
+    notebook: str | os.PathLike[str], out: str | os.PathLike[str], title: str | None = None
+) -> Path:
+    """An executed notebook as one offline HTML file, inputs and prompts hidden."""
+    import nbformat
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_loaders=[DictLoader({"sppd_offline.html.j2": _OFFLINE_TEMPLATE})],
+        template_file="sppd_offline.html.j2",
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+    )
+    nb = nbformat.read(str(notebook), as_version=4)
+    if title:
+        nb.metadata["title"] = title
+    body, _ = exporter.from_notebook_node(nb)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def _render(
+    stem: str, parameters: Mapping[str, Any], out_dir: Path, title: str, report: Report
+) -> None:
+    """Execute one notebook and export it, recording the outcome in ``report``."""
+    notebook = out_dir / f"{stem}.ipynb"
+    started = time.perf_counter()
+    error = execute_notebook(stem, notebook, parameters)
+    report.notebooks.append(notebook)
+    report.html.append(export_html(notebook, out_dir / f"{stem}.html", title))
+    if error:
+        report.failed[stem] = error
+        logger.error("%s failed: %s", stem, error)
+    logger.info("%s: %.1f s", stem, time.perf_counter() - started)
+
+
+def _raise_if_failed(report: Report) -> None:
+    if report.failed:
+        details = "; ".join(f"{stem}: {error}" for stem, error in report.failed.items())
+        raise ReportError(f"notebooks failed (see their HTML in {report.out_dir}): {details}")
+
+
+# ---------------------------------------------------------------------------------------
+# Index pages
+# ---------------------------------------------------------------------------------------
+
+_INDEX_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; }
+h1 { margin-bottom: 0.2em; } .meta { color: #666; margin-top: 0; }
+ul.reports li { margin: 0.5em 0; } .failed { color: #b00; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
+th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def _links(report: Report, entries: Sequence[tuple[str, str, str]]) -> str:
+    """``entries``: (stem, title, description)."""
+    items = []
+    for stem, title, description in entries:
+        failed = report.failed.get(stem)
+        note = f' <span class="failed">failed: {html.escape(failed)}</span>' if failed else ""
+        items.append(
+            f'<li><a href="{stem}.html">{html.escape(title)}</a>: '
+            f"{html.escape(description)}{note}</li>"
+        )
+    return '<ul class="reports">' + "".join(items) + "</ul>"
+
+
+def _write_index(out_dir: Path, title: str, meta: str, body: str) -> Path:
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_INDEX_CSS}</style></head><body>"
+        f'<h1>{html.escape(title)}</h1><p class="meta">{meta}</p>{body}</body></html>'
+    )
+    index = out_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def _scores_html(runs: Sequence[viz.Run]) -> str:
+    table = viz.final_scores_table(runs)
+    if not len(table):
+        return "<p>Nothing evaluated yet.</p>"
+    formats = {"start": "{:.1%}".format, "final": "{:.1%}".format, "change": "{:+.1%}".format}
+    return table.to_html(index=False, formatters=formats, border=0)
+
+
+def _generated() -> str:
+    return f"generated {datetime.now().isoformat(timespec='seconds')}"
+
+
+# ---------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------
+
+
+def render_run_report(
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    notebooks: Sequence[str] | None = None,
+) -> Report:
+    """Execute the run notebooks against ``run_dir`` into ``out_dir`` (default
+    ``reports/<run_id>``) as .ipynb + .html, and write ``index.html``.
+
+    Raises :class:`viz.RunNotFoundError` for a missing run directory and
+    :class:`ReportError` when a notebook fails (after writing everything else).
+    """
+    started = time.perf_counter()
+    run = viz.load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else Path("reports") / run.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    stems = list(notebooks or RUN_NOTEBOOKS)
+    report = Report(out_dir=out, index=out / "index.html")
+    for stem in stems:
+        title, _, extra = RUN_NOTEBOOKS.get(stem, (stem, "", {}))
+        parameters = {"run_dir": str(run.path.resolve()), **extra}
+        _render(stem, parameters, out, f"{run.run_id} · {title}", report)
+    entries = [(s, *RUN_NOTEBOOKS.get(s, (s, "", {}))[:2]) for s in stems]
+    config = html.escape(yaml.safe_dump(run.config, sort_keys=False))
+    iterations = ", ".join(map(str, run.iterations)) or "none yet"
+    body = (
+        _links(report, entries)
+        + "<h2>Scores</h2>"
+        + _scores_html([run])
+        + f"<h2>Config</h2><pre>{config}</pre>"
+    )
+    meta = f"run directory {html.escape(str(run.path))} · iterations {iterations} · {_generated()}"
+    _write_index(out, f"SPPD run {run.run_id}", meta, body)
+    report.seconds = time.perf_counter() - started
+    _raise_if_failed(report)
+    return report
+
+
+def render_compare_report(
+    run_dirs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str] | None = None,
+    metric: str = "pass@1",
+) -> Report:
+    """Execute ``compare_runs`` over ``run_dirs`` into ``out_dir`` (default
+    ``reports/compare``) with an ``index.html``."""
+    started = time.perf_counter()
+    runs = [viz.load_run(path) for path in run_dirs]  # fails early on a missing run
+    out = Path(out_dir) if out_dir is not None else Path("reports") / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(out_dir=out, index=out / "index.html")
+    parameters = {"run_dirs": [str(r.path.resolve()) for r in runs], "metric": metric}
+    names = ", ".join(r.run_id for r in runs)
+    _render("compare_runs", parameters, out, f"Comparing {names}", report)
+    entries = [("compare_runs", "Comparing runs", f"{metric} per iteration, final scores")]
+    body = _links(report, entries) + "<h2>Final scores</h2>" + _scores_html(runs)
+    _write_index(out, f"SPPD runs: {names}", _generated(), body)
+    report.seconds = time.perf_counter() - started
+    _raise_if_failed(report)
+    return report
+
+
+def _slug(parameters: Mapping[str, Any]) -> str:
+    text = "-".join(f"{key}={Path(str(value)).name}" for key, value in parameters.items())
+    return re.sub(r"[^A-Za-z0-9_.=@-]+", "_", text) or "default"
+
+
+def sweep(
+    notebook: str | os.PathLike[str],
+    grid: Mapping[str, Sequence[Any]],
+    out_dir: str | os.PathLike[str],
+    parameters: Mapping[str, Any] | None = None,
+) -> Report:
+    """Execute ``notebook`` once per combination of the ``grid`` values (plus the fixed
+    ``parameters``), as ``<stem>-key=value-....ipynb`` / ``.html`` with an ``index.html``."""
+    started = time.perf_counter()
+    source = find_notebook(notebook)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(out_dir=out, index=out / "index.html")
+    entries = []
+    keys = list(grid)
+    for values in itertools.product(*(grid[key] for key in keys)):
+        combination = dict(zip(keys, values, strict=True))
+        stem = f"{source.stem}-{_slug(combination)}"
+        notebook_out = out / f"{stem}.ipynb"
+        error = execute_notebook(source, notebook_out, {**(parameters or {}), **combination})
+        report.notebooks.append(notebook_out)
+        label = ", ".join(f"{k} = {v}" for k, v in combination.items())
+        report.html.append(export_html(notebook_out, out / f"{stem}.html", label))
+        if error:
+            report.failed[stem] = error
+        entries.append((stem, label, ""))
+    _write_index(out, f"Sweep of {source.name}", _generated(), _links(report, entries))
+    report.seconds = time.perf_counter() - started
+    _raise_if_failed(report)
+    return report
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
+    """``["gamma=0,0.5,1", "run_dir=runs/a"]`` -> ``{"gamma": [0, 0.5, 1], ...}``; each
+    value is read as YAML (numbers, ``null``, ``true``), else kept as text."""
+    grid: dict[str, list[Any]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key.strip():
+            raise ReportError(f"--param needs key=value[,value...], got {spec!r}")
+        grid[key.strip()] = [_parse_value(v) for v in values.split(",")]
+    return grid
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, (dict, list)) else value
+
+
+# ---------------------------------------------------------------------------------------
+# Checking an exported page in headless Chromium
+# ---------------------------------------------------------------------------------------
+
+#: Plotly figures drawn: a graph div holding the SVG plotly renders into.
+_COUNT_JS = (
+    "[document.querySelectorAll('.plotly-graph-div').length,"
+    " [...document.querySelectorAll('.js-plotly-plot')]"
+    ".filter(d => d.querySelector('.main-svg')).length]"
+)
+
+
+@dataclass
+class BrowserCheck:
+    """What headless Chromium saw on a page."""
+
+    #: ``.plotly-graph-div`` elements (figures in the page) and those plotly drew into.
+    figures: int
+    rendered: int
+    #: Uncaught exceptions, ``console.error`` calls and failed loads, as text.
+    errors: list[str]
+    screenshot: Path | None = None
+
+
+def find_chromium() -> str | None:
+    """The Chromium (or Chrome) executable on PATH, if any."""
+    import shutil
+
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
+class _DevTools:
+    """A minimal Chrome DevTools Protocol client over one page's websocket."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        import websocket
+
+        self.socket = websocket.create_connection(url, timeout=timeout, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        import json
+
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv())
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise ReportError(f"DevTools {method}: {message['error']}")
+                return message.get("result", {})
+            self.events.append(message)
+
+    def wait_for(self, method: str, deadline: float) -> None:
+        import json
+
+        while time.monotonic() < deadline:
+            message = json.loads(self.socket.recv())
+            self.events.append(message)
+            if message.get("method") == method:
+                return
+        raise ReportError(f"page did not fire {method} in time")
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result.get("result", {}).get("value")
+
+    def errors(self) -> list[str]:
+        found = []
+        for event in self.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                details = params.get("exceptionDetails", {})
+                found.append(details.get("exception", {}).get("description") or str(details))
+            elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+                found.append(" ".join(str(a.get("value", a)) for a in params.get("args", [])))
+            elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+                entry = params["entry"]
+                found.append(f"{entry.get('source')}: {entry.get('text')} {entry.get('url', '')}")
+        return found
+
+
+def _devtools_url(profile: Path, deadline: float) -> str:
+    import json
+    import urllib.request
+
+    port_file = profile / "DevToolsActivePort"
+    while time.monotonic() < deadline:
+        if port_file.is_file() and port_file.read_text().strip():
+            port = port_file.read_text().split()[0]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as response:
+                pages = [p for p in json.load(response) if p.get("type") == "page"]
+            if pages:
+                return pages[0]["webSocketDebuggerUrl"]
+        time.sleep(0.1)
+    raise ReportError("Chromium did not open its DevTools port in time")
+
+
+def _inspect_page(
+    tools: _DevTools, url: str, screenshot: Path | None, deadline: float
+) -> BrowserCheck:
+    import base64
+
+    for domain in ("Runtime", "Log", "Page"):
+        tools.call(f"{domain}.enable")
+    tools.call(
+        "Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1,
+        mobile=False,
+    )  # fmt: skip
+    tools.call("Page.navigate", url=url)
+    tools.wait_for("Page.loadEventFired", deadline)
+    figures, rendered = tools.evaluate(_COUNT_JS)
+    while rendered < figures and time.monotonic() < deadline:
+        time.sleep(0.2)
+        figures, rendered = tools.evaluate(_COUNT_JS)
+    if screenshot is not None:
+        height = int(tools.evaluate("document.documentElement.scrollHeight"))
+        clip = {"x": 0, "y": 0, "width": 1280, "height": min(height, 16000), "scale": 1}
+        shot = tools.call("Page.captureScreenshot", clip=clip, captureBeyondViewport=True)
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+    return BrowserCheck(figures, rendered, tools.errors(), screenshot)
+
+
+def browser_check(
+    page: str | os.PathLike[str],
+    screenshot: str | os.PathLike[str] | None = None,
+    timeout: float = 90.0,
+) -> BrowserCheck:
+    """Open an HTML file in headless Chromium (a fresh profile), wait until plotly has drawn
+    every figure, collect JavaScript errors and optionally save a full-page PNG."""
+    import subprocess
+    import tempfile
+
+    chromium = find_chromium()
+    if chromium is None:
+        raise ReportError("Chromium not found on PATH (Debian: apt-get install chromium)")
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryDirectory(prefix="sppd-chromium-") as profile:
+        command = [
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--user-data-dir={profile}", "--remote-debugging-port=0",
+            "--remote-allow-origins=*", "--no-first-run", "about:blank",
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            tools = _DevTools(_devtools_url(Path(profile), deadline), timeout)
+            url = Path(page).resolve().as_uri()
+            shot = Path(screenshot) if screenshot is not None else None
+            return _inspect_page(tools, url, shot, deadline)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,181 @@
+"""Reports: the notebooks, papermill execution, offline HTML export, and a Chromium check."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+pytest.importorskip("papermill")  # the notebooks extra (absent from the vLLM virtualenv)
+pytest.importorskip("plotly")
+
+import jupytext
+import nbformat
+
+from sppd_lib import report
+from sppd_lib.cli import main
+from tests.run_fixture import fixture_runs
+
+NOTEBOOKS = sorted(report.NOTEBOOKS_DIR.glob("*.ipynb"))
+
+
+@pytest.fixture(scope="session")
+def run_dirs(tmp_path_factory):
+    return fixture_runs(tmp_path_factory.getbasetemp() / "sppd_runs")
+
+
+# -- fast -------------------------------------------------------------------------------
+
+
+def test_every_notebook_is_paired_and_parameterized() -> None:
+    assert {p.stem for p in NOTEBOOKS} == {"accuracy", "compare_runs", "margins", "tree_explorer"}
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        paired = jupytext.read(path.with_suffix(".py"))
+        code = [c.source for c in notebook.cells if c.cell_type == "code"]
+        assert code == [c.source for c in paired.cells if c.cell_type == "code"], path.name
+        tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, path.name
+        assert notebook.metadata.kernelspec.name == report.KERNEL_NAME
+        assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
+
+
+def test_parse_grid() -> None:
+    grid = report.parse_grid(["gamma=0,0.5,1", "run_dir=runs/a,runs/b", "iteration=null"])
+    assert grid == {"gamma": [0, 0.5, 1], "run_dir": ["runs/a", "runs/b"], "iteration": [None]}
+    with pytest.raises(report.ReportError, match="key=value"):
+        report.parse_grid(["gamma"])
+
+
+def test_find_notebook() -> None:
+    assert report.find_notebook("margins") == report.NOTEBOOKS_DIR / "margins.ipynb"
+    with pytest.raises(report.ReportError, match="notebook not found"):
+        report.find_notebook("nope")
+
+
+def test_cli_errors_are_clear(tmp_path, capsys) -> None:
+    assert main(["report", "--run-dir", str(tmp_path / "missing")]) == 2
+    assert "run directory not found" in capsys.readouterr().err
+    assert main(["report", "--compare", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["sweep", "--notebook", "nope", "--param", "a=1"]) == 1
+    assert "notebook not found" in capsys.readouterr().err
+
+
+def test_kernel_runs_this_interpreter() -> None:
+    import sys
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = report.ensure_kernel()
+    spec = KernelSpecManager().get_kernel_spec(name)
+    assert report._same_file(spec.argv[0], sys.executable)
+
+
+# -- slow: execute every notebook ----------------------------------------------------------
+
+
+def plotly_outputs(notebook_path) -> int:
+    """Figures in an executed notebook (outputs drawn with plotly)."""
+    notebook = nbformat.read(notebook_path, as_version=4)
+    return sum(
+        "plotly-graph-div" in output.get("data", {}).get("text/html", "")
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(run_dirs, tmp_path_factory):
+    """Every report kind, rendered once: run, comparison (by the CLI) and a sweep."""
+    out = tmp_path_factory.mktemp("reports")
+    run_report = report.render_run_report(run_dirs[0], out / "run")
+    runs = [str(p) for p in run_dirs]
+    assert main(["report", "--compare", *runs, "--out", str(out / "compare")]) == 0
+    compare = report.Report(
+        out / "compare",
+        out / "compare" / "index.html",
+        [out / "compare" / "compare_runs.ipynb"],
+        [out / "compare" / "compare_runs.html"],
+    )
+    swept = report.sweep("accuracy", {"run_dir": runs}, out / "sweep")
+    return run_report, compare, swept
+
+
+@pytest.mark.slow
+def test_run_report(rendered) -> None:
+    run_report, _, _ = rendered
+    assert not run_report.failed
+    assert sorted(p.name for p in run_report.html) == [
+        "accuracy.html",
+        "margins.html",
+        "tree_explorer.html",
+    ]
+    index = run_report.index.read_text()
+    assert all(f'href="{p.name}"' in index for p in run_report.html) and "pass@1" in index
+    for notebook, page in zip(run_report.notebooks, run_report.html, strict=True):
+        expected = plotly_outputs(notebook)
+        assert expected >= 1
+        text = page.read_text()
+        assert text.count('class="plotly-graph-div"') == expected
+        assert not re.search(r"<script[^>]+src=\"https?:", text)  # nothing from a CDN
+        assert "Plotly.newPlot" in text and "window.PlotlyConfig" in text
+        assert "run_dir" not in text  # inputs hidden
+        assert "Traceback" not in text
+    nb = nbformat.read(run_report.out_dir / "tree_explorer.ipynb", as_version=4)
+    assert "widgets" not in nb.metadata  # no widget state (5 MB of JavaScript) in exports
+
+
+@pytest.mark.slow
+def test_compare_report_and_sweep(rendered) -> None:
+    _, compare, swept = rendered
+    assert plotly_outputs(compare.notebooks[0]) == 1 and compare.index.is_file()
+    html = compare.html[0].read_text()
+    assert "step-dpo" in html and "pairs.gamma" in html
+    assert [p.name for p in swept.html] == [
+        "accuracy-run_dir=fixture.html",
+        "accuracy-run_dir=step-dpo.html",
+    ]
+    assert "accuracy-run_dir=step-dpo.html" in swept.index.read_text()
+
+
+@pytest.mark.slow
+def test_failed_notebook_is_reported(tmp_path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("run_id: broken\n")
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata.kernelspec = {"name": "sppd", "language": "python", "display_name": "x"}
+    notebook.cells = [nbformat.v4.new_code_cell("raise ValueError('boom')")]
+    nbformat.write(notebook, tmp_path / "broken.ipynb")
+    with pytest.raises(report.ReportError, match="ValueError: boom"):
+        report.sweep(tmp_path / "broken.ipynb", {"x": [1]}, tmp_path / "out")
+    assert (tmp_path / "out" / "broken-x=1.html").is_file()
+
+
+@pytest.mark.slow
+def test_pages_render_in_chromium(rendered, tmp_path) -> None:
+    if report.find_chromium() is None:
+        pytest.skip("Chromium not installed (CI installs it: apt-get install chromium)")
+    run_report, compare, swept = rendered
+    pages = [*zip(run_report.notebooks, run_report.html, strict=True)]
+    pages += [(compare.notebooks[0], compare.html[0]), (swept.notebooks[0], swept.html[0])]
+    for notebook, page in pages:
+        shot = tmp_path / f"{page.parent.name}-{page.stem}.png"
+        check = report.browser_check(page, shot)
+        expected = plotly_outputs(notebook)
+        assert check.errors == [], (page.name, check.errors)
+        assert check.figures == check.rendered == expected, page.name
+        assert shot.stat().st_size > 10_000
+    check = report.browser_check(run_report.index)
+    assert check.errors == [] and check.figures == 0
+    print(json.dumps({"screenshots": str(tmp_path)}))
+
+
+@pytest.mark.slow
+def test_report_of_a_run_that_just_started(tmp_path) -> None:
+    (tmp_path / "run" / "iter_0").mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text("run_id: fresh\n")
+    fresh = report.render_run_report(tmp_path / "run", tmp_path / "out")
+    assert not fresh.failed and len(fresh.html) == 3
+    assert "no pairs yet" in (tmp_path / "out" / "margins.html").read_text()
