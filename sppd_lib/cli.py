@@ -480,6 +480,15 @@ def _run_run(args: argparse.Namespace) -> int:
     for metric in dict.fromkeys(summary["metric"]):
         table = accuracy_by_iteration(summary, metric)
         print(f"\n{metric} by iteration:\n" + table.to_string(float_format=lambda x: f"{x:.3f}"))
+    if config.report:
+        from sppd_lib.report import ReportError, render_run_report
+
+        try:
+            written = render_run_report(run_dir, Path("reports") / config.run_id)
+        except ReportError as exc:  # the run itself is complete; only a page failed
+            print(f"sppd run: report failed: {exc}", file=sys.stderr)
+            return 1
+        print(f"\nreports: {written.index}")
     return 0
 
 

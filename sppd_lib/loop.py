@@ -71,8 +71,12 @@ class RunConfig:
     first_phases: list[str] | None = option(
         None, "Phases of iteration 1 if different, e.g. [sft, dpo, sppd] for a base model."
     )
+    phase_train: dict[str, dict[str, Any]] = option(
+        {}, "Train settings per phase over `train`, e.g. {sft: {optimizer: adamw, ...}}."
+    )
     engine: str = option("transformers", "Sampling engine: 'transformers' or 'vllm'.")
     sft_per_problem: int = option(4, "τ+ paths per problem for the sft phase.")
+    report: bool = option(True, "`sppd run` ends by writing HTML reports to reports/<run_id>/.")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training prompts."})
     sampler: SamplerConfig = field(default_factory=SamplerConfig, metadata={"help": "Sampler."})
     pairs: PairConfig = field(default_factory=PairConfig, metadata={"help": "Values, pairs."})
@@ -88,6 +92,11 @@ class RunConfig:
                     raise ConfigError(f"{key}: unknown phase {phase!r} (choose from {PHASES})")
         if not self.phases:
             raise ConfigError("phases must name at least one phase")
+        for phase, settings in self.phase_train.items():
+            if phase not in PHASES:
+                raise ConfigError(f"phase_train: unknown phase {phase!r} (choose from {PHASES})")
+            settings = {**config_to_dict(self.train), **settings, "phase": phase}
+            config_from_dict(TrainConfig, settings, f"phase_train.{phase}.")
         if self.engine not in ("transformers", "vllm"):
             raise ConfigError(f"engine must be 'transformers' or 'vllm', not {self.engine!r}")
         for name in [*self.eval.benchmarks, self.data.name, *self.data.mix]:
@@ -206,6 +215,16 @@ def training_problems(config: RunConfig, iteration: int) -> list[Problem]:
     return problems
 
 
+def _check_data(config: RunConfig) -> None:
+    """Load every data set the run will need, so a missing one fails at the start."""
+    from sppd_lib.evaluate import benchmark_problems
+
+    if config.iterations:
+        training_problems(config, config.iterations)  # the last iteration reaches furthest
+    for benchmark in config.eval.benchmarks:
+        benchmark_problems(config.eval, benchmark)
+
+
 def _engine(config: RunConfig, policy: _Policy, model_path: str) -> tuple[Any, Any]:
     if config.engine == "vllm":
         from sppd_lib.engines.vllm_engine import VLLMEngine
@@ -295,8 +314,12 @@ def _train_phase(config: RunConfig, model_path: str, out_dir: Path, k: int) -> s
             logger.info("iteration %d: %s on %d examples", k, phase, len(data))
             # Only the first phase trains the sampler itself; later ones recompute the
             # reference as the model they start from (e.g. DPO after SFT).
-            reference = config.train.reference if index == 0 else "recompute"
-            settings = TrainConfig(**{**vars(config.train), "phase": phase, "reference": reference})
+            settings = TrainConfig(
+                **{**vars(config.train), **config.phase_train.get(phase, {}), "phase": phase}
+            )
+            if index > 0:
+                settings.reference = "recompute"
+            settings.save_merged = True  # the next phase and the next iteration load it
             model, tokenizer = load_model(current, device=config.device)
             train(model, tokenizer, data, settings, phase_dir)
             del model
@@ -374,9 +397,10 @@ def run(config: RunConfig, run_dir: str | os.PathLike[str] | None = None) -> pd.
     from sppd_lib.models import resolve_model
 
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / config.run_id
+    model_path = resolve_model(config.model)  # a missing model fails before anything is written
+    _check_data(config)
     _start_run_dir(config, run_dir)
     policy = _Policy(config.device)
-    model_path = resolve_model(config.model)
     started = time.perf_counter()
     for k in range(config.iterations + 1):
         out_dir = iteration_dir(run_dir, k)

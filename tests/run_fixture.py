@@ -28,7 +28,7 @@ from sppd_lib.pairs import PairConfig, build_pairs, write_pairs
 from sppd_lib.sampler import SamplerConfig, sample_trees
 from sppd_lib.tree import StepTree, write_trees
 
-__all__ = ["fixture_runs", "make_run_dir"]
+__all__ = ["fixture_runs", "make_run_dir", "smoke_runs"]
 
 BENCHMARKS = ("arith", "gsm8k")
 METRICS = ("pass@1", "maj@8", "vote@8", "best@8")
@@ -232,3 +232,17 @@ def fixture_runs(root: str | Path) -> tuple[Path, Path]:
         summary.loc[later, "value"] = (summary.loc[later, "value"] - 0.05).clip(lower=0)
         write_parquet_atomic(summary, second / "summary.parquet")
     return first, second
+
+
+def smoke_runs(root: str | Path) -> tuple[Path, Path]:
+    """Two real runs of ``configs/smoke.yaml`` under ``root`` (the loop end to end on the tiny
+    model): ``smoke`` (dynamic margin) and ``smoke-step-dpo`` (margin none); reused if present."""
+    from sppd_lib.loop import load_run_config, run
+
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    root = Path(root)
+    variants = {"smoke": [], "smoke-step-dpo": ["pairs.margin=none"]}
+    for run_id, settings in variants.items():
+        if not (root / run_id / "final_model.txt").is_file():
+            run(load_run_config(smoke, [f"run_id={run_id}", *settings]), root / run_id)
+    return root / "smoke", root / "smoke-step-dpo"

@@ -15,14 +15,15 @@ import nbformat
 
 from sppd_lib import report
 from sppd_lib.cli import main
-from tests.run_fixture import fixture_runs
+from tests.run_fixture import smoke_runs
 
 NOTEBOOKS = sorted(report.NOTEBOOKS_DIR.glob("*.ipynb"))
 
 
 @pytest.fixture(scope="session")
 def run_dirs(tmp_path_factory):
-    return fixture_runs(tmp_path_factory.getbasetemp() / "sppd_runs")
+    """Real smoke runs of the loop: the notebooks run on what `sppd run` writes."""
+    return smoke_runs(tmp_path_factory.getbasetemp() / "smoke_runs")
 
 
 # -- fast -------------------------------------------------------------------------------
@@ -132,12 +133,12 @@ def test_compare_report_and_sweep(rendered) -> None:
     _, compare, swept = rendered
     assert plotly_outputs(compare.notebooks[0]) == 1 and compare.index.is_file()
     html = compare.html[0].read_text()
-    assert "step-dpo" in html and "pairs.gamma" in html
+    assert "smoke-step-dpo" in html and "pairs.margin" in html
     assert [p.name for p in swept.html] == [
-        "accuracy-run_dir=fixture.html",
-        "accuracy-run_dir=step-dpo.html",
+        "accuracy-run_dir=smoke.html",
+        "accuracy-run_dir=smoke-step-dpo.html",
     ]
-    assert "accuracy-run_dir=step-dpo.html" in swept.index.read_text()
+    assert "accuracy-run_dir=smoke-step-dpo.html" in swept.index.read_text()
 
 
 @pytest.mark.slow
