@@ -341,22 +341,24 @@ def _train_phase(config: RunConfig, model_path: str, out_dir: Path, k: int) -> s
 
 
 def _eval_phase(config: RunConfig, policy: _Policy, model_path: str, out_dir: Path, k: int) -> None:
+    """Greedy pass@1 (and sampled metrics if ``eval.num_samples``) with the run's engine."""
     from sppd_lib.evaluate import evaluate, evaluate_samples
 
     eval_file = out_dir / "eval.parquet"
     samples_file = out_dir / "eval_samples.parquet"
-    if config.eval.num_samples and not samples_file.exists():
-        engine, tokenizer = _engine(config, policy, model_path)
-        try:
-            write_parquet_atomic(evaluate_samples(engine, tokenizer, config.eval), samples_file)
-        finally:
-            if hasattr(engine, "close"):
-                engine.close()
-    if eval_file.exists():
+    if eval_file.exists() and (samples_file.exists() or not config.eval.num_samples):
         return
-    model, tokenizer = policy.load(model_path)
     logger.info("iteration %d: evaluating %s", k, ", ".join(config.eval.benchmarks))
-    write_parquet_atomic(evaluate(model, tokenizer, config.eval), eval_file)
+    # The engine drops finished rows from the batch: faster than `generate` for mixed lengths.
+    engine, tokenizer = _engine(config, policy, model_path)
+    try:
+        if config.eval.num_samples and not samples_file.exists():
+            write_parquet_atomic(evaluate_samples(engine, tokenizer, config.eval), samples_file)
+        if not eval_file.exists():
+            write_parquet_atomic(evaluate(None, tokenizer, config.eval, engine=engine), eval_file)
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
 
 
 def summary_table(run_dir: str | os.PathLike[str]) -> pd.DataFrame:

@@ -233,8 +233,11 @@ def build_tiny_model(
     return model.eval(), tokenizer
 
 
-def build_tiny_prm(*, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A random two-channel token-classification PRM (~1M parameters): values for smoke runs."""
+def build_tiny_prm(
+    *, channels: int = 2, seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A random token-classification PRM (~1M parameters): one channel (a value head) or two
+    (a classifier). Gives values to smoke runs and tests."""
     from transformers import AutoModelForTokenClassification, LlamaConfig
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
@@ -245,7 +248,7 @@ def build_tiny_prm(*, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokeniz
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=1,
-        num_labels=2,
+        num_labels=channels,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)

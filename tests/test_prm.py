@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
-from transformers import AutoModelForTokenClassification, LlamaConfig
 
+from sppd_lib.models import build_tiny_prm
 from sppd_lib.pairs import PairConfig, build_pairs, stepwise_records
 from sppd_lib.prm import PRMScorer, prm_values, train_prm
 from sppd_lib.values import mc_values
@@ -14,18 +13,8 @@ from .test_pairs import known_tree, random_tree
 
 def save_tiny_prm(path, tokenizer, channels: int) -> str:
     """A random token-classification PRM: one channel (value head) or two (classifier)."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        num_labels=channels,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(channels)
-    AutoModelForTokenClassification.from_config(config).save_pretrained(path)
+    model, _ = build_tiny_prm(channels=channels, seed=channels)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 

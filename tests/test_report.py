@@ -180,3 +180,38 @@ def test_report_of_a_run_that_just_started(tmp_path) -> None:
     fresh = report.render_run_report(tmp_path / "run", tmp_path / "out")
     assert not fresh.failed and len(fresh.html) == 3
     assert "no pairs yet" in (tmp_path / "out" / "margins.html").read_text()
+
+
+@pytest.mark.slow
+def test_explorer_widgets_update_in_a_real_kernel(run_dirs) -> None:
+    """The tree explorer in a live IPython kernel: moving its controls redraws the figure."""
+    from jupyter_client.manager import start_new_kernel
+
+    code = f"""
+import json
+from sppd_lib import viz
+explorer = viz.TreeExplorer(viz.load_run({str(run_dirs[0])!r}))
+display(explorer.widget)
+nodes = lambda: sum(len(t.x) for t in explorer.figure.data if t.mode and "markers" in t.mode)
+seen = [explorer.figure.layout.title.text, nodes()]
+explorer.problem.value = explorer.problem.options[1][1]
+seen.append(explorer.figure.layout.title.text)
+explorer.max_depth.value = 1
+seen.append(nodes())
+print(json.dumps({{"seen": seen, "second": explorer.problem.options[1][1]}}))
+"""
+    outputs: list[dict] = []
+    manager, client = start_new_kernel(kernel_name=report.ensure_kernel())
+    try:
+        reply = client.execute_interactive(code, timeout=120, output_hook=outputs.append)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    printed = [m["content"]["text"] for m in outputs if m["msg_type"] == "stream"]
+    views = [m for m in outputs if m["msg_type"] == "display_data"]
+    assert views and "application/vnd.jupyter.widget-view+json" in views[0]["content"]["data"]
+    result = json.loads(printed[-1])
+    first_title, first_nodes, second_title, shallow_nodes = result["seen"]
+    assert second_title != first_title and result["second"] in second_title
+    assert shallow_nodes < first_nodes
