@@ -176,7 +176,7 @@ def generate_with_engine(
     return results
 
 
-def _benchmark_problems(config: EvalConfig, benchmark: str) -> list[Problem]:
+def benchmark_problems(config: EvalConfig, benchmark: str) -> list[Problem]:
     options = {"seed": config.arith_seed, **config.arith} if benchmark == "arith" else {}
     limit = config.limits.get(benchmark, config.limit)
     return load_problems(benchmark, config.split, limit, **options)
@@ -204,7 +204,7 @@ def evaluate(
     """
     frames = []
     for benchmark in config.benchmarks:
-        problems = _benchmark_problems(config, benchmark)
+        problems = benchmark_problems(config, benchmark)
         frames.append(
             evaluate_problems(model, tokenizer, problems, config, engine=engine, progress=progress)
         )
@@ -366,7 +366,7 @@ def evaluate_samples(
         sample_responses(
             engine,
             tokenizer,
-            _benchmark_problems(config, benchmark),
+            benchmark_problems(config, benchmark),
             config,
             scorer=scorer,
             progress=progress,
