@@ -349,13 +349,18 @@ def _eval_phase(config: RunConfig, policy: _Policy, model_path: str, out_dir: Pa
     if eval_file.exists() and (samples_file.exists() or not config.eval.num_samples):
         return
     logger.info("iteration %d: evaluating %s", k, ", ".join(config.eval.benchmarks))
-    # The engine drops finished rows from the batch: faster than `generate` for mixed lengths.
     engine, tokenizer = _engine(config, policy, model_path)
     try:
         if config.eval.num_samples and not samples_file.exists():
             write_parquet_atomic(evaluate_samples(engine, tokenizer, config.eval), samples_file)
         if not eval_file.exists():
-            write_parquet_atomic(evaluate(None, tokenizer, config.eval, engine=engine), eval_file)
+            # Greedy: vLLM through its engine, transformers through `generate` (measured
+            # faster here than our step engine, which is built for short tree steps).
+            model = None if config.engine == "vllm" else policy.load(model_path)[0]
+            greedy = evaluate(
+                model, tokenizer, config.eval, engine=engine if model is None else None
+            )
+            write_parquet_atomic(greedy, eval_file)
     finally:
         if hasattr(engine, "close"):
             engine.close()

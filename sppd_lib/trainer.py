@@ -81,6 +81,9 @@ class TrainConfig:
         "before training: LoRA adapter disabled, or the starting weights), for pairs that did "
         "not come from this model.",
     )
+    reference_model: str | None = option(
+        None, "With reference 'recompute': a separate reference model (default: the policy)."
+    )
     gradient_checkpointing: bool = option(False, "Recompute activations to save memory.")
     bf16: bool | None = option(None, "bf16 mixed precision; default: on for CUDA, off on CPU.")
     max_examples: int | None = option(None, "Train on the first N pairs/paths only.")
@@ -464,7 +467,13 @@ def train(
     cuda = next(model.parameters()).is_cuda
     policy = _prepare_model(model, config)
     if config.reference == "recompute" and config.phase != "sft":
-        compute_reference_logps(policy, dataset, config.batch_size, config.packing)
+        reference = policy
+        if config.reference_model is not None:
+            from sppd_lib.models import load_model
+
+            reference, _ = load_model(config.reference_model, device=str(policy.device))
+        compute_reference_logps(reference, dataset, config.batch_size, config.packing)
+        del reference
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer = SPPDTrainer(
         model=policy,

@@ -149,6 +149,18 @@ def test_recompute_disables_the_lora_adapter(pairs) -> None:
                                torch.tensor(base), atol=1e-5, rtol=0)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("reference", "starts_at_zero"), [("tiny-llama", True), ("tiny-qwen2", False)]
+)
+def test_separate_reference_model(pairs, tmp_path, reference, starts_at_zero) -> None:
+    """A reference model of its own: the same weights as the policy give β·h = 0 at step 1."""
+    model, tokenizer = fresh_model()  # the weights of the `tiny-llama` alias
+    config = TrainConfig(batch_size=len(pairs), reference="recompute", reference_model=reference)
+    result = train(model, tokenizer, pairs, config, tmp_path / reference, progress=False)
+    first = read_log(result.out_dir)["reward_margin"].dropna().iloc[0]
+    assert (abs(first) < 1e-4) == starts_at_zero
+
+
 def test_training_order_groups_trees_and_covers_every_pair(pairs) -> None:
     ordered = training_order(pairs, epochs=2, seed=3, group_by_tree=True)
     assert len(ordered) == 2 * len(pairs)
