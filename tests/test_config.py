@@ -22,7 +22,7 @@ def test_round_trip_and_overrides() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"benchmark": ["gsm8k"]}, "unknown config key benchmark; valid keys: arith_seed"),
+        ({"benchmark": ["gsm8k"]}, "unknown config key benchmark; valid keys: arith, arith_seed"),
         ({"limit": "ten"}, "limit must be .*'ten'"),
         ({"max_new_tokens": True}, "max_new_tokens must be int"),
         ({"benchmarks": "gsm8k"}, "benchmarks must be"),
