@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -277,6 +278,12 @@ def test_cli_train_from_trees_and_errors(trees, tmp_path, capsys) -> None:
     assert code == 2 and "train.optimizer" in capsys.readouterr().err
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(pairs, tmp_path) -> None:
     """`accelerate launch` with 2 CPU processes (gloo) = 1 process with the same global batch."""
@@ -293,6 +300,8 @@ def test_two_processes_match_one(pairs, tmp_path) -> None:
             "launch",
             "--config_file",
             str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
+            "--main_process_port",  # a free port: two test runs at once must not meet
+            str(_free_port()),
             *common,
             "--batch-size",
             "2",
