@@ -12,6 +12,7 @@ optimisation loop, ``accelerate launch`` (DDP, FSDP, DeepSpeed) works unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -237,7 +238,7 @@ def compute_reference_logps(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    with disable() if disable is not None else _nothing():
+    with disable() if disable is not None else contextlib.nullcontext():
         for start in range(0, len(dataset), batch_size):
             rows = dataset.rows[start : start + batch_size]
             batch = _batch_of({k: v.to(device) for k, v in collator(rows).items()})
@@ -249,14 +250,6 @@ def compute_reference_logps(
 
 def _attention(model: torch.nn.Module) -> str:
     return getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # ---------------------------------------------------------------------------------------
