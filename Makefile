@@ -65,7 +65,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_grader.py
 	$(BIN)/python benchmarks/bench_models.py
 
-# Our trainer vs TRL's DPOTrainer on the same step pairs (~10 min on 2 cores, ~18 GB peak RSS).
+# Our trainer vs TRL's DPOTrainer on the same step pairs (~12 min on 2 cores, ~18 GB peak RSS).
 # TRL is installed for this benchmark only; 1.16.0 works with transformers 5.23.
 bench-trainer: setup
 	$(BIN)/python -m pip install --quiet "trl==1.16.0"
