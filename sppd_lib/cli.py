@@ -340,7 +340,7 @@ def _run_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from sppd_lib.models import load_model
-    from sppd_lib.pairs import build_pairs, build_sentence_pairs, build_sft_examples
+    from sppd_lib.pairs import phase_data
     from sppd_lib.trainer import TrainConfig, train
     from sppd_lib.tree import read_trees
 
@@ -355,12 +355,7 @@ def _run_train(args: argparse.Namespace) -> int:
             trees = list(read_trees(args.trees))
         except ValueError as exc:
             raise DataError(str(exc)) from None
-        if config.phase == "sft":
-            data = build_sft_examples(trees, pair_config, args.sft_per_problem)
-        elif config.phase == "dpo":
-            data = build_sentence_pairs(trees, pair_config)
-        else:
-            data = build_pairs(trees, pair_config)[0]
+        data = phase_data(config.phase, trees, pair_config, args.sft_per_problem)
     model, tokenizer = load_model(args.model, device=args.device)
     result = train(model, tokenizer, data, config, args.out)
     if result.model_dir is not None or result.adapter_dir is not None:  # the main process

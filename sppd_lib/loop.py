@@ -282,15 +282,13 @@ def _pairs_phase(config: RunConfig, out_dir: Path, k: int) -> None:
 
 
 def _phase_data(config: RunConfig, phase: str, out_dir: Path) -> pd.DataFrame:
-    from sppd_lib.pairs import build_sentence_pairs, build_sft_examples
+    from sppd_lib.pairs import phase_data
     from sppd_lib.tree import read_trees
 
-    if phase == "sppd":
+    if phase == "sppd":  # built and stored by the pairs phase
         return pd.read_parquet(out_dir / "pairs.parquet")
-    trees = list(read_trees(out_dir / "trees.jsonl.gz"))
-    if phase == "dpo":
-        return build_sentence_pairs(trees, config.pairs)
-    return build_sft_examples(trees, config.pairs, config.sft_per_problem)
+    trees = read_trees(out_dir / "trees.jsonl.gz")
+    return phase_data(phase, trees, config.pairs, config.sft_per_problem)
 
 
 def _train_phase(config: RunConfig, model_path: str, out_dir: Path, k: int) -> str:
@@ -423,4 +421,4 @@ def run(config: RunConfig, run_dir: str | os.PathLike[str] | None = None) -> pd.
         table = accuracy_by_iteration(summary).to_string(float_format=lambda x: f"{x:.3f}")
         logger.info("pass@1 after iteration %d (%.1f min):\n%s", k, minutes, table)
     write_text_atomic(run_dir / "final_model.txt", model_path + "\n")
-    return summary_table(run_dir)
+    return summary

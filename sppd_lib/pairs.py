@@ -34,6 +34,7 @@ __all__ = [
     "build_sentence_pairs",
     "build_sft_examples",
     "path_pairs",
+    "phase_data",
     "positive_paths",
     "step_pairs",
     "stepwise_records",
@@ -280,6 +281,18 @@ def build_sft_examples(
             )
     columns = ["tree_id", "prompt", "prompt_ids", "chosen", "chosen_ids"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def phase_data(
+    phase: str, trees: Iterable[StepTree], config: PairConfig, sft_per_problem: int = 4
+) -> pd.DataFrame:
+    """The training data of one phase from sampled trees: step pairs (``sppd``), sentence
+    pairs (``dpo``) or correct paths (``sft``)."""
+    if phase == "sft":
+        return build_sft_examples(trees, config, sft_per_problem)
+    if phase == "dpo":
+        return build_sentence_pairs(trees, config)
+    return build_pairs(trees, config)[0]
 
 
 def to_trl_preference(pairs: pd.DataFrame) -> pd.DataFrame:
