@@ -1099,16 +1099,22 @@ def accuracy_figure(run_or_summary: Run | pd.DataFrame) -> go.Figure:
     title = "Accuracy per iteration (95% CI)"
     if summary is None or not len(summary):
         return empty_figure(title, "Nothing evaluated yet (no summary.parquet or eval.parquet).")
+    return _accuracy_lines(summary, "metric", _metric_order(summary["metric"]), title)
+
+
+def _accuracy_lines(
+    summary: pd.DataFrame, line_column: str, lines: Sequence[str], title: str
+) -> go.Figure:
+    """One panel per benchmark, one line per value of ``line_column`` (a metric or a run)."""
     benchmarks = list(dict.fromkeys(summary["benchmark"]))
     figure, height = _facets(benchmarks)
-    metrics = _metric_order(summary["metric"])
     for b_index, benchmark in enumerate(benchmarks):
         row, col = divmod(b_index, min(3, len(benchmarks)))
-        for m_index, metric in enumerate(metrics):
-            frame = summary[(summary["benchmark"] == benchmark) & (summary["metric"] == metric)]
+        for l_index, line in enumerate(lines):
+            frame = summary[(summary["benchmark"] == benchmark) & (summary[line_column] == line)]
             if len(frame):
-                offset = _dodge(m_index, len(metrics))
-                trace = _accuracy_trace(frame, metric, _colour(m_index), b_index == 0, offset)
+                offset = _dodge(l_index, len(lines))
+                trace = _accuracy_trace(frame, line, _colour(l_index), b_index == 0, offset)
                 figure.add_trace(trace, row=row + 1, col=col + 1)
     figure.update_yaxes(tickformat=".0%", rangemode="tozero")
     figure.update_xaxes(dtick=1, title_text="iteration")
@@ -1147,20 +1153,7 @@ def compare_runs_figure(runs: Sequence[Run], metric: str = "pass@1") -> go.Figur
     if not frames:
         return empty_figure(title, f"No run has {metric} results yet.")
     summary = pd.concat(frames, ignore_index=True)
-    benchmarks = list(dict.fromkeys(summary["benchmark"]))
-    figure, height = _facets(benchmarks)
-    run_ids = list(dict.fromkeys(summary["run"]))
-    for b_index, benchmark in enumerate(benchmarks):
-        row, col = divmod(b_index, min(3, len(benchmarks)))
-        for r_index, run_id in enumerate(run_ids):
-            frame = summary[(summary["benchmark"] == benchmark) & (summary["run"] == run_id)]
-            if len(frame):
-                offset = _dodge(r_index, len(run_ids))
-                trace = _accuracy_trace(frame, run_id, _colour(r_index), b_index == 0, offset)
-                figure.add_trace(trace, row=row + 1, col=col + 1)
-    figure.update_yaxes(tickformat=".0%", rangemode="tozero")
-    figure.update_xaxes(dtick=1, title_text="iteration")
-    return _style(figure, title, height=height + 60)
+    return _accuracy_lines(summary, "run", list(dict.fromkeys(summary["run"])), title)
 
 
 def final_scores_table(runs: Sequence[Run]) -> pd.DataFrame:
