@@ -450,14 +450,16 @@ def train(
     if config.max_examples is not None:
         data = data.iloc[: config.max_examples]
     work_dir = out_dir.with_name(out_dir.name + ".partial")
-    state = PartialState()  # the process group of `accelerate launch` (one process otherwise)
+    cuda = next(model.parameters()).is_cuda
+    # The process group of `accelerate launch` (one process otherwise). Without `cpu=True` a
+    # CPU-only launch reads as not distributed and every rank would think it is the main one.
+    state = PartialState(cpu=not cuda)
     if state.is_main_process:
         shutil.rmtree(work_dir, ignore_errors=True)
         work_dir.mkdir(parents=True)
     state.wait_for_everyone()
     ordered = training_order(data, config.epochs, config.seed, config.group_by_tree)
     dataset = PreferenceDataset(ordered, config.phase)
-    cuda = next(model.parameters()).is_cuda
     policy = _prepare_model(model, config)
     if config.reference == "recompute" and config.phase != "sft":
         reference = policy
