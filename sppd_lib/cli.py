@@ -465,7 +465,7 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from sppd_lib.loop import accuracy_by_iteration, load_run_config, run
+    from sppd_lib.loop import accuracy_by_iteration, change_since_start, load_run_config, run
 
     config = load_run_config(args.config, args.set)
     run_dir = args.run_dir or Path("runs") / config.run_id
@@ -475,6 +475,15 @@ def _run_run(args: argparse.Namespace) -> int:
     for metric in dict.fromkeys(summary["metric"]):
         table = accuracy_by_iteration(summary, metric)
         print(f"\n{metric} by iteration:\n" + table.to_string(float_format=lambda x: f"{x:.3f}"))
+    change = change_since_start(run_dir)
+    if len(change):
+        print(
+            f"\npass@1 change from iteration 0 to {change['iteration'].iloc[0]}, problem by problem"
+            " (gained: wrong -> right, lost: right -> wrong; p: exact McNemar test):\n"
+            + change.drop(columns="iteration").to_string(
+                index=False, float_format=lambda x: f"{x:.3f}"
+            )
+        )
     if config.report:
         from sppd_lib.report import ReportError, render_run_report
 

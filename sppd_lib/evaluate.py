@@ -44,6 +44,7 @@ __all__ = [
     "generate_greedy",
     "generate_with_engine",
     "maj_at_n",
+    "paired_change",
     "regrade",
     "sample_responses",
     "sampled_scores",
@@ -529,6 +530,46 @@ def summary_rows(
             "ci95_high": "float64",
         }
     )
+
+
+def _mcnemar_exact(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of the discordant problems at 1/2."""
+    n, k = gained + lost, min(gained, lost)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_change(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """How pass@1 changed between two greedy evaluations of the same problems.
+
+    ``before`` and ``after`` are rows of :func:`evaluate`. Per benchmark, on the problems both
+    hold: problems, accuracy before and after, gained (wrong -> right), lost (right -> wrong)
+    and the exact McNemar p-value of the change, which uses the pairing and so tells a real
+    change from a lucky draw better than two separate confidence intervals do.
+    """
+    keys = ["benchmark", "problem_id"]
+    both = before[[*keys, "correct"]].merge(
+        after[[*keys, "correct"]], on=keys, suffixes=("_before", "_after")
+    )
+    rows = []
+    for benchmark, group in both.groupby("benchmark", sort=False):
+        was, now = group["correct_before"].astype(bool), group["correct_after"].astype(bool)
+        gained, lost = int((~was & now).sum()), int((was & ~now).sum())
+        rows.append(
+            {
+                "benchmark": benchmark,
+                "problems": len(group),
+                "before": float(was.mean()),
+                "after": float(now.mean()),
+                "gained": gained,
+                "lost": lost,
+                "p_value": _mcnemar_exact(gained, lost),
+            }
+        )
+    columns = ["benchmark", "problems", "before", "after", "gained", "lost", "p_value"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:

@@ -392,6 +392,24 @@ def accuracy_by_iteration(summary: pd.DataFrame, metric: str = "pass@1") -> pd.D
     )
 
 
+def change_since_start(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """Greedy pass@1 of the last evaluated iteration against iteration 0, problem by problem
+    (:func:`sppd_lib.evaluate.paired_change`); adds the ``iteration`` compared. Empty before
+    two iterations are evaluated."""
+    from sppd_lib.evaluate import paired_change
+
+    evaluated = sorted(
+        (int(d.name[5:]), d / "eval.parquet")
+        for d in Path(run_dir).glob("iter_*")
+        if (d / "eval.parquet").exists()
+    )
+    if len(evaluated) < 2 or evaluated[0][0] != 0:
+        return pd.DataFrame()
+    last, last_file = evaluated[-1]
+    change = paired_change(pd.read_parquet(evaluated[0][1]), pd.read_parquet(last_file))
+    return change.assign(iteration=last)
+
+
 # ---------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from sppd_lib.evaluate import (
     evaluate_samples,
     generate_greedy,
     maj_at_n,
+    paired_change,
     regrade,
     sample_responses,
     sampled_scores,
@@ -65,6 +66,24 @@ def test_accuracy_table_counts() -> None:
     assert table.loc["a", "pass@1"] == 0.75 and table.loc["b", "pass@1"] == 0.0
     assert table.loc["a", "no_answer"] == 0.25 and table.loc["a", "truncated"] == 0.25
     assert table.loc["a", "mean_tokens"] == 25.0
+
+
+def test_paired_change_counts_flips_and_exact_mcnemar() -> None:
+    def rows(correct: list[bool], ids: list[str]) -> pd.DataFrame:
+        return pd.DataFrame({"benchmark": "a", "problem_id": ids, "correct": correct})
+
+    ids = [f"p{i}" for i in range(12)]
+    # On the 11 shared problems 10 go wrong -> right and 1 right -> wrong; the last problem
+    # of each side is not in the other, so it is left out.
+    before = rows([False] * 10 + [True, True], [*ids[:11], "only-before"])
+    after = rows([True] * 10 + [False, True], ids)
+    change = paired_change(before, after).set_index("benchmark").loc["a"]
+    assert change["problems"] == 11 and (change["gained"], change["lost"]) == (10, 1)
+    assert change["before"] == pytest.approx(1 / 11) and change["after"] == pytest.approx(10 / 11)
+    # Exact two-sided binomial test of 1 loss among 11 discordant problems, by hand.
+    assert change["p_value"] == pytest.approx(2 * (1 + 11) / 2**11)
+    unchanged = paired_change(before, before).iloc[0]
+    assert (unchanged["gained"], unchanged["lost"], unchanged["p_value"]) == (0, 0, 1.0)
 
 
 def test_cli_eval_on_a_tiny_model(tmp_path, capsys) -> None:

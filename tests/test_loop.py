@@ -14,7 +14,13 @@ from safetensors.torch import load_file
 
 from sppd_lib.cli import main
 from sppd_lib.config import ConfigError
-from sppd_lib.loop import load_run_config, run, summary_table, training_problems
+from sppd_lib.loop import (
+    change_since_start,
+    load_run_config,
+    run,
+    summary_table,
+    training_problems,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -73,7 +79,7 @@ def test_training_prompts_are_fresh_each_iteration() -> None:
     assert sources.count("gsm8k") == sources.count("math") == 2
 
 
-def test_smoke_run_writes_every_artifact(tmp_path) -> None:
+def test_smoke_run_writes_every_artifact(tmp_path, capsys) -> None:
     run_dir = tmp_path / "smoke"
     summary = run(load_run_config(SMOKE), run_dir)
     for name in ("trees.jsonl.gz", "pairs.parquet", "train/log.jsonl", "train/pair_log.parquet",
@@ -88,6 +94,17 @@ def test_smoke_run_writes_every_artifact(tmp_path) -> None:
     # A finished run reruns as a no-op and the config is kept with it.
     again = run(load_run_config(SMOKE), run_dir)
     pd.testing.assert_frame_equal(again, summary)
+    # The change since iteration 0, problem by problem, agrees with the summary's counts.
+    change = change_since_start(run_dir).set_index("benchmark")
+    greedy = summary[summary["metric"] == "pass@1"].set_index(["iteration", "benchmark"])
+    for benchmark, row in change.iterrows():
+        assert row["iteration"] == 1 and row["problems"] == greedy.loc[(1, benchmark), "n"]
+        moved = greedy.loc[(1, benchmark), "correct"] - greedy.loc[(0, benchmark), "correct"]
+        assert row["gained"] - row["lost"] == moved
+    capsys.readouterr()
+    assert main(["run", "--config", str(SMOKE), "--run-dir", str(run_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "pass@1 by iteration" in printed and "change from iteration 0 to 1" in printed
     with pytest.raises(ConfigError, match=r"sampler\.k"):
         run(load_run_config(SMOKE, ["sampler.k=3"]), run_dir)
 
