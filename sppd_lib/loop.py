@@ -149,8 +149,9 @@ def _start_run_dir(config: RunConfig, run_dir: Path) -> None:
     wanted = config_to_dict(config)
     if saved.exists():
         previous = load_yaml(saved)
-        if previous != wanted:
-            changed = sorted(_changed_keys(previous, wanted))
+        # `report` only decides whether pages are rendered afterwards: not part of the run.
+        changed = sorted(set(_changed_keys(previous, wanted)) - {"report"})
+        if changed:
             raise ConfigError(
                 f"{run_dir} holds a run with another config (changed: {', '.join(changed)}); "
                 "use another run_id / --run-dir, or delete the directory"
