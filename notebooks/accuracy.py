@@ -39,3 +39,11 @@ viz.accuracy_figure(run)
 
 # %%
 viz.summary_table(run)
+
+# %% [markdown]
+# ## Change since iteration 0, problem by problem
+# gained: wrong → right; lost: right → wrong. A small McNemar p says the change is unlikely
+# to be chance; it uses the pairing, so it is sharper than comparing the two intervals.
+
+# %%
+viz.change_table(run)

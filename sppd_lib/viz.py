@@ -40,6 +40,7 @@ __all__ = [
     "RunNotFoundError",
     "TreeExplorer",
     "accuracy_figure",
+    "change_table",
     "compare_runs_figure",
     "config_diff_table",
     "empty_figure",
@@ -1143,6 +1144,30 @@ def summary_table(run: Run) -> pd.DataFrame:
     table = table.reindex(index=rows, columns=columns)
     table.columns.name = None
     return table
+
+
+def change_table(run: Run) -> pd.DataFrame:
+    """pass@1 of the last evaluated iteration against iteration 0, problem by problem: per
+    benchmark the accuracies, problems gained (wrong -> right) and lost (right -> wrong) and
+    the exact McNemar p-value (:func:`sppd_lib.loop.change_since_start`)."""
+    from sppd_lib.loop import change_since_start  # loads transformers: only when asked
+
+    change = change_since_start(run.path)
+    if not len(change):
+        return pd.DataFrame({"note": ["needs iteration 0 and a later evaluation"]}, index=[""])
+    return pd.DataFrame(
+        {
+            "iterations": [f"0 → {k}" for k in change["iteration"]],
+            "problems": change["problems"].to_numpy(),
+            "pass@1": [
+                f"{a:.1%} → {b:.1%}" for a, b in zip(change["before"], change["after"], strict=True)
+            ],
+            "gained": change["gained"].to_numpy(),
+            "lost": change["lost"].to_numpy(),
+            "McNemar p": [f"{p:.3g}" for p in change["p_value"]],
+        },
+        index=pd.Index(change["benchmark"], name=None),
+    )
 
 
 def compare_runs_figure(runs: Sequence[Run], metric: str = "pass@1") -> go.Figure:

@@ -211,6 +211,17 @@ def test_summary_table(run) -> None:
     assert table.index[0] == ("arith", "pass@1") and "%" in table.iloc[0, 0]
 
 
+def test_change_table(run, partial_run) -> None:
+    table = viz.change_table(run)
+    first, last = run.eval(0), run.eval(2)
+    for benchmark, row in table.iterrows():
+        was = first[first.benchmark == benchmark].set_index("problem_id")["correct"]
+        now = last[last.benchmark == benchmark].set_index("problem_id")["correct"]
+        assert row["iterations"] == "0 → 2" and row["problems"] == len(was)
+        assert row["gained"] - row["lost"] == now.sum() - was.sum()
+    assert list(viz.change_table(partial_run).columns) == ["note"]  # one evaluation only
+
+
 # -- comparing runs -----------------------------------------------------------------------
 
 
