@@ -1166,7 +1166,7 @@ def change_table(run: Run) -> pd.DataFrame:
             "lost": change["lost"].to_numpy(),
             "McNemar p": [f"{p:.3g}" for p in change["p_value"]],
         },
-        index=pd.Index(change["benchmark"], name=None),
+        index=change["benchmark"].to_numpy(),
     )
 
 
