@@ -13,6 +13,7 @@ Protocol: one JSON line ``[gold, pred]`` in, one JSON line with a status out.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
@@ -62,6 +63,19 @@ class _Worker:
             self._process.wait()
             self._process = None
 
+    def close(self) -> None:
+        """End the child: closing its stdin ends its read loop (killed if it lingers)."""
+        if self._process is None or self._owner_pid != os.getpid():
+            return
+        try:
+            self._process.stdin.close()  # type: ignore[union-attr]
+            self._process.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            self._process.kill()
+            self._process.wait()
+        self._process.stdout.close()  # type: ignore[union-attr]
+        self._process = None
+
     def _send(self, request: bytes) -> subprocess.Popen[bytes]:
         for attempt in range(2):
             process = self._start()
@@ -93,6 +107,7 @@ class _Worker:
 
 
 _worker = _Worker()
+atexit.register(_worker.close)  # a clean exit, not a child left to the GC
 
 
 def compare(gold: str, pred: str, time_limit: float = 5.0) -> Status:
