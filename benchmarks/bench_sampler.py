@@ -27,6 +27,21 @@ from sppd_lib.prompts import has_final_answer, prompt_token_ids
 from sppd_lib.sampler import SamplerConfig, sample_trees
 
 
+def smollm2_config(k: int, problems: int, passes_per_round: int) -> SamplerConfig:
+    """Tree settings under which SmolLM2-135M gets both right and wrong paths (those of
+    tests/conftest.py ``smollm2_sampler_config``), with K and the batch chosen by the caller."""
+    return SamplerConfig(
+        k=k,
+        c=2,
+        temperature=0.7,
+        max_step_tokens=96,
+        max_total_tokens=320,
+        answer_format="any",
+        problems_per_batch=problems,
+        passes_per_round=passes_per_round,
+    )
+
+
 def is_complete(text: str, finished_at_eos: bool, config: SamplerConfig) -> bool:
     """The flat counterpart of a complete tree path (same rule as the sampler)."""
     if has_final_answer(text):
@@ -122,16 +137,7 @@ def main() -> None:
     parser.add_argument("--engines", default="transformers,vllm")
     args = parser.parse_args()
 
-    config = SamplerConfig(
-        k=args.k,
-        c=2,
-        temperature=0.7,
-        max_step_tokens=96,
-        max_total_tokens=320,
-        answer_format="any",
-        problems_per_batch=args.problems,
-        passes_per_round=args.passes_per_round,
-    )
+    config = smollm2_config(args.k, args.problems, args.passes_per_round)
     problems = load_problems("arith", "train", limit=args.problems)
     model, tokenizer = load_model("smollm2-135m-instruct", device="cpu")
     prompts = [prompt_token_ids(tokenizer, p.question) for p in problems]

@@ -73,16 +73,9 @@ def sample(args: argparse.Namespace) -> list:
         config = SamplerConfig(k=12, c=2, max_step_tokens=12, max_depth=4, max_total_tokens=64)
     else:
         model, tokenizer = load_model(MODEL, device="cpu")
-        config = SamplerConfig(  # tests/conftest.py smollm2_sampler_config, K = 16
-            k=args.k,
-            c=2,
-            temperature=0.7,
-            max_step_tokens=96,
-            max_total_tokens=320,
-            answer_format="any",
-            problems_per_batch=args.problems,
-            passes_per_round=4,
-        )
+        from bench_sampler import smollm2_config  # benchmarks/ is on sys.path: run as a script
+
+        config = smollm2_config(args.k, args.problems, passes_per_round=4)
     problems = load_problems("arith", "train", limit=args.problems)
     engine = TransformersEngine(model, tokenizer)
     return list(sample_trees(engine, tokenizer, problems, config, progress=False))

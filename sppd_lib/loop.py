@@ -365,21 +365,24 @@ def _eval_phase(config: RunConfig, policy: _Policy, model_path: str, out_dir: Pa
             engine.close()
 
 
+def _evaluated_iterations(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """(iteration, its directory) of every iteration with a greedy evaluation, in order."""
+    directories = ((int(d.name[5:]), d) for d in Path(run_dir).glob("iter_*"))
+    return sorted((k, d) for k, d in directories if (d / "eval.parquet").exists())
+
+
 def summary_table(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per (iteration, benchmark, metric) from the stored evaluations (regradable)."""
     from sppd_lib.evaluate import SUMMARY_COLUMNS, summary_rows
 
     frames = []
-    for directory in sorted(Path(run_dir).glob("iter_*"), key=lambda p: int(p.name[5:])):
-        greedy = directory / "eval.parquet"
-        if not greedy.exists():
-            continue
+    for iteration, directory in _evaluated_iterations(run_dir):
         samples = directory / "eval_samples.parquet"
         frames.append(
             summary_rows(
-                pd.read_parquet(greedy),
+                pd.read_parquet(directory / "eval.parquet"),
                 pd.read_parquet(samples) if samples.exists() else None,
-                int(directory.name[5:]),
+                iteration,
             )
         )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SUMMARY_COLUMNS)
@@ -399,15 +402,13 @@ def change_since_start(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     two iterations are evaluated."""
     from sppd_lib.evaluate import paired_change
 
-    evaluated = sorted(
-        (int(d.name[5:]), d / "eval.parquet")
-        for d in Path(run_dir).glob("iter_*")
-        if (d / "eval.parquet").exists()
-    )
+    evaluated = _evaluated_iterations(run_dir)
     if len(evaluated) < 2 or evaluated[0][0] != 0:
         return pd.DataFrame()
-    last, last_file = evaluated[-1]
-    change = paired_change(pd.read_parquet(evaluated[0][1]), pd.read_parquet(last_file))
+    (_, first), (last, last_dir) = evaluated[0], evaluated[-1]
+    change = paired_change(
+        pd.read_parquet(first / "eval.parquet"), pd.read_parquet(last_dir / "eval.parquet")
+    )
     return change.assign(iteration=last)
 
 
