@@ -8,11 +8,14 @@ and ``sweep`` executes one notebook over a grid of parameters.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import itertools
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -508,6 +511,18 @@ def _inspect_page(
     return BrowserCheck(figures, rendered, tools.errors(), screenshot)
 
 
+def _end_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group of ``process`` (a session leader), then SIGKILL what is left
+    of it (helpers that outlive the leader)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def browser_check(
     page: str | os.PathLike[str],
     screenshot: str | os.PathLike[str] | None = None,
@@ -515,29 +530,32 @@ def browser_check(
 ) -> BrowserCheck:
     """Open an HTML file in headless Chromium (a fresh profile), wait until plotly has drawn
     every figure, collect JavaScript errors and optionally save a full-page PNG."""
-    import subprocess
     import tempfile
 
     chromium = find_chromium()
     if chromium is None:
         raise ReportError("Chromium not found on PATH (Debian: apt-get install chromium)")
     deadline = time.monotonic() + timeout
-    with tempfile.TemporaryDirectory(prefix="sppd-chromium-") as profile:
+    # Chromium's helpers may still be writing to the profile when it is removed: a left-over
+    # temporary folder must not fail a check that has already finished.
+    with tempfile.TemporaryDirectory(
+        prefix="sppd-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         command = [
             chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
             f"--user-data-dir={profile}", "--remote-debugging-port=0",
             "--remote-allow-origins=*", "--no-first-run", "about:blank",
         ]  # fmt: skip
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: its helpers end with it
+        )
         try:
             tools = _DevTools(_devtools_url(Path(profile), deadline), timeout)
             url = Path(page).resolve().as_uri()
             shot = Path(screenshot) if screenshot is not None else None
             return _inspect_page(tools, url, shot, deadline)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _end_process_group(process)
