@@ -128,10 +128,40 @@ def load_run_config(path: str | os.PathLike[str], overrides: list[str] | None = 
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {key}: {parent} is not a section")
         target[leaf] = yaml.safe_load(raw)
+    migrate_margin_keys(data, str(path))
     try:
         return config_from_dict(RunConfig, data)
     except ValueError as exc:  # __post_init__ checks of the nested configs
         raise ConfigError(f"{path}: {exc}") from None
+
+
+#: Keys that moved from the ``pairs`` section to ``train`` when the margin became a training
+#: setting (so one pairs file serves every margin variant).
+MOVED_MARGIN_KEYS = ("margin", "gamma", "fixed_margin")
+
+
+def migrate_margin_keys(data: dict[str, Any], where: str) -> None:
+    """Move ``pairs.margin`` / ``gamma`` / ``fixed_margin`` of an older config to ``train``
+    (in place), with a warning; a key given in both sections is an error."""
+    pairs = data.get("pairs")
+    if not isinstance(pairs, dict):
+        return
+    moved = [key for key in MOVED_MARGIN_KEYS if key in pairs]
+    if not moved:
+        return
+    train = data.setdefault("train", {})
+    if not isinstance(train, dict):
+        return
+    for key in moved:
+        if key in train:
+            raise ConfigError(f"{where}: pairs.{key} and train.{key} both given; keep train.{key}")
+        train[key] = pairs.pop(key)
+    logger.warning(
+        "%s: pairs.%s moved to train.%s (the margin is a training setting now)",
+        where,
+        "/".join(moved),
+        "/".join(moved),
+    )
 
 
 # ---------------------------------------------------------------------------------------

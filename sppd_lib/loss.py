@@ -1,4 +1,4 @@
-"""Losses as small pure tensor functions (SPPD_METHOD.md §2).
+"""Losses as small pure tensor functions (Yi et al., "SPPD", arXiv 2502.13516, §3).
 
 SPPD, for a chosen step a_w and a rejected step a_l that share the state s_t:
 
@@ -6,8 +6,9 @@ SPPD, for a chosen step a_w and a rejected step a_l that share the state s_t:
     L   = − log σ( β·h_θ − γ·(v(s_t|a_w) − v(s_t|a_l)) )
 
 Log-probs are sums over each step's tokens. The ``margin`` argument is the whole subtracted
-term: γ·Δv (dynamic, SPPD), a constant (fixed margin) or 0 (Step-DPO; also sentence-level DPO
-when the "steps" are whole solutions).
+term, built by :func:`value_margin` at training time from the pair's value gap Δv: γ·Δv
+(``dynamic``, SPPD), a constant (``fixed``, the paper's "fixed margin" ablation) or 0
+(``none``: Step-DPO; also sentence-level DPO when the "steps" are whole solutions).
 """
 
 from __future__ import annotations
@@ -15,7 +16,45 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dpo_loss", "sft_loss", "sppd_loss"]
+__all__ = ["MARGIN_MODES", "dpo_loss", "sft_loss", "sppd_loss", "value_margin"]
+
+#: The margin ablation of the paper (Table 4): no margin, a fixed one, the dynamic γ·Δv.
+MARGIN_MODES = ("dynamic", "fixed", "none")
+
+
+def value_margin(
+    delta_value: torch.Tensor, mode: str, gamma: float, fixed_margin: float | None = None
+) -> torch.Tensor:
+    """The margin subtracted inside the SPPD sigmoid, per pair.
+
+    The soft Bellman step reward r = β·log π*/π_ref + V*(s_t) − V*(s_{t+1}) puts the value
+    difference of the two siblings into the Bradley–Terry logit; scaling that potential by γ
+    keeps the reward equivalent, so the margin is γ·(v_w − v_l).
+
+    Args:
+        delta_value: ``(pairs,)`` v(chosen) − v(rejected), > threshold (0.5) by construction.
+        mode: ``dynamic`` (γ·Δv, SPPD), ``fixed`` (``fixed_margin`` for every pair; when
+            ``None``, the mean of γ·Δv over these pairs, so it matches the dynamic margin on
+            average) or ``none`` (0, Step-DPO).
+        gamma: γ ≥ 0 (paper sweeps 0.1–5).
+        fixed_margin: the constant of ``fixed`` (≥ 0), or ``None`` for the mean of γ·Δv.
+
+    Returns:
+        ``(pairs,)`` margins, same dtype as ``delta_value``.
+    """
+    if mode == "dynamic":
+        return gamma * delta_value
+    if mode == "fixed":
+        if fixed_margin is None:
+            constant = (
+                (gamma * delta_value).mean() if delta_value.numel() else delta_value.new_zeros(())
+            )
+        else:
+            constant = delta_value.new_tensor(fixed_margin)
+        return torch.ones_like(delta_value) * constant
+    if mode == "none":
+        return torch.zeros_like(delta_value)
+    raise ValueError(f"margin mode must be one of {MARGIN_MODES}, not {mode!r}")
 
 
 def sppd_loss(

@@ -1,9 +1,10 @@
 """Preference pairs from valued step trees (SPPD_METHOD.md §2, §5).
 
 Step level: two sibling steps under the same prefix whose values differ by more than
-``threshold`` (Δv = v_w - v_l > 0.5 in the paper) become a pair; the margin is γ·Δv
-(``dynamic``, SPPD), a constant (``fixed``) or 0 (``none``, Step-DPO). Each pair carries the
-raw sampler log-probs of both steps: the reference log-probs of the loss.
+``threshold`` (Δv = v_w - v_l > 0.5 in the paper) become a pair. Each pair carries both
+values and Δv, and the raw sampler log-probs of both steps (the reference log-probs of the
+loss). The margin is not stored: training computes it from Δv (``TrainConfig.margin``,
+``gamma``, ``fixed_margin``), so every margin variant trains on the same pairs file.
 
 Sentence level: τ+ (correct complete paths, best first) for SFT, and (τ+, τ−) pairs of the
 same problem for sentence-level DPO.
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PairConfig:
-    """Value estimator, pair filter and margin."""
+    """Value estimator and pair filter (the loss margin belongs to ``TrainConfig``)."""
 
     value: str = option(
         "mc", "Value estimator: 'mc' (Monte-Carlo), 'bellman' or 'prm' (needs prm_model)."
@@ -59,11 +60,6 @@ class PairConfig:
     bellman_aggregate: str = option("max", "Bellman backup: 'max' (optimality) or 'mean'.")
     bellman_discount: float = option(1.0, "Bellman discount per level, in [0, 1].")
     threshold: float = option(0.5, "Keep sibling pairs with v_w - v_l above this (paper: 0.5).")
-    margin: str = option(
-        "dynamic", "'dynamic' (γ·Δv, SPPD), 'fixed' (a constant) or 'none' (Step-DPO)."
-    )
-    gamma: float = option(1.0, "γ of the dynamic margin (paper sweeps 0.1-5).")
-    fixed_margin: float = option(0.5, "The constant margin of 'fixed'.")
     pairing: str = option(
         "all", "'all' qualifying sibling couples, or 'best_worst': one per sibling group."
     )
@@ -78,7 +74,6 @@ class PairConfig:
         choices = {
             "value": ("mc", "bellman", "prm"),
             "bellman_aggregate": ("max", "mean"),
-            "margin": ("dynamic", "fixed", "none"),
             "pairing": ("all", "best_worst"),
             "path_rule": ("final", "mean", "min"),
         }
@@ -101,12 +96,6 @@ def apply_values(tree: StepTree, config: PairConfig, scorer: PRMScorer | None = 
             raise ValueError("value='prm' needs a PRMScorer")
         return prm_values(tree, scorer)
     return bellman_values(tree, config.bellman_aggregate, config.bellman_discount)
-
-
-def _margin(delta: float, config: PairConfig) -> float:
-    if config.margin == "dynamic":
-        return config.gamma * delta
-    return config.fixed_margin if config.margin == "fixed" else 0.0
 
 
 def _has_evidence(node: StepNode, config: PairConfig) -> bool:
@@ -146,7 +135,6 @@ def _pair_row(
         "value_chosen": float(win.value),  # type: ignore[arg-type]
         "value_rejected": float(lose.value),  # type: ignore[arg-type]
         "delta_value": float(delta),
-        "margin": float(_margin(delta, config)),
         "depth": win.depth,
         "parent_node": parent.id,
         "chosen_node": win.id,
@@ -238,7 +226,7 @@ def build_pairs(trees: Iterable[StepTree], config: PairConfig) -> tuple[pd.DataF
 _COLUMNS = [  # the keys of _pair_row, for an empty result
     "tree_id", "problem_id", "gold", "prompt", "prompt_ids", "chosen", "rejected", "chosen_ids",
     "rejected_ids", "chosen_ref_logps", "rejected_ref_logps", "chosen_ref_logp",
-    "rejected_ref_logp", "value_chosen", "value_rejected", "delta_value", "margin", "depth",
+    "rejected_ref_logp", "value_chosen", "value_rejected", "delta_value", "depth",
     "parent_node", "chosen_node", "rejected_node", "chosen_terminal", "rejected_terminal",
     "value_source",
 ]  # fmt: skip
@@ -250,7 +238,7 @@ def build_sentence_pairs(trees: Iterable[StepTree], config: PairConfig) -> pd.Da
     rows = []
     for tree in trees:
         apply_values(tree, config, scorer)
-        rows.extend({**row, "margin": 0.0, "delta_value": 0.0} for row in path_pairs(tree, config))
+        rows.extend({**row, "delta_value": 0.0} for row in path_pairs(tree, config))
     columns = ["tree_id", "prompt", "prompt_ids", "chosen", "rejected", "chosen_ids"]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
 
@@ -296,9 +284,10 @@ def phase_data(
 
 
 def to_trl_preference(pairs: pd.DataFrame) -> pd.DataFrame:
-    """TRL's preference format (``prompt``, ``chosen``, ``rejected``) plus margin and values."""
+    """TRL's preference format (``prompt``, ``chosen``, ``rejected``) plus the values and Δv
+    (a margin for TRL's ``margin`` column is γ·Δv for the γ of your choice)."""
     return pairs[
-        ["prompt", "chosen", "rejected", "margin", "value_chosen", "value_rejected"]
+        ["prompt", "chosen", "rejected", "delta_value", "value_chosen", "value_rejected"]
     ].copy()
 
 
@@ -327,7 +316,7 @@ def write_pairs(pairs: pd.DataFrame, path: str | os.PathLike[str]) -> None:
 
 
 def summarize_pairs(pairs: pd.DataFrame, trees: int) -> dict[str, Any]:
-    """Pairs per tree, Δv and margin histograms (0.1 bins) and pairs by depth."""
+    """Pairs per tree, the Δv histogram (0.1 bins) and pairs by depth."""
 
     def histogram(column: str) -> dict[str, int]:
         bins = ((pairs[column] * 10 + 1e-9) // 1 / 10).round(1)  # 1.0 // 0.1 is 9.0 in floats
@@ -339,6 +328,5 @@ def summarize_pairs(pairs: pd.DataFrame, trees: int) -> dict[str, Any]:
         "trees_with_pairs": int(pairs["tree_id"].nunique()) if len(pairs) else 0,
         "pairs_per_tree": len(pairs) / trees if trees else 0.0,
         "delta_value_histogram": histogram("delta_value") if len(pairs) else {},
-        "margin_histogram": histogram("margin") if len(pairs) else {},
         "pairs_by_depth": {int(d): int(c) for d, c in sorted(Counter(pairs["depth"]).items())},
     }

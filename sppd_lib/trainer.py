@@ -1,7 +1,9 @@
 """Step-level preference training on ``transformers.Trainer`` (SPPD_METHOD.md §2, §5).
 
 One trainer, three phases over the same batch layout (``sppd_lib.packing``):
-- ``sppd``: sibling step pairs, loss −log σ(β·h − γ·Δv) with the margin stored in the pair;
+- ``sppd``: sibling step pairs, loss −log σ(β·h − margin), the margin computed here from each
+  pair's value gap Δv and the config's ``margin`` / ``gamma`` / ``fixed_margin``
+  (:func:`sppd_lib.loss.value_margin`), so one pairs file serves every margin variant;
 - ``dpo``: sentence-level pairs (τ+, τ−), the same loss with margin 0;
 - ``sft``: correct complete paths τ+, negative log-likelihood of the solution tokens.
 
@@ -33,7 +35,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import ConfigError, config_to_dict, option
 from sppd_lib.files import write_parquet_atomic
-from sppd_lib.loss import sft_loss, sppd_loss
+from sppd_lib.loss import MARGIN_MODES, sft_loss, sppd_loss, value_margin
 from sppd_lib.packing import Batch, pack_sequences, pad_sequences, sequence_logps
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "compute_reference_logps",
+    "pair_margins",
     "train",
 ]
 
@@ -57,6 +60,22 @@ class TrainConfig:
 
     phase: str = option("sppd", "'sppd' (step pairs), 'dpo' (sentence pairs) or 'sft' (τ+).")
     beta: float = option(0.1, "β of the DPO/SPPD loss (paper: 0.1).")
+    margin: str = option(
+        "dynamic",
+        "Margin of the sppd loss: 'dynamic' (γ·Δv, SPPD), 'fixed' (one constant for every "
+        "pair) or 'none' (0: Step-DPO). The paper's ablation (Table 4) compares the three.",
+    )
+    gamma: float = option(
+        1.0,
+        "γ of the margin γ·Δv, >= 0 (paper sweeps 0.1, 0.5, 1, 2, 5 and finds an interior "
+        "optimum; its headline γ is not stated).",
+    )
+    fixed_margin: float | None = option(
+        None,
+        "The constant of margin 'fixed', >= 0; null: the mean of γ·Δv over the phase's "
+        "pairs (the paper does not state its fixed value), so fixed and dynamic have the same "
+        "mean margin and differ only in its spread.",
+    )
     optimizer: str = option("adamw", "'adamw' or 'sgd' (the paper's DPO/SPPD optimiser).")
     learning_rate: float = option(1e-4, "Peak learning rate (paper, full fine-tuning: SGD 1e-5).")
     lr_scheduler: str = option("cosine", "Learning-rate schedule (any transformers scheduler).")
@@ -108,6 +127,12 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lora_r < 0 or self.beta <= 0 or self.learning_rate <= 0:
             raise ConfigError("train.lora_r must be >= 0, train.beta and learning_rate > 0")
+        if self.margin not in MARGIN_MODES:
+            raise ConfigError(f"train.margin must be one of {MARGIN_MODES}, not {self.margin!r}")
+        if self.gamma < 0:
+            raise ConfigError(f"train.gamma must be >= 0, got {self.gamma}")
+        if self.fixed_margin is not None and self.fixed_margin < 0:
+            raise ConfigError(f"train.fixed_margin must be >= 0 or null, got {self.fixed_margin}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,7 +148,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
     """Pairs (``sppd``, ``dpo``) or τ+ paths (``sft``) as token ids, in training order.
 
     Each row needs ``prompt_ids`` and ``chosen_ids``; pairs also ``rejected_ids``,
-    ``chosen_ref_logp``, ``rejected_ref_logp`` and (``sppd``) ``margin``. The order is the
+    ``chosen_ref_logp``, ``rejected_ref_logp``; ``margin`` is the loss margin of ``sppd`` rows
+    (:func:`train` adds it with :func:`pair_margins`; 0 when absent). The order is the
     training order (see ``training_order``), so the Trainer samples sequentially.
     """
 
@@ -131,8 +157,6 @@ class PreferenceDataset(torch.utils.data.Dataset):
         needed = ["prompt_ids", "chosen_ids"]
         if phase != "sft":
             needed += ["rejected_ids", "chosen_ref_logp", "rejected_ref_logp"]
-        if phase == "sppd":
-            needed.append("margin")
         missing = [c for c in needed if c not in frame.columns]
         if missing:
             raise ConfigError(f"{phase} training data lacks column(s) {missing}")
@@ -161,6 +185,46 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.rows[index]
+
+
+def pair_margins(data: pd.DataFrame, config: TrainConfig) -> tuple[list[float], dict[str, Any]]:
+    """The loss margin of every row of ``data`` and the settings that made them.
+
+    ``sppd`` rows get :func:`~sppd_lib.loss.value_margin` of their ``delta_value`` (or
+    ``value_chosen − value_rejected``); ``dpo`` and ``sft`` rows get 0. A ``margin`` column
+    stored by older versions of the pairs phase is ignored: the train config decides.
+
+    Returns:
+        ``(margins, settings)``; ``settings`` holds ``margin``, ``gamma``, ``fixed_margin``
+        (resolved: the constant actually used by ``fixed``) and ``mean_margin``.
+    """
+    if config.phase != "sppd":
+        return [0.0] * len(data), {"margin": "none", "gamma": 0.0, "fixed_margin": None}
+    if "delta_value" in data.columns:
+        delta = data["delta_value"].astype(float)
+    elif {"value_chosen", "value_rejected"} <= set(data.columns):
+        delta = data["value_chosen"].astype(float) - data["value_rejected"].astype(float)
+    else:
+        raise ConfigError(
+            "sppd training data needs a delta_value column (or value_chosen and "
+            "value_rejected) to compute the margin; build it with `sppd pairs`"
+        )
+    margins = value_margin(
+        torch.tensor(delta.to_numpy(), dtype=torch.float64),
+        config.margin,
+        config.gamma,
+        config.fixed_margin,
+    ).tolist()
+    fixed = config.fixed_margin
+    if config.margin == "fixed" and fixed is None:
+        fixed = margins[0] if margins else 0.0
+    settings = {
+        "margin": config.margin,
+        "gamma": config.gamma,
+        "fixed_margin": fixed,
+        "mean_margin": sum(margins) / len(margins) if margins else 0.0,
+    }
+    return margins, settings
 
 
 def training_order(
@@ -375,6 +439,7 @@ class TrainResult:
     seconds: float
     tokens_forwarded: int
     final_metrics: dict[str, float]
+    margin_settings: dict[str, Any]  # margin mode, γ, the resolved fixed margin, mean margin
 
 
 def _training_arguments(config: TrainConfig, work_dir: Path, cuda: bool, progress: bool) -> Any:
@@ -449,6 +514,16 @@ def train(
         raise ConfigError(f"no {config.phase} training data: nothing to train on")
     if config.max_examples is not None:
         data = data.iloc[: config.max_examples]
+    margins, margin_settings = pair_margins(data, config)
+    data = data.assign(margin=margins)
+    if config.phase == "sppd":
+        logger.info(
+            "%s margin, γ %.3g: mean margin %.3f over %d pairs",
+            config.margin,
+            config.gamma,
+            margin_settings["mean_margin"],
+            len(data),
+        )
     work_dir = out_dir.with_name(out_dir.name + ".partial")
     cuda = next(model.parameters()).is_cuda
     # The process group of `accelerate launch` (one process otherwise). Without `cpu=True` a
@@ -490,6 +565,7 @@ def train(
         seconds=seconds,
         tokens_forwarded=trainer.tokens_forwarded,
         final_metrics={k: v for k, v in output.metrics.items() if isinstance(v, int | float)},
+        margin_settings=margin_settings,
     )
     if not trainer.is_world_process_zero():
         return result
@@ -512,9 +588,12 @@ def _save(
 ) -> None:
     shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
     write_parquet_atomic(pd.DataFrame(trainer.pair_log), work_dir / "pair_log.parquet")
-    (work_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+    # The saved config names the margin actually used (a null fixed_margin resolved).
+    saved = {**config_to_dict(config), "fixed_margin": result.margin_settings["fixed_margin"]}
+    (work_dir / "config.json").write_text(json.dumps(saved, indent=2))
     metrics = {
         "phase": config.phase,
+        "margin_settings": result.margin_settings,
         "examples": result.examples,
         "steps": result.steps,
         "seconds": result.seconds,

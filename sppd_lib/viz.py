@@ -435,7 +435,7 @@ def _pair_roles(pairs: pd.DataFrame | None) -> dict[int, list[str]]:
     if pairs is None:
         return roles
     for row in pairs.itertuples():
-        info = f"Δv {row.delta_value:.2f}, margin {row.margin:.2f}"
+        info = f"Δv {row.delta_value:.2f}"
         roles.setdefault(int(row.chosen_node), []).append(
             f"chosen over node {row.rejected_node} ({info})"
         )
@@ -784,16 +784,26 @@ def explorer_view(run: Run, iteration: int | None = None, interactive: bool = Tr
 
 
 def margin_histograms(run: Run) -> go.Figure:
-    """Histograms of Δv = v_w − v_l and of the loss margin (γ·Δv, fixed or 0) per iteration."""
+    """Histograms of Δv = v_w − v_l of the pairs and of the loss margin the trainer used
+    (γ·Δv, fixed or 0: a training setting, read from ``pair_log.parquet``) per iteration."""
     pairs = run.stacked("pairs")
     title = "Value gap and margin of the pairs"
     if pairs is None:
         return empty_figure(title, f"Run {run.run_id} has no pairs yet (no pairs.parquet).")
     figure = make_subplots(
-        rows=1, cols=2, subplot_titles=("Δv = v(chosen) − v(rejected)", "loss margin")
+        rows=1, cols=2, subplot_titles=("Δv = v(chosen) − v(rejected)", "loss margin (trained)")
     )
-    for index, (k, group) in enumerate(pairs.groupby("iteration")):
-        for col, column in ((1, "delta_value"), (2, "margin")):
+    pair_log = run.stacked("pair_log")
+    margins = None
+    if pair_log is not None and "value_margin" in pair_log.columns:
+        trained = pair_log[pair_log.get("phase", "sppd") == "sppd"]
+        margins = trained.drop_duplicates(["iteration", "pair_index"])
+    panels = ((1, pairs, "delta_value"), (2, margins, "value_margin"))
+    for col, frame, column in panels:
+        if frame is None or not len(frame):
+            _note(figure, "not trained yet (no pair_log.parquet)", 1, col)
+            continue
+        for index, (k, group) in enumerate(frame.groupby("iteration")):
             figure.add_trace(
                 go.Histogram(
                     x=group[column],
@@ -802,7 +812,7 @@ def margin_histograms(run: Run) -> go.Figure:
                     showlegend=col == 1,
                     marker_color=_colour(index),
                     # 0.05 bins for the usual Δv in (0.5, 1]; automatic for tiny gaps
-                    xbins={"size": 0.05} if np.ptp(pairs[column]) > 0.2 else None,
+                    xbins={"size": 0.05} if np.ptp(frame[column]) > 0.2 else None,
                 ),
                 row=1,
                 col=col,

@@ -92,19 +92,20 @@ def _train_log(phases: dict[str, int], rng: random.Random) -> list[dict[str, Any
     return rows
 
 
-def _pair_log(pairs: pd.DataFrame, steps: int, rng: random.Random) -> pd.DataFrame:
+def _pair_log(pairs: pd.DataFrame, steps: int, gamma: float, rng: random.Random) -> pd.DataFrame:
     rows = []
     for step in range(1, steps + 1):
         for index, pair in pairs.iterrows():
             reward_margin = BETA * (6 * step / steps + rng.gauss(0, 1.5))
-            argument = reward_margin - pair["margin"]
+            margin = gamma * float(pair["delta_value"])
+            argument = reward_margin - margin
             rows.append(
                 {
                     "step": step,
                     "phase": "sppd",
                     "pair_index": int(index),
                     "reward_margin": reward_margin,
-                    "value_margin": float(pair["margin"]),
+                    "value_margin": margin,
                     "delta_value": float(pair["delta_value"]),
                     "loss": math.log1p(math.exp(-argument)),
                 }
@@ -164,14 +165,14 @@ def make_run_dir(
     path = Path(path)
     rng = random.Random(seed)
     problems = load_problems("arith", "train", limit=4)
-    pair_config = PairConfig(value="mc", margin="dynamic", gamma=gamma)
+    pair_config = PairConfig(value="mc")
     config = {
         "run_id": run_id,
         "iterations": 2,
         "model": "tiny-llama",
         "sampler": {"k": 12, "c": 2, "max_step_tokens": 6, "max_depth": 6},
-        "pairs": {"value": "mc", "margin": "dynamic", "gamma": gamma, "threshold": 0.5},
-        "train": {"beta": BETA, "learning_rate": 1e-5},
+        "pairs": {"value": "mc", "threshold": 0.5},
+        "train": {"beta": BETA, "learning_rate": 1e-5, "margin": "dynamic", "gamma": gamma},
     }
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -191,7 +192,7 @@ def make_run_dir(
             log = "\n".join(json.dumps(row) for row in _train_log(phases, rng))
             (folder / "train" / "log.jsonl").write_text(log + "\n")
             write_parquet_atomic(
-                _pair_log(pairs, phases["sppd"], rng), folder / "train" / "pair_log.parquet"
+                _pair_log(pairs, phases["sppd"], gamma, rng), folder / "train" / "pair_log.parquet"
             )
         evals = _eval_rows(iteration, 0.25 + accuracy_gain * iteration, rng)
         write_parquet_atomic(evals, folder / "eval.parquet")
@@ -225,7 +226,7 @@ def fixture_runs(root: str | Path) -> tuple[Path, Path]:
     if not (second / "summary.parquet").is_file():
         shutil.copytree(first, second, dirs_exist_ok=True)
         config = yaml.safe_load((second / "config.yaml").read_text())
-        config["run_id"], config["pairs"]["gamma"] = "step-dpo", 0.0
+        config["run_id"], config["train"]["gamma"] = "step-dpo", 0.0
         (second / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         summary = pd.read_parquet(second / "summary.parquet")
         later = summary["iteration"] > 0
@@ -241,7 +242,7 @@ def smoke_runs(root: str | Path) -> tuple[Path, Path]:
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
     root = Path(root)
-    variants = {"smoke": [], "smoke-step-dpo": ["pairs.margin=none"]}
+    variants = {"smoke": [], "smoke-step-dpo": ["train.margin=none"]}
     for run_id, settings in variants.items():
         if not (root / run_id / "final_model.txt").is_file():
             run(load_run_config(smoke, [f"run_id={run_id}", *settings]), root / run_id)

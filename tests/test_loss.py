@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sppd_lib.loss import dpo_loss, sft_loss, sppd_loss
+from sppd_lib.loss import dpo_loss, sft_loss, sppd_loss, value_margin
 
 
 def test_hand_computation() -> None:
@@ -70,3 +70,26 @@ def test_sft_loss_masks_the_prompt() -> None:
     mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
     assert sft_loss(token_logps, mask).item() == pytest.approx((1 + 3 + 2) / 3)
     assert sft_loss(token_logps, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_value_margin_modes_by_hand() -> None:
+    delta = torch.tensor([0.6, 0.8, 1.0])
+    assert value_margin(delta, "dynamic", 2.0).tolist() == pytest.approx([1.2, 1.6, 2.0])
+    assert value_margin(delta, "none", 2.0).tolist() == [0.0, 0.0, 0.0]
+    assert value_margin(delta, "fixed", 2.0, 0.3).tolist() == pytest.approx([0.3] * 3)
+    # fixed without a constant: the mean of γ·Δv, (1.2 + 1.6 + 2.0) / 3 = 1.6
+    assert value_margin(delta, "fixed", 2.0).tolist() == pytest.approx([1.6] * 3)
+    assert value_margin(torch.tensor([]), "fixed", 1.0).tolist() == []
+    with pytest.raises(ValueError, match="margin mode"):
+        value_margin(delta, "dynamc", 1.0)
+
+
+def test_dynamic_margin_weights_pairs_by_their_value_gap() -> None:
+    # Same log-probs, different Δv: the pair with the larger gap gets the larger loss and
+    # gradient, which is what distinguishes SPPD from a fixed margin.
+    logps = [torch.zeros(2, requires_grad=True), torch.zeros(2), torch.zeros(2), torch.zeros(2)]
+    margin = value_margin(torch.tensor([0.6, 1.0]), "dynamic", 5.0)
+    losses, _, _ = sppd_loss(*logps, margin=margin, beta=0.1)
+    losses.sum().backward()
+    assert losses[1] > losses[0]
+    assert -logps[0].grad[1] > -logps[0].grad[0] > 0

@@ -84,26 +84,26 @@ def test_bellman_values_are_exact() -> None:
         bellman_values(known_tree(), "min")
 
 
-def test_pairs_for_each_margin_mode() -> None:
-    for margin, expected in (("dynamic", 1.0), ("fixed", 0.3), ("none", 0.0)):
-        config = PairConfig(value="mc", margin=margin, gamma=1.0, fixed_margin=0.3)
-        tree = mc_values(known_tree())
-        rows, reason = step_pairs(tree, config)
-        assert reason is None
-        # Only a1 (1.0) vs a2 (0.0) differs by more than 0.5; a (0.5) vs b (0.0) does not.
-        assert [(r["chosen_node"], r["rejected_node"]) for r in rows] == [(3, 4)]
-        row = rows[0]
-        assert row["margin"] == expected and row["delta_value"] == 1.0
-        assert row["prompt"] == "Q: A\n\n" and row["prompt_ids"] == [1, 2, 1]
-        assert row["chosen"] == "So \\boxed{4}" and row["chosen_ref_logps"] == [-0.5]
-        assert row["depth"] == 2 and row["parent_node"] == 1
+def test_mc_pairs_carry_values_not_margins() -> None:
+    config = PairConfig(value="mc")
+    tree = mc_values(known_tree())
+    rows, reason = step_pairs(tree, config)
+    assert reason is None
+    # Only a1 (1.0) vs a2 (0.0) differs by more than 0.5; a (0.5) vs b (0.0) does not.
+    assert [(r["chosen_node"], r["rejected_node"]) for r in rows] == [(3, 4)]
+    row = rows[0]
+    assert "margin" not in row  # the margin is a training setting (TrainConfig.margin)
+    assert (row["value_chosen"], row["value_rejected"], row["delta_value"]) == (1.0, 0.0, 1.0)
+    assert row["prompt"] == "Q: A\n\n" and row["prompt_ids"] == [1, 2, 1]
+    assert row["chosen"] == "So \\boxed{4}" and row["chosen_ref_logps"] == [-0.5]
+    assert row["depth"] == 2 and row["parent_node"] == 1
 
 
 def test_bellman_pairs_and_threshold() -> None:
-    config = PairConfig(value="bellman", threshold=0.5, gamma=2.0)
+    config = PairConfig(value="bellman", threshold=0.5)
     rows, _ = step_pairs(bellman_values(known_tree()), config)
     assert sorted((r["chosen_node"], r["rejected_node"]) for r in rows) == [(1, 2), (3, 4)]
-    assert all(r["margin"] == 2.0 for r in rows)
+    assert all(r["delta_value"] == 1.0 for r in rows)
     strict = PairConfig(value="bellman", threshold=1.0)
     assert step_pairs(bellman_values(known_tree()), strict) == ([], "no sibling gap above 1.0")
 
@@ -185,22 +185,16 @@ def random_tree(seed: int) -> StepTree:
     seed=st.integers(0, 10_000),
     value=st.sampled_from(["mc", "bellman"]),
     aggregate=st.sampled_from(["max", "mean"]),
-    margin=st.sampled_from(["dynamic", "fixed", "none"]),
     pairing=st.sampled_from(["all", "best_worst"]),
     threshold=st.floats(0.0, 0.9),
-    gamma=st.floats(0.0, 5.0),
 )
-def test_pair_properties_on_random_trees(
-    seed, value, aggregate, margin, pairing, threshold, gamma
-) -> None:
+def test_pair_properties_on_random_trees(seed, value, aggregate, pairing, threshold) -> None:
     tree = random_tree(seed)
     config = PairConfig(
         value=value,
         bellman_aggregate=aggregate,
-        margin=margin,
         pairing=pairing,
         threshold=threshold,
-        gamma=gamma,
     )
     pairs, _ = build_pairs([tree], config)
     assert all(0.0 <= n.value <= 1.0 for n in tree.nodes)  # type: ignore[operator]
@@ -209,11 +203,6 @@ def test_pair_properties_on_random_trees(
         assert chosen.parent_id == rejected.parent_id == row.parent_node
         assert row.delta_value == pytest.approx(chosen.value - rejected.value)
         assert row.delta_value > threshold and row.value_chosen > row.value_rejected
-        assert row.margin >= 0
-        if margin == "none":
-            assert row.margin == 0
-        if margin == "dynamic":
-            assert row.margin == pytest.approx(gamma * row.delta_value)
     if pairing == "best_worst":
         assert pairs["parent_node"].is_unique
 
@@ -230,7 +219,7 @@ def test_exports_load_back_unchanged(tmp_path) -> None:
         "prompt",
         "chosen",
         "rejected",
-        "margin",
+        "delta_value",
         "value_chosen",
         "value_rejected",
     ]
@@ -247,8 +236,8 @@ def test_exports_load_back_unchanged(tmp_path) -> None:
 
 
 def test_bad_pair_config() -> None:
-    with pytest.raises(ValueError, match=r"pairs\.margin must be one of"):
-        PairConfig(margin="dynamc")
+    with pytest.raises(ValueError, match=r"pairs\.pairing must be one of"):
+        PairConfig(pairing="best")
 
 
 def test_cli_pairs(tmp_path, capsys) -> None:
@@ -265,10 +254,6 @@ def test_cli_pairs(tmp_path, capsys) -> None:
         main(
             [
                 *argv,
-                "--margin",
-                "dynamic",
-                "--gamma",
-                "0.5",
                 "--stepwise",
                 str(tmp_path / "s.parquet"),
             ]
@@ -277,12 +262,12 @@ def test_cli_pairs(tmp_path, capsys) -> None:
     )
     summary = json.loads(capsys.readouterr().out)
     assert summary["pairs"] == 2 and summary["trees_without_pairs"] == {"no sibling steps": 1}
-    assert pd.read_parquet(out)["margin"].tolist() == [0.5, 0.5]
+    assert pd.read_parquet(out)["delta_value"].tolist() == [1.0, 1.0]
     assert len(pd.read_parquet(tmp_path / "s.parquet")) == 6  # complete paths of both trees
     assert main(["pairs", "--trees", str(tmp_path / "none.gz"), "--out", str(out)]) == 2
     assert "trees file not found" in capsys.readouterr().err
-    assert main([*argv, "--margin", "big"]) == 2
-    assert "pairs.margin must be one of" in capsys.readouterr().err
+    assert main([*argv, "--pairing", "big"]) == 2
+    assert "pairs.pairing must be one of" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -319,12 +304,10 @@ def test_histogram_bins_are_exact_at_edges() -> None:
     pairs = pd.DataFrame(
         {
             "delta_value": [1.0, 0.6, 0.65],
-            "margin": [1.0, 0.0, 0.3],
             "tree_id": ["a"] * 3,
             "depth": [1, 1, 2],
         }
     )
     summary = summarize_pairs(pairs, trees=2)
     assert summary["delta_value_histogram"] == {"0.6": 2, "1.0": 1}
-    assert summary["margin_histogram"] == {"0.0": 1, "0.3": 1, "1.0": 1}
     assert summary["pairs_per_tree"] == 1.5 and summary["pairs_by_depth"] == {1: 2, 2: 1}

@@ -133,7 +133,7 @@ def test_compare_report_and_sweep(rendered) -> None:
     _, compare, swept = rendered
     assert plotly_outputs(compare.notebooks[0]) == 1 and compare.index.is_file()
     html = compare.html[0].read_text()
-    assert "smoke-step-dpo" in html and "pairs.margin" in html
+    assert "smoke-step-dpo" in html and "train.margin" in html
     assert [p.name for p in swept.html] == [
         "accuracy-run_dir=smoke.html",
         "accuracy-run_dir=smoke-step-dpo.html",

@@ -42,7 +42,8 @@ def trees(tiny_llama):
 
 
 def sibling_pairs(trees) -> pd.DataFrame:
-    """Every sibling couple as a pair with the sampler's log-probs as reference (margin 0.5)."""
+    """Every sibling couple as a pair with the sampler's log-probs as reference (Δv 0.5, so
+    the default dynamic margin γ·Δv is 0.5)."""
     rows = []
     for tree in trees:
         for parent in tree.nodes:
@@ -55,11 +56,9 @@ def sibling_pairs(trees) -> pd.DataFrame:
                         "rejected_ids": lose.token_ids,
                         "chosen_ref_logp": sum(win.logprobs),
                         "rejected_ref_logp": sum(lose.logprobs),
-                        "margin": 0.5,
-                        "delta_value": 0.5,
                     }
                 )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).assign(delta_value=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +173,9 @@ def test_training_order_groups_trees_and_covers_every_pair(pairs) -> None:
 def test_bad_training_data_fails_clearly(pairs, tmp_path) -> None:
     model, tokenizer = fresh_model()
     with pytest.raises(ConfigError, match="lacks column"):
-        train(model, tokenizer, pairs.drop(columns=["margin"]), TrainConfig(), tmp_path / "a")
+        train(model, tokenizer, pairs.drop(columns=["rejected_ids"]), TrainConfig(), tmp_path / "a")
+    with pytest.raises(ConfigError, match="delta_value"):
+        train(model, tokenizer, pairs.drop(columns=["delta_value"]), TrainConfig(), tmp_path / "c")
     with pytest.raises(ConfigError, match="no sppd training data"):
         train(model, tokenizer, pairs.iloc[:0], TrainConfig(), tmp_path / "b")
     with pytest.raises(ConfigError, match=r"train\.phase"):
@@ -276,6 +277,45 @@ def test_cli_train_from_trees_and_errors(trees, tmp_path, capsys) -> None:
     code = main(["train", "--model", "tiny-llama", "--pairs", str(path), "--optimizer", "adam",
                  "--out", str(tmp_path / "out")])  # fmt: skip
     assert code == 2 and "train.optimizer" in capsys.readouterr().err
+
+
+def test_margin_modes_in_training(pairs, tmp_path) -> None:
+    varied = pairs.assign(delta_value=[0.5 + 0.5 * i / (len(pairs) - 1) for i in range(len(pairs))])
+    varied["margin"] = 9.0  # a margin column of an older pairs file is ignored
+    used = {}
+    for mode, gamma in (("dynamic", 2.0), ("fixed", 2.0), ("none", 2.0)):
+        config = TrainConfig(margin=mode, gamma=gamma, batch_size=4, lora_r=4, save_merged=False)
+        out = tmp_path / mode
+        train(fresh_model()[0], fresh_model()[1], varied, config, out, progress=False)
+        log = pd.read_parquet(out / "pair_log.parquet").sort_values("pair_index")
+        used[mode] = log["value_margin"].to_numpy()
+        saved = __import__("json").loads((out / "config.json").read_text())
+        assert saved["margin"] == mode and saved["gamma"] == gamma
+    expected = 2.0 * varied["delta_value"].to_numpy()
+    assert used["dynamic"] == pytest.approx(expected, rel=1e-6)
+    # fixed by default: the mean of γ·Δv over the phase's pairs, recorded in config.json
+    assert used["fixed"] == pytest.approx([expected.mean()] * len(pairs), rel=1e-6)
+    saved = __import__("json").loads((tmp_path / "fixed" / "config.json").read_text())
+    assert saved["fixed_margin"] == pytest.approx(expected.mean())
+    assert (used["none"] == 0).all()
+    for bad in ({"gamma": -1.0}, {"fixed_margin": -3.0}, {"margin": "dynamc"}):
+        with pytest.raises(ConfigError, match=r"train\."):
+            TrainConfig(**bad)
+
+
+def test_cli_train_honours_gamma(pairs, tmp_path, capsys) -> None:
+    path = tmp_path / "pairs.parquet"
+    pairs.to_parquet(path)
+    losses = {}
+    for gamma in ("1", "2"):
+        out = tmp_path / f"gamma{gamma}"
+        argv = ["train", "--model", "tiny-llama", "--pairs", str(path), "--out", str(out),
+                "--gamma", gamma, "--lora-r", "4", "--batch-size", "4", "--no-save-merged"]  # fmt: skip
+        assert main(argv) == 0
+        log = pd.read_parquet(out / "pair_log.parquet")
+        assert log["value_margin"].to_numpy() == pytest.approx(float(gamma) * 0.5)
+        losses[gamma] = log["loss"].mean()
+    assert losses["2"] > losses["1"]  # a larger margin, a larger loss on the same pairs
 
 
 def _free_port() -> int:

@@ -69,7 +69,7 @@ def test_load_run(run) -> None:
     assert run.iterations == [0, 1, 2]
     assert run.tree_iterations() == [1, 2]
     assert set(run.summary["metric"]) == {"pass@1", "maj@8", "vote@8", "best@8"}
-    assert run.config["pairs"]["gamma"] == 1.0
+    assert run.config["train"]["gamma"] == 1.0
     assert len(run.trees(1)) == 4 and run.pairs(1) is not None
     assert run.train_log(1)["phase"].tolist()[0] == "sft"
     assert run.pair_log(0) is None and run.eval_samples(2) is not None
@@ -234,7 +234,7 @@ def test_compare_runs(run_dirs) -> None:
     final = table.set_index(["run", "benchmark", "metric"])["final"]
     assert final["fixture", "arith", "pass@1"] > final["step-dpo", "arith", "pass@1"]
     diff = viz.config_diff_table(runs)
-    assert list(diff.index) == ["pairs.gamma"]
+    assert list(diff.index) == ["train.gamma"]
     assert viz.is_empty_figure(viz.compare_runs_figure(runs, metric="nope@1"))
     assert viz.final_scores_table([]).empty
 
