@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -289,13 +290,13 @@ def test_margin_modes_in_training(pairs, tmp_path) -> None:
         train(fresh_model()[0], fresh_model()[1], varied, config, out, progress=False)
         log = pd.read_parquet(out / "pair_log.parquet").sort_values("pair_index")
         used[mode] = log["value_margin"].to_numpy()
-        saved = __import__("json").loads((out / "config.json").read_text())
+        saved = json.loads((out / "config.json").read_text())
         assert saved["margin"] == mode and saved["gamma"] == gamma
     expected = 2.0 * varied["delta_value"].to_numpy()
     assert used["dynamic"] == pytest.approx(expected, rel=1e-6)
     # fixed by default: the mean of γ·Δv over the phase's pairs, recorded in config.json
     assert used["fixed"] == pytest.approx([expected.mean()] * len(pairs), rel=1e-6)
-    saved = __import__("json").loads((tmp_path / "fixed" / "config.json").read_text())
+    saved = json.loads((tmp_path / "fixed" / "config.json").read_text())
     assert saved["fixed_margin"] == pytest.approx(expected.mean())
     assert (used["none"] == 0).all()
     for bad in ({"gamma": -1.0}, {"fixed_margin": -3.0}, {"margin": "dynamc"}):
@@ -310,7 +311,8 @@ def test_cli_train_honours_gamma(pairs, tmp_path, capsys) -> None:
     for gamma in ("1", "2"):
         out = tmp_path / f"gamma{gamma}"
         argv = ["train", "--model", "tiny-llama", "--pairs", str(path), "--out", str(out),
-                "--gamma", gamma, "--lora-r", "4", "--batch-size", "4", "--no-save-merged"]  # fmt: skip
+                "--gamma", gamma, "--lora-r", "4", "--batch-size", "4"]  # fmt: skip
+        argv.append("--no-save-merged")
         assert main(argv) == 0
         log = pd.read_parquet(out / "pair_log.parquet")
         assert log["value_margin"].to_numpy() == pytest.approx(float(gamma) * 0.5)
