@@ -497,6 +497,73 @@ def _run_run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# sppd study
+# ---------------------------------------------------------------------------------------
+
+
+def _add_study(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "study",
+        help="the margin study: arms (sft, dpo, step_dpo, fixed, dynamic × γ, yours) × seeds",
+        description=(
+            "Train every arm of a study config (configs/study_demo.yaml, configs/study_smoke."
+            "yaml; fields: sppd_lib.study.StudyConfig) from one starting model on the same "
+            "trees and pairs, with several training seeds, evaluate each on the same held-out "
+            "problems, and print per-arm intervals and paired comparisons. Everything lands in "
+            "studies/<study_id>/ (study.parquet, arms.parquet, comparisons.parquet); rerunning "
+            "the same command resumes a killed study."
+        ),
+    )
+    parser.add_argument("--config", type=Path, required=True, help="study config (YAML)")
+    parser.add_argument("--study-dir", type=Path, default=None, help="default: studies/<id>")
+    parser.add_argument(
+        "--from-run",
+        type=Path,
+        default=None,
+        help="take the trees of iteration 1 of this run (same starting model) instead of sampling",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set seeds=[0,1] --set train.epochs=2",
+    )
+    parser.set_defaults(run=_run_study)
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from sppd_lib.study import load_study_config, run_study
+    from sppd_lib.study_results import format_arm_table
+
+    config = load_study_config(args.config, args.set)
+    study_dir = args.study_dir or Path("studies") / config.study_id
+    started = time.perf_counter()
+    study = run_study(config, study_dir, from_run=args.from_run)
+    print(f"\nstudy {study_dir} finished in {(time.perf_counter() - started) / 60:.1f} min")
+    seeds = ", ".join(map(str, config.seeds))
+    print(f"\ngreedy pass@1 per arm, mean over seeds {seeds} [95% t interval across seeds]:")
+    print(format_arm_table(study.arms).to_string())
+    if len(study.comparisons):
+        shown = study.comparisons[study.comparisons["other"] != "start"]
+        print(
+            "\npaired comparisons (difference of mean accuracy with a 95% paired bootstrap "
+            "interval; gained/lost: problems that flip on the majority over seeds; p: exact "
+            "McNemar):\n" + shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")
+        )
+    if config.report:
+        from sppd_lib.report import ReportError, render_study_report
+
+        try:
+            written = render_study_report(study_dir)
+        except ReportError as exc:
+            print(f"sppd study: report failed: {exc}", file=sys.stderr)
+            return 1
+        print(f"\nreport: {written.index}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -514,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(subparsers)
     _add_train(subparsers)
     _add_run(subparsers)
+    _add_study(subparsers)
     return parser
 
 

@@ -29,6 +29,7 @@ from sppd_lib.config import EvalConfig
 from sppd_lib.data import Problem, load_problems
 from sppd_lib.engines import Engine, SamplingSettings
 from sppd_lib.grading import grade, group_equivalent
+from sppd_lib.metrics import mcnemar_exact, wilson_interval
 from sppd_lib.models import eos_token_ids
 from sppd_lib.prm import PRMScorer
 from sppd_lib.prompts import build_prompt, split_steps
@@ -468,16 +469,6 @@ def best_of_n(samples: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 
 
-def _wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    if total == 0:
-        return (float("nan"), float("nan"))
-    p = correct / total
-    denominator = 1 + z**2 / total
-    centre = (p + z**2 / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def summary_rows(
     greedy: pd.DataFrame | None, samples: pd.DataFrame | None, iteration: int
 ) -> pd.DataFrame:
@@ -504,7 +495,7 @@ def summary_rows(
     for benchmark, metrics in per_benchmark.items():
         for metric, correct_column in metrics:
             correct, total = int(correct_column.sum()), len(correct_column)
-            low, high = _wilson_interval(correct, total)
+            low, high = wilson_interval(correct, total)
             rows.append(
                 {
                     "iteration": int(iteration),
@@ -532,15 +523,6 @@ def summary_rows(
     )
 
 
-def _mcnemar_exact(gained: int, lost: int) -> float:
-    """Two-sided exact McNemar p-value: a binomial test of the discordant problems at 1/2."""
-    n, k = gained + lost, min(gained, lost)
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
 def paired_change(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """How pass@1 changed between two greedy evaluations of the same problems.
 
@@ -565,7 +547,7 @@ def paired_change(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
                 "after": float(now.mean()),
                 "gained": gained,
                 "lost": lost,
-                "p_value": _mcnemar_exact(gained, lost),
+                "p_value": mcnemar_exact(gained, lost),
             }
         )
     columns = ["benchmark", "problems", "before", "after", "gained", "lost", "p_value"]
@@ -577,7 +559,7 @@ def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for benchmark, group in results.groupby("benchmark", sort=False):
         correct, total = int(group["correct"].sum()), len(group)
-        low, high = _wilson_interval(correct, total)
+        low, high = wilson_interval(correct, total)
         rows.append(
             {
                 "benchmark": benchmark,

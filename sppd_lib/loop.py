@@ -287,7 +287,32 @@ def _sample_phase(
             engine.close()
 
 
-def _pairs_phase(config: RunConfig, out_dir: Path, k: int) -> None:
+def add_rollouts(config: RunConfig, trees: list[Any], engine: Any, seed: int) -> int:
+    """``pairs.rollouts`` extra MC rollouts under thinly sampled steps of every tree (with
+    the model that sampled them); returns how many were sampled. Seeded per tree."""
+    from sppd_lib.values import add_mc_rollouts
+
+    sampled = 0
+    for index, tree in enumerate(trees):
+        sampled += add_mc_rollouts(
+            tree,
+            engine,
+            min_leaves=config.pairs.rollouts,
+            max_tokens=config.sampler.max_total_tokens,
+            temperature=config.sampler.temperature,
+            seed=seed * 100_003 + index,
+        )
+    return sampled
+
+
+def _pairs_phase(
+    config: RunConfig,
+    out_dir: Path,
+    k: int,
+    engine_for: Any = None,
+) -> None:
+    """Values and step pairs of the iteration's trees. ``engine_for()`` gives the sampling
+    engine, needed only for ``pairs.rollouts``."""
     from sppd_lib.pairs import build_pairs, summarize_pairs, write_pairs
     from sppd_lib.tree import read_trees, write_trees
 
@@ -295,6 +320,15 @@ def _pairs_phase(config: RunConfig, out_dir: Path, k: int) -> None:
     if pairs_file.exists():
         return
     trees = list(read_trees(out_dir / "trees.jsonl.gz"))
+    if config.pairs.rollouts:
+        engine, _ = engine_for()
+        try:
+            # Nodes that already have enough outcomes (a resumed phase) get none.
+            sampled = add_rollouts(config, trees, engine, config.sampler.seed + k)
+        finally:
+            if hasattr(engine, "close"):
+                engine.close()
+        logger.info("iteration %d: %d MC rollouts under thin steps", k, sampled)
     pairs, reasons = build_pairs(trees, config.pairs)
     # Values live on the nodes too, for the notebooks; the pairs file marks the phase done.
     write_trees(out_dir / "trees.jsonl.gz", trees)
@@ -322,8 +356,17 @@ def _phase_data(config: RunConfig, phase: str, out_dir: Path) -> pd.DataFrame:
     return phase_data(phase, trees, config.pairs, config.sft_per_problem)
 
 
-def _train_phase(config: RunConfig, model_path: str, out_dir: Path, k: int) -> str:
-    """Train the iteration's phases in turn; returns the next policy's directory."""
+def _train_phase(
+    config: RunConfig,
+    model_path: str,
+    out_dir: Path,
+    k: int,
+    data_of: Any = None,
+) -> str:
+    """Train the iteration's phases in turn; returns the next policy's directory.
+
+    ``data_of(phase)`` gives a phase's training data (default: from ``out_dir``'s pairs and
+    trees); the margin study passes the data it built once for all its arms."""
     from sppd_lib.models import load_model
     from sppd_lib.trainer import read_log, train
 
@@ -335,7 +378,7 @@ def _train_phase(config: RunConfig, model_path: str, out_dir: Path, k: int) -> s
     logs, pair_logs = [], []
     for index, phase in enumerate(config.phases_of(k)):
         phase_dir = train_dir / phase
-        data = _phase_data(config, phase, out_dir)
+        data = data_of(phase) if data_of is not None else _phase_data(config, phase, out_dir)
         if len(data) == 0:
             logger.warning("iteration %d: no %s data, phase skipped", k, phase)
             continue
@@ -462,7 +505,8 @@ def run(config: RunConfig, run_dir: str | os.PathLike[str] | None = None) -> pd.
         out_dir.mkdir(parents=True, exist_ok=True)
         if k > 0:
             _sample_phase(config, policy, model_path, out_dir, k)
-            _pairs_phase(config, out_dir, k)
+            sampler_path = model_path  # the model that sampled the trees rolls out
+            _pairs_phase(config, out_dir, k, lambda p=sampler_path: _engine(config, policy, p))
             model_path = _train_phase(config, model_path, out_dir, k)
         _eval_phase(config, policy, model_path, out_dir, k)
         summary = summary_table(run_dir)

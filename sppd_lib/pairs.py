@@ -66,6 +66,13 @@ class PairConfig:
     min_leaves: int = option(
         1, "mc only: complete leaves a step's subtree needs for its value to count."
     )
+    rollouts: int = option(
+        0,
+        "mc only: before the backup, roll out whole solutions with the sampling model from "
+        "every unfinished step with fewer than this many complete leaves below it, until it "
+        "has this many (values.add_mc_rollouts), so thinly sampled steps get graded values "
+        "instead of 0/1; 0 = off.",
+    )
     path_rule: str = option(
         "final", "Rank of a complete path: value of its 'final' step, its 'mean' or 'min'."
     )
@@ -85,6 +92,10 @@ class PairConfig:
             raise ValueError("pairs.value 'prm' needs pairs.prm_model")
         if self.threshold < 0:
             raise ValueError(f"pairs.threshold must be >= 0, got {self.threshold}")
+        if self.rollouts < 0 or (self.rollouts and self.value != "mc"):
+            raise ValueError(
+                f"pairs.rollouts must be >= 0 and needs value 'mc', got {self.rollouts}"
+            )
 
 
 def apply_values(tree: StepTree, config: PairConfig, scorer: PRMScorer | None = None) -> StepTree:

@@ -33,6 +33,7 @@ import yaml
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from sppd_lib.metrics import wilson_interval
 from sppd_lib.tree import StepNode, StepTree, read_trees
 
 __all__ = [
@@ -106,16 +107,6 @@ def _step_rows(log: pd.DataFrame | None) -> pd.DataFrame | None:
         return None
     metrics = [c for _, columns in TRAINING_PANELS for c in columns if c in log.columns]
     return log.dropna(subset=metrics, how="all").reset_index(drop=True) if metrics else log
-
-
-def _wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    if total == 0:
-        return (math.nan, math.nan)
-    p = correct / total
-    denominator = 1 + z**2 / total
-    centre = (p + z**2 / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @dataclass
@@ -248,7 +239,7 @@ def summary_from_evals(run_path: Path, iterations: Iterable[int]) -> pd.DataFram
             continue
         for benchmark, group in evals.groupby("benchmark", sort=False):
             correct, total = int(group["correct"].sum()), len(group)
-            low, high = _wilson(correct, total)
+            low, high = wilson_interval(correct, total)
             rows.append([k, benchmark, "pass@1", correct / total, total, correct, low, high])
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
