@@ -57,6 +57,15 @@ _BARE_TOKEN = re.compile(r"[^\s$]+")
 # x = \boxed{-2}", "\boxed{1}, \boxed{2}") or nothing but spacing and math delimiters.
 _LIST_SEPARATOR = re.compile(r"\b(?:and|or)\b|[,;]")
 _LETTER = re.compile(r"[a-zA-Z]")
+_LETTERS = re.compile(r"[a-zA-Z]+")
+_GAP_NOISE = re.compile(
+    r"\\text\{|\\(?:quad|qquad)\b|\\[,;:! ()\[\]]|[{}$]"
+    r"|\b[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-z]\))?\s*=(?!=)"
+)
+_REASONING_WORDS = frozenset(
+    ["so", "then", "hence", "thus", "therefore", "since", "because", "we", "is", "are", "get"]
+)
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")  # "\$5" is a dollar sign, not math mode
 _FILLER = re.compile(r"(?:\s|\$|\\[()\[\]]|\\(?:quad|qquad)\b|\\[,;:! ]|[.~])*")
 
 
@@ -133,14 +142,23 @@ def _skip_space_back(text: str, start: int, end: int) -> int:
 
 
 def _joins(between: str) -> bool:
-    """True when the text between two boxes makes them parts of one answer."""
+    """True when the text between two boxes makes them parts of one answer.
+
+    Like Math-Verify: a short gap with a list separator ("$ or $x = ", "\\text{ and }",
+    ", ") or with nothing but spacing. Stricter than Math-Verify: a gap that goes on
+    computing ("$, so $\\log_2 16 = ") or reasons ("then", "hence") separates two
+    statements, and the last one is the answer.
+    """
     if len(between) >= _MAX_BOX_GAP:
         return False
     if _FILLER.fullmatch(between) or (len(between) < 10 and not _LETTER.search(between)):
         return True
-    # Drop "\text{...}" wrappers so "\quad \text{and} \quad" reads as "and".
-    plain = between.replace("\\text{", " ").replace("}", " ")
-    return _LIST_SEPARATOR.search(plain) is not None
+    # Drop "\text{...}" wrappers and spacing so "\quad \text{and} \quad" reads as "and",
+    # and the names of listed values: "x = \boxed{1} or x = \boxed{-2}".
+    plain = _GAP_NOISE.sub(" ", between)
+    if "\\" in plain or "=" in plain or not _LIST_SEPARATOR.search(plain):
+        return False
+    return not any(word.lower() in _REASONING_WORDS for word in _LETTERS.findall(plain))
 
 
 def boxed_answers(text: str) -> list[str]:
@@ -164,7 +182,7 @@ def _final_boxes(text: str, spans: list[tuple[int, int, int, int]]) -> list[str]
     for _, start, end, _ in reversed(parts):
         content = text[start:end].strip()
         if "$" in content:  # "\boxed{12 $ and $13}": math delimiters inside a box
-            content = " ".join(content.replace("$", " ").split())
+            content = " ".join(_UNESCAPED_DOLLAR.sub(" ", content).split())
         if content and (not contents or contents[-1] != content):
             contents.append(content)
     return contents

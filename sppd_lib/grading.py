@@ -80,9 +80,10 @@ _stats: Counter[str] = Counter()
 _stats_lock = threading.Lock()
 
 
-def _count(key: str) -> None:
-    with _stats_lock:
-        _stats[key] += 1
+def _count(*keys: str) -> None:
+    with _stats_lock:  # one lock round per call: this is on the 50,000-a-second path
+        for key in keys:
+            _stats[key] += 1
 
 
 def grading_stats() -> dict[str, int]:
@@ -144,6 +145,7 @@ def _extract(text: Any, last_number_fallback: bool) -> Answer | None:
 
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textnormal|mathrm|mbox)\{([^{}]*)\}")
 _MATHRM_LETTER = re.compile(r"\\mathrm\{\s*([a-zA-Z])\s*\}")
+_INTEGER = re.compile(r"-?\d{1,50}\Z")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _SPACE_THOUSANDS = re.compile(r"^-?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
 _DECIMAL_COMMA = re.compile(r"^(-?\d+),(\d+)$")
@@ -264,6 +266,9 @@ def _compare(
     pred_text = _decimal_comma(pred, decimal_comma)
     if len(gold_text) > MAX_ANSWER_CHARS or len(pred_text) > MAX_ANSWER_CHARS:
         return "unparsable"  # before any regular expression: bounded work
+    if _INTEGER.match(gold_text) and _INTEGER.match(pred_text):  # most GSM8K answers
+        _count("fast_path")
+        return "correct" if int(gold_text) == int(pred_text) else "wrong"
     # "x = 5" names the unknown. Different names on the two sides are a different answer
     # under the default policy; otherwise the name is not part of the answer.
     gold_name, pred_name = _VARIABLE_PREFIX.match(gold_text), _VARIABLE_PREFIX.match(pred_text)
@@ -337,8 +342,7 @@ def grade(
     except Exception:
         _count("grade_failure")
         status = "error"
-    _count("graded")
-    _count(status)
+    _count("graded", status)
     return Grade(
         pred=None if pred is None else pred.text, correct=status == "correct", status=status
     )
