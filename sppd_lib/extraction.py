@@ -204,6 +204,7 @@ _ANSWER_END = re.compile(
 # "The largest $n$ is 34": the answer follows the phrase's own verb.
 _SUBJECT_IS = re.compile(r"^(?P<subject>[^=]{0,80}?)\s(?:is|are|equals)\s+(?P<rest>.+)$")
 _MATH_CONTENT = re.compile(r"[\d\\{}^=+*/<>]|\$|^\(?[A-Za-z]\)?$")
+_DIGIT_OR_COMMAND = re.compile(r"[\d\\]")
 _DELIMITERS = re.compile(r"\$+|\\[()\[\]]")
 # Spans are bounded in length, so an unclosed "\(" costs O(1000), not a scan to the end.
 _MATH_SPAN = re.compile(
@@ -262,8 +263,9 @@ def _last_math_span(text: str) -> tuple[str, int] | None:
     """The last ``$...$``/``\\(...\\)``/``\\[...\\]`` span holding a bare formula, and its end."""
     found = None
     for match in _MATH_SPAN.finditer(text.replace("\\$", "  ")):  # "\$" is a dollar sign
-        content = next(g for g in match.groups() if g is not None).strip()
-        if _looks_like_bare_answer(content) and _MATH_CONTENT.search(content):
+        content = " ".join(next(g for g in match.groups() if g is not None).split())
+        # A digit or a command: "$x$" in "Let $x$ be ..." names a variable, states no answer.
+        if _looks_like_bare_answer(content) and _DIGIT_OR_COMMAND.search(content):
             found = (content, match.end())
     return found
 

@@ -516,3 +516,21 @@ def test_fuzz_repeated_tails_extract_in_bounded_time(chunk: str, times: int) -> 
     extract_answer(text)
     last_boxed(text)
     assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "The identity matrix is $\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}$.",
+            "\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}",
+        ),
+        ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5"),
+        ("The total is 7. Let us check it with $x$.", "7"),  # "$x$" names, states nothing
+        ("We get $x = 2$, so she buys 5 apples.", "5"),  # a number after the formula wins
+        ("Answer $ \\frac{1}{2} \\$ = \\frac{10}{9} $", "\\frac{1}{2} = \\frac{10}{9}"),
+        ("AZYUK2A", None),  # no number inside a word
+    ],
+)
+def test_formula_in_math_mode(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
