@@ -109,7 +109,7 @@ def _box_spans(text: str) -> list[tuple[int, int, int, int]]:
                 continue
             spans.append((match.start(), i + 1, close, close + 1))
             covered = close + 1
-        elif i > match.start() and match.group()[-1].isspace():
+        elif match.group()[-1] == " " and "\n" not in match.group():  # "\boxed 5", same line
             token = _BARE_TOKEN.match(text, i)
             if token:
                 spans.append((match.start(), i, token.end(), token.end()))
