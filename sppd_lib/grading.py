@@ -186,6 +186,8 @@ def _normalize(answer: str) -> str:
         s = s.replace(token, "" if token not in ("\\ ", "~") else " ")
     s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\circ", "")
     s = s.replace("{,}", ",")  # "14{,}916"
+    # \dfrac, \tfrac and \cfrac only size a fraction: comparing them needs no Math-Verify.
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     return s.strip().rstrip(".").strip()
 
 

@@ -40,8 +40,14 @@ def test_math500_answers_survive_reformatting() -> None:
     rewritten = [p for p in problems if "\\frac" in p.answer and "\\text" not in p.answer]
     assert len(rewritten) > 10
     for p in rewritten:
-        dfrac = p.answer.replace("\\frac", "\\dfrac")
+        dfrac = p.answer.replace("\\frac", "\\dfrac")  # settled by the fast path
         assert is_correct(f"\\boxed{{{dfrac}}}", p.answer), p.answer
+    scalars = [p for p in rewritten if not any(c in p.answer for c in (",", "=", "\\circ", "["))]
+    assert len(scalars) > 10
+    reset_grading_stats()
+    for p in scalars:  # the same value as another expression: only Math-Verify can tell
+        assert is_correct(f"\\boxed{{\\frac{{2 \\cdot {p.answer}}}{{2}}}}", p.answer), p.answer
+    assert grading_stats()["math_verify"] == len(scalars)
 
 
 @pytest.mark.parametrize(
