@@ -1,16 +1,32 @@
-"""Answer extraction and equivalence: an exact numeric fast path, then Math-Verify.
+"""Answer equivalence: exact numeric fast paths, then Math-Verify, with a stated policy.
 
 Contract (DESIGN.md §4): :func:`extract_answer` and :func:`is_correct` never raise on any
-input and are safe to call from threads and worker processes. Most answers are settled by
-the exact fast paths in this module; the rest go to Math-Verify in a child process with a
-hard time limit (``sppd_lib.symbolic``). Every outcome is counted (:func:`grading_stats`),
-so a parse failure or a timeout is visible rather than a silent ``False``.
+input and are safe to call from threads and worker processes. Extraction (finding the final
+answer of a text) lives in :mod:`sppd_lib.extraction`; this module decides equivalence.
+Most answers are settled by the exact fast paths here; the rest go to Math-Verify in a
+child process with a hard time limit (:mod:`sppd_lib.symbolic`). Every outcome is counted
+(:func:`grading_stats`), so a parse failure, an error inside Math-Verify or a timeout is a
+visible status rather than a silent ``False``.
+
+Policy (keyword options of :func:`grade` and :func:`is_correct`, defaults first):
+
+- ``match_variable_names=True``: ``\\boxed{x=2}`` against gold ``y=2`` is wrong (the
+  question asked for ``y``), as in Math-Verify's strict mode; a name on one side only is
+  ignored (``x=2`` against ``2`` is correct). ``False`` ignores names on both sides.
+- ``decimal_comma="plain"``: a comma that cannot group thousands (``1,22``, ``1000,99``,
+  ``0,111``) is a decimal comma in a response's plain text ("so it costs 2,74 $"), while in
+  LaTeX (a box, ``$...$``) it separates list items (``\\boxed{1,22}`` is 1 and 22), as in
+  Math-Verify. Gold answers are read as LaTeX even without ``$``: data sets write a list of
+  roots as ``-2,1`` (MATH500), and reading that as -2.1 would mark ``-2.1`` correct.
+  ``"always"`` reads such a comma as a decimal everywhere, golds and boxes included (data
+  written with decimal commas); ``"never"`` never does.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +34,10 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from sppd_lib import symbolic
+from sppd_lib.extraction import Answer, as_text, boxed_answers, extract, extract_gold
 
 __all__ = [
+    "DecimalComma",
     "Grade",
     "answers_equivalent",
     "extract_answer",
@@ -32,14 +50,17 @@ __all__ = [
     "reset_grading_stats",
 ]
 
-GradeStatus = Literal["correct", "wrong", "no_answer", "invalid_gold", "unparsable", "timeout"]
+GradeStatus = Literal[
+    "correct", "wrong", "no_answer", "invalid_gold", "unparsable", "timeout", "error"
+]
+DecimalComma = Literal["plain", "always", "never"]
 
-#: Seconds one Math-Verify comparison may take before it counts as a timeout.
+#: Seconds one grading call may take before it counts as a timeout.
 DEFAULT_TIME_LIMIT = 5.0
-#: Only the tail of a response is searched: final answers come last, and it bounds the work.
-MAX_SCAN_CHARS = 100_000
-#: Extracted answers longer than this are not sent to the symbolic parser.
+#: Extracted answers longer than this are not compared (status ``unparsable``).
 MAX_ANSWER_CHARS = 1_000
+#: Relative tolerance for numbers: 1e-7 and 2e-7 differ (Math-Verify rounds to 6 places).
+REL_TOL = Fraction(1, 10**6)
 
 
 @dataclass(frozen=True)
@@ -59,9 +80,10 @@ _stats: Counter[str] = Counter()
 _stats_lock = threading.Lock()
 
 
-def _count(key: str) -> None:
-    with _stats_lock:
-        _stats[key] += 1
+def _count(*keys: str) -> None:
+    with _stats_lock:  # one lock round per call: this is on the 50,000-a-second path
+        for key in keys:
+            _stats[key] += 1
 
 
 def grading_stats() -> dict[str, int]:
@@ -71,100 +93,48 @@ def grading_stats() -> dict[str, int]:
 
 
 def reset_grading_stats() -> None:
+    """Set every count of :func:`grading_stats` back to zero."""
     with _stats_lock:
         _stats.clear()
 
 
 # ---------------------------------------------------------------------------------------
-# Extraction
+# Extraction (the work is in sppd_lib.extraction)
 # ---------------------------------------------------------------------------------------
-
-_BOXED_COMMANDS = ("\\boxed", "\\fbox")
-_ANSWER_IS = re.compile(
-    r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*([^\n]{1,200})", re.IGNORECASE
-)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-_LATEX_COMMAND = re.compile(r"\\[a-zA-Z]+")
-_WORD = re.compile(r"[a-zA-Z]{3,}")
-
-
-def _as_text(value: Any) -> str:
-    """Any input as a ``str``; bytes that are not UTF-8 are decoded with replacement."""
-    if value is None:
-        return ""
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", errors="replace")
-    if not isinstance(value, str):
-        return str(value)
-    # Lone surrogates (from surrogateescape decoding) break regex-free consumers downstream.
-    return value.encode("utf-8", errors="replace").decode("utf-8")
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces allowed.
+    """Content of the final ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces allowed.
 
-    Returns ``None`` when there is none or its braces never close. ``\\boxed 5`` (no
+    Several boxes listed together (``\\boxed{1}, \\boxed{2}``) come back joined by
+    ``", "``. ``None`` when there is none or its braces never close; ``\\boxed 5`` (no
     braces) yields ``"5"``.
     """
-    start = max(text.rfind(command) for command in _BOXED_COMMANDS)
-    while start >= 0:
-        command = next(c for c in _BOXED_COMMANDS if text.startswith(c, start))
-        i = start + len(command)
-        if i < len(text) and text[i] == " ":
-            match = re.match(r" +([^\s$]+)", text[i:])
-            if match:
-                return match.group(1)
-        elif i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1 : j].strip()
-        # Unbalanced or bare command: look at the previous one.
-        start = max(text.rfind(command, 0, start) for command in _BOXED_COMMANDS)
-    return None
-
-
-def _looks_like_bare_answer(text: str) -> bool:
-    """True for a short formula such as ``0.5``, ``\\frac{1}{2}`` or ``(1, 2)``: no prose."""
-    if not text or len(text) > 100 or "\n" in text:
-        return False
-    return _WORD.search(_LATEX_COMMAND.sub("", text)) is None
+    try:
+        boxes = boxed_answers(as_text(text))
+    except Exception:
+        _count("extract_error")
+        return None
+    return ", ".join(boxes) if boxes else None
 
 
 def extract_answer(text: Any, *, last_number_fallback: bool = True) -> str | None:
-    """The final answer stated in ``text``, or ``None``.
+    """The final answer stated in ``text``, or ``None``. Never raises; linear time.
 
-    Tried in order: the last ``\\boxed{...}``; the text after the last ``####`` (GSM8K);
-    "the answer is ..." / "Answer: ..."; the whole text when it is a bare formula; and,
-    if ``last_number_fallback``, the last number. Never raises.
+    Tried in order: the final ``\\boxed{...}`` (several listed boxes are one answer,
+    joined by ``", "``); the text after the last ``####`` (GSM8K); "the answer is ..." /
+    "Answer: ..." up to the end of its sentence; the whole text when it is a bare formula;
+    the last formula in math mode unless a number follows it; and, if
+    ``last_number_fallback``, the last number.
     """
+    answer = _extract(text, last_number_fallback)
+    return None if answer is None else answer.text
+
+
+def _extract(text: Any, last_number_fallback: bool) -> Answer | None:
     try:
-        text = _as_text(text)[-MAX_SCAN_CHARS:]
-        boxed = last_boxed(text)
-        if boxed is not None:
-            return boxed or None
-        if "####" in text:
-            tail = text.rsplit("####", 1)[1].strip().splitlines()
-            if tail and tail[0].strip():
-                return tail[0].strip()
-        matches = list(_ANSWER_IS.finditer(text))
-        if matches:
-            answer = matches[-1].group(1).strip().rstrip(".").strip().strip("$").strip()
-            if answer:
-                return answer
-        stripped = text.strip().strip("$").strip()
-        if _looks_like_bare_answer(stripped):
-            return stripped
-        if last_number_fallback:
-            numbers = _NUMBER.findall(text)
-            if numbers:
-                return numbers[-1].rstrip(".,")
-        return None
-    except Exception:  # never raise: a failure here is "no answer"
+        return extract(as_text(text), last_number_fallback=last_number_fallback)
+    except Exception:  # never raise: a failure here is "no answer", and counted
         _count("extract_error")
         return None
 
@@ -173,34 +143,82 @@ def extract_answer(text: Any, *, last_number_fallback: bool = True) -> str | Non
 # Fast paths
 # ---------------------------------------------------------------------------------------
 
-_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textnormal|mathrm|mbox)\{([^{}]*)\}")
+_MATHRM_LETTER = re.compile(r"\\mathrm\{\s*([a-zA-Z])\s*\}")
+_INTEGER = re.compile(r"-?\d{1,50}\Z")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_SPACE_THOUSANDS = re.compile(r"^-?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
+_DECIMAL_COMMA = re.compile(r"^(-?\d+),(\d+)$")
 _PLAIN_NUMBER = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)$")
 _SLASH_FRACTION = re.compile(r"^(-?\d+)\s*/\s*(-?\d+)$")
-_LATEX_FRACTION = re.compile(r"^(-?)\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}$")
-_TRAILING_UNITS = re.compile(r"^(-?[\d.,/]+)\s+[a-zA-Z][a-zA-Z ]*$")
-_VARIABLE_PREFIX = re.compile(r"^[a-zA-Z]\s*=\s*")
+_LATEX_FRACTION = re.compile(r"^(-?)\\[dtc]?frac\{(-?\d+)\}\{(-?\d+)\}$")
+_NUMBER_AND_WORDS = re.compile(r"^(-?[\d.,/]+)\s*([a-zA-Z]+(?: [a-zA-Z]+)*)$")
+_VARIABLE_PREFIX = re.compile(r"^([a-zA-Z])\s*=\s*(?=\S)")
+
+#: Trailing words that are units (stripped: "5 cm" is 5). Any other word keeps the answer
+#: away from the fast path: "5 i" is not 5, "2 million" is not 2.
+# fmt: off
+UNIT_WORDS = frozenset(
+    [
+        "mm", "cm", "dm", "m", "km", "in", "inch", "inches", "ft", "foot", "feet", "yd",
+        "yard", "yards", "mi", "mile", "miles", "meter", "meters", "metre", "metres",
+        "kilometer", "kilometers", "kilometre", "kilometres", "centimeter", "centimeters",
+        "millimeter", "millimeters", "mg", "g", "kg", "gram", "grams", "kilogram", "kilograms",
+        "lb", "lbs", "pound", "pounds", "oz", "ounce", "ounces", "ton", "tons", "tonnes", "ml",
+        "l", "liter", "liters", "litre", "litres", "gallon", "gallons", "quart", "quarts",
+        "pint", "pints", "cup", "cups", "s", "sec", "secs", "second", "seconds", "min", "mins",
+        "minute", "minutes", "h", "hr", "hrs", "hour", "hours", "day", "days", "week", "weeks",
+        "month", "months", "year", "years", "mph", "kmh", "dollar", "dollars", "cent", "cents",
+        "euro", "euros", "usd", "eur", "yuan", "rupees", "percent", "pct", "percentage",
+        "degree", "degrees", "deg", "sq", "square", "cubic", "units", "unit"
+    ]
+)
+# fmt: on
+#: Scale words multiply: "2 million" is 2000000.
+SCALE_WORDS = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 
 
 def _normalize(answer: str) -> str:
-    """Cosmetic normalization shared by both fast paths."""
-    s = answer.strip()
+    """Cosmetic normalization shared by both fast paths (no variable names touched)."""
+    s = _MATHRM_LETTER.sub(r"\1", answer.strip())  # \mathrm{e} is Euler's e, not a unit
     s = _TEXT_WRAPPER.sub(r"\1", s)
     for token in ("\\$", "$", "\\!", "\\,", "\\;", "\\ ", "~", "\\left", "\\right", "\\%", "%"):
         s = s.replace(token, "" if token not in ("\\ ", "~") else " ")
     s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\circ", "")
-    s = _VARIABLE_PREFIX.sub("", s.strip())
+    s = s.replace("{,}", ",")  # "14{,}916"
+    # \dfrac, \tfrac and \cfrac only size a fraction: comparing them needs no Math-Verify.
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     return s.strip().rstrip(".").strip()
+
+
+def _decimal_comma(answer: Answer, policy: DecimalComma, gold: bool = False) -> str:
+    """``answer.text`` with a decimal comma written as a point, where the policy says so."""
+    if policy == "never" or (policy == "plain" and (answer.latex or gold)):
+        return answer.text
+    s = answer.text.strip()
+    match = _DECIMAL_COMMA.match(s)
+    if match and (not _THOUSANDS.match(s) or match.group(1).lstrip("-") == "0"):
+        return f"{match.group(1)}.{match.group(2)}"
+    return answer.text
 
 
 def _to_fraction(answer: str) -> Fraction | None:
     """An exact value for integers, decimals and simple fractions; ``None`` for anything else."""
     s = _normalize(answer)
-    units = _TRAILING_UNITS.match(s)
-    if units:
-        s = units.group(1)
+    words = _NUMBER_AND_WORDS.match(s)
+    if words:
+        s, scale = words.group(1), 1
+        rest = words.group(2).lower().split()
+        if rest and rest[0] in SCALE_WORDS:
+            scale = SCALE_WORDS[rest.pop(0)]
+        if not all(word in UNIT_WORDS for word in rest):
+            return None
+        value = _to_fraction(s)
+        return None if value is None else value * scale
     if _THOUSANDS.match(s):
         s = s.replace(",", "")
+    elif _SPACE_THOUSANDS.match(s):
+        s = s.replace(" ", "")
     try:
         if _PLAIN_NUMBER.match(s):
             return Fraction(s)
@@ -216,6 +234,11 @@ def _to_fraction(answer: str) -> Fraction | None:
     return None
 
 
+def close_enough(a: Fraction, b: Fraction) -> bool:
+    """Equal within :data:`REL_TOL` of the larger magnitude (exact arithmetic)."""
+    return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
+
+
 def _compact(answer: str) -> str:
     return re.sub(r"\s+", "", _normalize(answer)).lower()
 
@@ -225,30 +248,67 @@ def _compact(answer: str) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _compare(gold: str, pred: str, time_limit: float) -> GradeStatus:
+def _for_math_verify(answer: str) -> str:
+    """The string Math-Verify parses: math delimiters added unless it has its own."""
+    answer = _MATHRM_LETTER.sub(r"\1", answer)  # else Math-Verify drops "\mathrm{e}" as a unit
+    if "$" in answer or "\\(" in answer or "\\[" in answer:
+        return answer
+    return f"${answer}$"
+
+
+def _compare(
+    gold: Answer,
+    pred: Answer,
+    deadline: float,
+    decimal_comma: DecimalComma = "plain",
+    match_variable_names: bool = True,
+) -> GradeStatus:
     """Compare two extracted answers, gold first. Returns a status, never raises."""
-    gold_value, pred_value = _to_fraction(gold), _to_fraction(pred)
+    gold_text = _decimal_comma(gold, decimal_comma, gold=True)
+    pred_text = _decimal_comma(pred, decimal_comma)
+    if len(gold_text) > MAX_ANSWER_CHARS or len(pred_text) > MAX_ANSWER_CHARS:
+        return "unparsable"  # before any regular expression: bounded work
+    if _INTEGER.match(gold_text) and _INTEGER.match(pred_text):  # most GSM8K answers
+        _count("fast_path")
+        return "correct" if int(gold_text) == int(pred_text) else "wrong"
+    # "x = 5" names the unknown. Different names on the two sides are a different answer
+    # under the default policy; otherwise the name is not part of the answer.
+    gold_name, pred_name = _VARIABLE_PREFIX.match(gold_text), _VARIABLE_PREFIX.match(pred_text)
+    if match_variable_names and gold_name and pred_name and gold_name[1] != pred_name[1]:
+        _count("fast_path")
+        return "wrong"
+    # Math-Verify reads the names itself (strictly): "k=1" is 1, "y=-x/2" is a line.
+    symbolic_gold, symbolic_pred = gold_text, pred_text
+    if gold_name:
+        gold_text = gold_text[gold_name.end() :]
+    if pred_name:
+        pred_text = pred_text[pred_name.end() :]
+    if not match_variable_names:
+        symbolic_gold, symbolic_pred = gold_text, pred_text
+    gold_value, pred_value = _to_fraction(gold_text), _to_fraction(pred_text)
     if gold_value is not None and pred_value is not None:
+        _count("fast_path")
         if gold_value == pred_value:
-            _count("fast_path")
             return "correct"
-        if "." not in gold + pred:  # both exact integers/fractions: nothing left to check
-            _count("fast_path")
-            return "wrong"
-    if _compact(gold) == _compact(pred):
+        exact = "." not in gold_text + pred_text  # integers and fractions: no rounding
+        return "correct" if not exact and close_enough(gold_value, pred_value) else "wrong"
+    if _compact(gold_text) == _compact(pred_text):
         _count("fast_path")
         return "correct"
-    if len(gold) > MAX_ANSWER_CHARS or len(pred) > MAX_ANSWER_CHARS:
-        return "unparsable"
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return "timeout"
     try:
-        status = symbolic.compare(gold, pred, time_limit)
+        status = symbolic.compare(
+            _for_math_verify(symbolic_gold), _for_math_verify(symbolic_pred), remaining
+        )
         _count("math_verify")
         return status
     except symbolic.SymbolicTimeout:
         return "timeout"
     except Exception:
-        _count("math_verify_error")
-        return "unparsable"
+        _count("math_verify_failure")
+        return "error"
 
 
 def grade(
@@ -257,39 +317,58 @@ def grade(
     *,
     last_number_fallback: bool = True,
     time_limit: float = DEFAULT_TIME_LIMIT,
+    decimal_comma: DecimalComma = "plain",
+    match_variable_names: bool = True,
 ) -> Grade:
     """Extract the answer of ``response`` and compare it with ``gold``. Never raises.
 
-    ``gold`` is a final answer (``"18"``, ``"\\frac{1}{2}"``); a ``\\boxed{}`` in it is
-    unwrapped. The status says why an answer was not correct (no answer found, gold or
-    prediction unparsable, timeout), and is counted in :func:`grading_stats`.
+    ``gold`` is a final answer (``"18"``, ``"\\frac{1}{2}"``, ``"12 and 13"``); its boxes
+    are unwrapped (several: a list) and a worked solution is read for its stated answer.
+    The whole call, extraction included, takes at most ``time_limit`` seconds (plus the
+    symbolic child's one-time start-up in a fresh process). The status says why an answer
+    was not correct (no answer found, gold or prediction unparsable, an error inside
+    Math-Verify, timeout), and is counted in :func:`grading_stats`. ``decimal_comma`` and
+    ``match_variable_names`` are the policy options described in the module docstring.
     """
+    deadline = time.monotonic() + time_limit
+    pred: Answer | None = None
     try:
-        pred = extract_answer(response, last_number_fallback=last_number_fallback)
-        gold_text = _as_text(gold).strip()
-        gold_text = last_boxed(gold_text) or gold_text
-        if not gold_text:
+        pred = _extract(response, last_number_fallback)
+        gold_answer = extract_gold(as_text(gold))
+        if gold_answer is None or not gold_answer.text:
             status: GradeStatus = "invalid_gold"
         elif pred is None:
             status = "no_answer"
         else:
-            status = _compare(gold_text, pred, time_limit)
+            status = _compare(gold_answer, pred, deadline, decimal_comma, match_variable_names)
     except Exception:
-        pred, status = None, "unparsable"
-    _count("graded")
-    _count(status)
-    return Grade(pred=pred, correct=status == "correct", status=status)
+        _count("grade_failure")
+        status = "error"
+    _count("graded", status)
+    return Grade(
+        pred=None if pred is None else pred.text, correct=status == "correct", status=status
+    )
 
 
-def is_correct(response: Any, gold: Any) -> bool:
-    """True when the final answer in ``response`` equals ``gold``. Never raises."""
-    return grade(response, gold).correct
+def is_correct(response: Any, gold: Any, **options: Any) -> bool:
+    """True when the final answer in ``response`` equals ``gold``. Never raises.
+
+    ``options`` are :func:`grade`'s keywords (``time_limit``, ``decimal_comma``,
+    ``match_variable_names``, ``last_number_fallback``).
+    """
+    try:
+        return grade(response, gold, **options).correct
+    except Exception:  # an unknown keyword: still no exception, by contract
+        _count("error")
+        return False
 
 
 def answers_equivalent(a: str, b: str, *, time_limit: float = DEFAULT_TIME_LIMIT) -> bool:
     """True when two extracted answers are mathematically the same."""
     try:
-        return _compare(_as_text(a), _as_text(b), time_limit) == "correct"
+        deadline = time.monotonic() + time_limit
+        first, second = Answer(as_text(a), latex=True), Answer(as_text(b), latex=True)
+        return _compare(first, second, deadline) == "correct"
     except Exception:
         return False
 

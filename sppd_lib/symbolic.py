@@ -8,7 +8,8 @@ always be killed. One child per parent process, started on first use, shared by 
 after a timeout. It is started with ``subprocess``, so it also works inside daemonic
 multiprocessing workers, which may not fork children of their own.
 
-Protocol: one JSON line ``[gold, pred]`` in, one JSON line with a status out.
+Protocol: the child writes one JSON line ``"ready"`` once it has imported Math-Verify; then
+one JSON line ``[gold, pred]`` in, one JSON line with a status out.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import select
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Literal
 
 __all__ = ["SymbolicTimeout", "compare"]
 
-Status = Literal["correct", "wrong", "invalid_gold", "unparsable"]
+Status = Literal["correct", "wrong", "invalid_gold", "unparsable", "error"]
 
 
 class SymbolicTimeout(Exception):
@@ -34,20 +36,25 @@ class SymbolicTimeout(Exception):
 
 
 class _Worker:
-    #: Extra seconds the first request may take: the child imports sympy and Math-Verify.
+    #: Extra seconds the first child of a process may take to import sympy and Math-Verify.
+    #: Only the first: a replacement after a timeout is started at once in the background,
+    #: and the next call waits for it within its own time limit (a hard expression in a row
+    #: costs its time limit, not a fresh start-up allowance each time).
     STARTUP_SECONDS = 30.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._owner_pid = os.getpid()
-        self._warm = False
+        self._ready = False
+        self._started_once = False
+        self._buffer = b""
 
     def _start(self) -> subprocess.Popen[bytes]:
         if self._owner_pid != os.getpid():  # forked: that child belongs to our parent
-            self._process, self._owner_pid = None, os.getpid()
+            self._process, self._owner_pid, self._started_once = None, os.getpid(), False
         if self._process is None or self._process.poll() is not None:
-            self._warm = False
+            self._ready, self._buffer = False, b""
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "sppd_lib.symbolic"],
                 stdin=subprocess.PIPE,
@@ -61,6 +68,8 @@ class _Worker:
         if self._process is not None:
             self._process.kill()
             self._process.wait()
+            self._process.stdout.close()  # type: ignore[union-attr]
+            self._process.stdin.close()  # type: ignore[union-attr]
             self._process = None
 
     def close(self) -> None:
@@ -76,33 +85,66 @@ class _Worker:
         self._process.stdout.close()  # type: ignore[union-attr]
         self._process = None
 
-    def _send(self, request: bytes) -> subprocess.Popen[bytes]:
-        for attempt in range(2):
-            process = self._start()
-            try:
-                process.stdin.write(request)  # type: ignore[union-attr]
-                process.stdin.flush()  # type: ignore[union-attr]
-                return process
-            except BrokenPipeError:  # the child died between calls: start a new one
-                self._kill()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+    def _read_line(self, deadline: float) -> bytes | None:
+        """One line from the child, or ``None`` past ``deadline``; ``b""`` when it exited."""
+        fd = self._process.stdout.fileno()  # type: ignore[union-attr]
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b""
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def _wait_ready(self, deadline: float) -> float:
+        """Start the child if needed and wait until it has imported Math-Verify.
+
+        Returns the deadline for the answer: ``deadline``, moved back by the time a cold
+        start took (the only start-up that does not count against a call's limit).
+        """
+        self._start()
+        if self._ready:
+            return deadline
+        cold = not self._started_once
+        started = time.monotonic()
+        line = self._read_line(deadline + (self.STARTUP_SECONDS if cold else 0.0))
+        if line is None:  # still importing: leave it running for the next call
+            raise SymbolicTimeout("the symbolic grading process is still starting")
+        if line != b'"ready"':
+            self._kill()
+            raise RuntimeError("the symbolic grading process did not start")
+        self._ready = self._started_once = True
+        return deadline + (time.monotonic() - started if cold else 0.0)
+
+    def _send(self, request: bytes) -> None:
+        process = self._process
+        try:
+            process.stdin.write(request)  # type: ignore[union-attr]
+            process.stdin.flush()  # type: ignore[union-attr]
+        except BrokenPipeError:  # the child died between calls
+            self._kill()
+            raise RuntimeError("the symbolic grading process exited") from None
 
     def compare(self, gold: str, pred: str, time_limit: float) -> Status:
         request = (json.dumps([gold, pred]) + "\n").encode()
         with self._lock:
-            process = self._send(request)
-            wait = time_limit + (0.0 if self._warm else self.STARTUP_SECONDS)
-            ready, _, _ = select.select([process.stdout], [], [], wait)
-            if not ready:
+            deadline = time.monotonic() + time_limit
+            deadline = self._wait_ready(deadline)
+            self._send(request)
+            line = self._read_line(deadline)
+            if line is None:
                 self._kill()
+                self._start()  # the replacement imports while the caller carries on
                 raise SymbolicTimeout(f"symbolic comparison exceeded {time_limit} s")
-            line = process.stdout.readline()  # type: ignore[union-attr]
             if not line:
                 self._kill()
                 raise RuntimeError("the symbolic grading process exited")
-            self._warm = True
             return json.loads(line)
 
 
@@ -112,6 +154,10 @@ atexit.register(_worker.close)  # a clean exit, not a child left to the GC
 
 def compare(gold: str, pred: str, time_limit: float = 5.0) -> Status:
     """Math-Verify's ``verify(parse(gold), parse(pred))`` with a hard time limit.
+
+    ``gold`` and ``pred`` are LaTeX with their math delimiters (``"$x^2$"``). Returns
+    ``"error"`` when Math-Verify raised inside a comparison and no other reading matched,
+    so a failure is never reported as a plain ``"wrong"``.
 
     Raises:
         SymbolicTimeout: past ``time_limit`` seconds (the child is killed and restarted).
@@ -128,7 +174,23 @@ def compare(gold: str, pred: str, time_limit: float = 5.0) -> Status:
 def _parse(answer: str) -> tuple[Any, ...]:
     from math_verify import parse
 
-    return tuple(parse(f"${answer}$", parsing_timeout=None))  # type: ignore[arg-type]
+    return tuple(parse(answer, parsing_timeout=None))  # type: ignore[arg-type]
+
+
+def _numbers_agree(gold: Any, pred: Any) -> bool:
+    """Relative check of two numbers Math-Verify called equal: it rounds to 6 decimal
+    places, so 1e-7 and 2e-7 would be "equal". Anything but two plain numbers passes."""
+    import sympy
+
+    try:
+        if not (isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr)):
+            return True
+        if not (gold.is_number and pred.is_number):
+            return True
+        a, b = complex(sympy.N(gold, 30)), complex(sympy.N(pred, 30))
+        return abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+    except Exception:  # not evaluable (infinities, ...): keep Math-Verify's verdict
+        return True
 
 
 def _compare_here(gold: str, pred: str) -> Status:
@@ -141,15 +203,27 @@ def _compare_here(gold: str, pred: str) -> Status:
         parsed_pred = _parse(pred)
         if not parsed_pred:
             return "unparsable"
-        ok = verify(list(parsed_gold), list(parsed_pred), timeout_seconds=None)
-        return "correct" if ok else "wrong"
     except Exception:
         return "unparsable"
+    failed = False
+    # Each reading of the gold against each reading of the prediction (as verify() does),
+    # but with errors raised, so "Can't evaluate nan or zoo" is an error, not "wrong".
+    for g in parsed_gold:
+        for p in parsed_pred:
+            try:
+                if verify(g, p, timeout_seconds=None, raise_on_error=True) and _numbers_agree(g, p):
+                    return "correct"
+            except Exception:
+                failed = True
+    return "error" if failed else "wrong"
 
 
 def _serve() -> None:
     # Math-Verify warns on every call that its timeout is off: we enforce our own.
     logging.disable(logging.WARNING)
+    _compare_here("$1$", "$1$")  # import sympy and Math-Verify before saying "ready"
+    sys.stdout.write(json.dumps("ready") + "\n")
+    sys.stdout.flush()
     for line in sys.stdin:
         gold, pred = json.loads(line)
         sys.stdout.write(json.dumps(_compare_here(gold, pred)) + "\n")

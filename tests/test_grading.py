@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sppd_lib import symbolic
 from sppd_lib.data import load_problems
 from sppd_lib.grading import (
     extract_answer,
@@ -38,8 +40,14 @@ def test_math500_answers_survive_reformatting() -> None:
     rewritten = [p for p in problems if "\\frac" in p.answer and "\\text" not in p.answer]
     assert len(rewritten) > 10
     for p in rewritten:
-        dfrac = p.answer.replace("\\frac", "\\dfrac")
+        dfrac = p.answer.replace("\\frac", "\\dfrac")  # settled by the fast path
         assert is_correct(f"\\boxed{{{dfrac}}}", p.answer), p.answer
+    scalars = [p for p in rewritten if not any(c in p.answer for c in (",", "=", "\\circ", "["))]
+    assert len(scalars) > 10
+    reset_grading_stats()
+    for p in scalars:  # the same value as another expression: only Math-Verify can tell
+        assert is_correct(f"\\boxed{{\\frac{{2 \\cdot {p.answer}}}{{2}}}}", p.answer), p.answer
+    assert grading_stats()["math_verify"] == len(scalars)
 
 
 @pytest.mark.parametrize(
@@ -211,3 +219,324 @@ def test_majority_vote_groups_equivalent_answers() -> None:
     assert majority_vote(["1", "2"]) == ("1", 1.0)  # ties go to the first seen
     with pytest.raises(ValueError, match="2 answers but 1 weights"):
         majority_vote(["1", "2"], weights=[1.0])
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 14: one test per defect line, the issue's reproducers first, then variants.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "expected"),
+    [
+        # 1. \mathrm{e} and \mathrm{i} are Euler's number and the imaginary unit, not units.
+        ("\\boxed{1}", "1 - \\frac{1}{\\mathrm{e}}", False),
+        ("\\boxed{3 + \\mathrm{e}}", "3", False),
+        ("\\boxed{2\\mathrm{i}}", "2", False),
+        ("\\boxed{1 - \\frac{1}{\\mathrm{e}}}", "1 - \\frac{1}{e}", True),
+        ("\\boxed{1 + \\frac{1}{\\mathrm{e}}}", "1 - \\frac{1}{\\mathrm{e}}", False),
+        ("\\boxed{5\\mathrm{cm}}", "5", True),  # a real unit still goes
+    ],
+)
+def test_mathrm_letters_are_not_units(response: str, gold: str, expected: bool) -> None:
+    assert is_correct(response, gold) is expected
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "expected"),
+    [
+        # 2. Only listed units are stripped; scale words scale; other words keep the meaning.
+        ("\\boxed{2 million}", "2", False),
+        ("\\boxed{2 million}", "2000000", True),
+        ("\\boxed{5 i}", "5", False),
+        ("\\boxed{5 cm}", "5", True),
+        ("\\boxed{\\$5}", "5", True),
+        ("\\boxed{5 dollars}", "5", True),
+        ("\\boxed{3 thousand}", "3000", True),
+        ("\\boxed{1.5 billion dollars}", "1500000000", True),
+        ("\\boxed{5 x}", "5", False),
+        ("The answer is 7 hours.", "7", True),
+    ],
+)
+def test_units_come_from_a_list(response: str, gold: str, expected: bool) -> None:
+    assert is_correct(response, gold) is expected
+
+
+@pytest.mark.parametrize(
+    ("response", "gold"),
+    [
+        # 3. Spaces before the brace, \fbox, boxes inside $...$, a box written twice.
+        ("\\boxed {x + 1}", "x+1"),
+        ("\\boxed { 5 }", "5"),
+        ("\\fbox {5}", "5"),
+        ("so $\\boxed {5}$.", "5"),
+        ("$\\fbox{ 7 }$", "7"),
+        ("\\boxed{\\boxed{5}}", "5"),
+        ("\\boxed\\boxed{5}", "5"),
+        ("\\boxed{ \\boxed {x+1} }", "x+1"),
+        ("\\boxed\n{9}", "9"),
+    ],
+)
+def test_box_spacing_and_repetition(response: str, gold: str) -> None:
+    assert is_correct(response, gold)
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "expected"),
+    [
+        # 4. Listed boxes are one answer, compared as a set; golds likewise.
+        ("x = \\boxed{1} or x = \\boxed{-2}", "1,-2", True),
+        ("x = \\boxed{1} or x = \\boxed{-2}", "-2, 1", True),
+        ("x = \\boxed{1} or x = \\boxed{-2}", "\\boxed{-2} and \\boxed{1}", True),
+        ("x = \\boxed{1} or x = \\boxed{-2}", "1", False),
+        ("\\boxed{1}, \\boxed{2}, \\boxed{3}", "\\{1,2,3\\}", True),
+        ("\\boxed{1} and \\boxed{2}", "1,3", False),
+        ("\\boxed{5}\\boxed{5}\\boxed{5}", "5", True),  # a repeated box counts once
+        ("\\boxed{1} then \\boxed{2}", "2", True),  # no list separator between them
+        # Boxes 70 or more characters apart are separate statements: the last one counts.
+        ("\\boxed{1}. Then, after a long check of it all, " + "x" * 40 + " \\boxed{2}", "2", True),
+    ],
+)
+def test_several_boxes_are_one_answer(response: str, gold: str, expected: bool) -> None:
+    assert is_correct(response, gold) is expected
+
+
+@pytest.mark.parametrize(
+    ("response", "gold"),
+    [
+        # 5. "The answer is" ends with its sentence; a statement without maths is skipped.
+        ("Final Answer: The largest $n$ is 34.", "34"),
+        ("The answer is 42, since x=3.", "42"),
+        ("We check that the answer is correct. So the answer is 7.", "7"),
+        ("The answer is 7. Let me verify the answer is correct.", "7"),
+        ("The final answer is $28\\%$. I hope it is correct.", "28"),
+        ("Answer: $\\frac{2}{3}$ because the rest cancels.", "\\frac{2}{3}"),
+        ("The answer is 3.5.", "3.5"),
+        (
+            "\\boxed{255} so she has $10,455 in all. Final Answer: The final answer is $10,455$.",
+            "10455",
+        ),
+    ],
+)
+def test_answer_phrase_ends_with_its_sentence(response: str, gold: str) -> None:
+    assert is_correct(response, gold)
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "expected"),
+    [
+        # 6. Numbers compare with a relative tolerance of 1e-6, not 6 decimal places.
+        ("\\boxed{0.0000001}", "0.0000002", False),
+        ("\\boxed{\\frac{1}{10^7}}", "0.0000002", False),  # through Math-Verify
+        ("\\boxed{0.0000001}", "\\frac{1}{10000000}", True),
+        ("\\boxed{0.0833333333333333}", "\\frac{1}{12}", True),
+        ("\\boxed{0.333333}", "\\frac{1}{3}", True),
+        ("\\boxed{0.333}", "\\frac{1}{3}", False),
+        ("\\boxed{1000000.1}", "1000000", True),
+        ("\\boxed{1000001}", "1000000", False),  # integers are exact
+    ],
+)
+def test_numbers_compare_relatively(response: str, gold: str, expected: bool) -> None:
+    assert is_correct(response, gold) is expected
+
+
+@pytest.mark.parametrize(
+    ("response", "gold"),
+    [
+        # 7. Inputs that were quadratic: each must be graded in well under a second.
+        ("\\boxed{" * 14286, "5"),
+        ("\\boxed{5}" + "\\boxed{" * 3000, "5"),
+        ("\\boxed{5}", "\\boxed{" * 14286),
+        ("\\boxed{5}", "5" * 200_000),
+        ("{" * 50_000 + "}" * 50_000 + "\\boxed{5}", "5"),
+        ("\\boxed{" * 5000 + "5" + "}" * 5000, "5"),
+        ("\\(" * 30_000 + "5", "5"),
+        ("$" * 60_000 + "5", "5"),
+        ("the answer is " * 7000 + "5", "5"),
+    ],
+)
+def test_extraction_is_linear_and_bounded(response: str, gold: str) -> None:
+    started = time.perf_counter()
+    result = grade(response, gold, time_limit=2.0)
+    assert time.perf_counter() - started < 1.0, result
+
+
+def test_looping_tail_keeps_the_answer() -> None:
+    assert grade("\\boxed{5}" + "\\boxed{" * 3000, "5").status == "correct"
+    assert grade("\\boxed{" * 5000 + "5" + "}" * 5000, "5").status == "correct"
+
+
+def test_hard_expressions_in_a_row_each_keep_the_limit() -> None:
+    # 8. After a timeout the child is replaced at once; the replacement's start-up counts
+    # against the next call's own limit, it does not get a fresh 30 s allowance.
+    is_correct("\\boxed{\\sqrt{8}}", "2\\sqrt{2}")  # the one cold start, outside timing
+    for _ in range(3):
+        started = time.perf_counter()
+        result = grade("\\boxed{9^{9^{9^{9}}}}", "\\sqrt{2}+\\pi", time_limit=1.5)
+        assert result.status == "timeout"
+        assert time.perf_counter() - started < 2.5
+    started = time.perf_counter()
+    assert grade("\\boxed{\\sqrt{8}}", "2\\sqrt{2}", time_limit=3.0).status == "correct"
+    assert time.perf_counter() - started < 3.5
+
+
+def test_worker_start_up_allowance_is_for_the_first_child_only() -> None:
+    worker = symbolic._Worker()
+    try:
+        assert worker.compare("$\\sqrt{8}$", "$2\\sqrt{2}$", 5.0) == "correct"
+        worker._kill()  # as after a timeout
+        started = time.perf_counter()
+        with pytest.raises(symbolic.SymbolicTimeout):
+            worker.compare("$1$", "$1$", 0.01)  # the new child cannot be ready in 10 ms
+        assert time.perf_counter() - started < 1.0
+    finally:
+        worker.close()
+
+
+def test_math_verify_errors_are_counted_not_wrong() -> None:
+    # 9. Math-Verify raised inside the comparison ("Can't evaluate nan or zoo").
+    reset_grading_stats()
+    result = grade("\\boxed{12}", "12:00")
+    assert (result.correct, result.status) == (False, "error")
+    assert grading_stats()["error"] == 1
+    assert grade("\\boxed{12:00}", "12:00").status == "correct"
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "options", "expected"),
+    [
+        # Policy: variable names (default: a different name is a different answer).
+        ("\\boxed{x=2}", "y=2", {}, False),
+        ("\\boxed{x=2}", "y=2", {"match_variable_names": False}, True),
+        ("\\boxed{x=2}", "x=2", {}, True),
+        ("\\boxed{x=2}", "2", {}, True),
+        ("\\boxed{2}", "k=2", {}, True),
+        ("\\boxed{y=-\\frac{1}{2}x+\\frac{3}{4}}", "2x+4y-3=0", {}, True),
+        # Policy: decimal commas (default: in a response's plain text only).
+        ("so it costs 2,74 $ in all", "2.74", {}, True),
+        ("1000,99", "1000.99", {}, True),
+        ("\\boxed{1,22}", "1.22", {}, False),  # in LaTeX a comma separates items
+        ("\\boxed{1,22}", "1.22", {"decimal_comma": "always"}, True),
+        ("\\boxed{1.22}", "1,22", {}, False),  # golds are LaTeX: 1 and 22
+        ("\\boxed{1.22}", "1,22", {"decimal_comma": "always"}, True),
+        ("\\boxed{-2,1}", "-2,1", {}, True),
+        ("\\boxed{-2.1}", "-2,1", {}, False),
+        ("1000,99", "1000.99", {"decimal_comma": "never"}, False),
+        ("\\boxed{1,000}", "1000", {}, True),  # thousands stay thousands
+        ("the total is 7,425,000", "7425000", {"decimal_comma": "always"}, True),
+    ],
+)
+def test_policy_options(response: str, gold: str, options: dict, expected: bool) -> None:
+    assert is_correct(response, gold, **options) is expected
+
+
+def test_is_correct_never_raises_on_a_bad_option() -> None:
+    assert is_correct("\\boxed{1}", "1", no_such_option=True) is False
+
+
+STATUSES = {"correct", "wrong", "no_answer", "invalid_gold", "unparsable", "timeout", "error"}
+TOKENS = st.sampled_from(
+    [
+        "\\boxed{",
+        "\\boxed ",
+        "\\fbox{",
+        "{",
+        "}",
+        "$",
+        "$$",
+        "\\(",
+        "\\)",
+        "\\[",
+        "\\]",
+        "\\frac",
+        "\\sqrt",
+        "\\mathrm{e}",
+        "\\text{",
+        "^",
+        "_",
+        "=",
+        ",",
+        ".",
+        ";",
+        " ",
+        "\n",
+        "####",
+        "The answer is ",
+        "Final Answer: ",
+        " and ",
+        " or ",
+        "x",
+        "y",
+        "i",
+        "1",
+        "2",
+        "0.5",
+        "-",
+        "+",
+        "\\pi",
+        "\\infty",
+        "(",
+        ")",
+        "[",
+        "]",
+        "\\\\",
+        "&",
+        "\\begin{pmatrix}",
+        "\\end{pmatrix}",
+        " cm",
+        " million",
+        "%",
+        "\\%",
+        ":",
+        "1,22",
+    ]
+)
+TEXTS = st.lists(TOKENS | st.text(max_size=4), max_size=40).map("".join)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(TEXTS, TEXTS)
+def test_fuzz_never_raises_keeps_its_limit_and_counts(response: str, gold: str) -> None:
+    is_correct("\\boxed{1}", "\\sqrt{1}")  # the symbolic child is warm: no start-up
+    before = grading_stats()
+    started = time.perf_counter()
+    answer = extract_answer(response)
+    assert time.perf_counter() - started < 0.1
+    assert answer is None or isinstance(answer, str)
+    started = time.perf_counter()
+    result = grade(response, gold, time_limit=1.0)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.5, (elapsed, result)
+    assert result.status in STATUSES and result.correct is (result.status == "correct")
+    after = grading_stats()
+    assert after["graded"] == before.get("graded", 0) + 1
+    assert after[result.status] == before.get(result.status, 0) + 1
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(TEXTS, st.integers(1, 5000))
+def test_fuzz_repeated_tails_extract_in_bounded_time(chunk: str, times: int) -> None:
+    # A looping model repeats a chunk thousands of times; extraction must stay linear.
+    text = (chunk or "{")[:20] * times
+    started = time.perf_counter()
+    extract_answer(text)
+    last_boxed(text)
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "The identity matrix is $\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}$.",
+            "\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}",
+        ),
+        ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5"),
+        ("The total is 7. Let us check it with $x$.", "7"),  # "$x$" names, states nothing
+        ("We get $x = 2$, so she buys 5 apples.", "5"),  # a number after the formula wins
+        ("Answer $ \\frac{1}{2} \\$ = \\frac{10}{9} $", "\\frac{1}{2} = \\frac{10}{9}"),
+        ("AZYUK2A", None),  # no number inside a word
+    ],
+)
+def test_formula_in_math_mode(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
