@@ -1,6 +1,8 @@
 """Reports: the notebooks of ``notebooks/`` executed by papermill, exported to offline HTML.
 
-``render_run_report(run_dir)`` writes ``reports/<run_id>/`` with every run notebook as an
+``render_run_report(run_dir)`` writes the run's report directory (:func:`run_report_dir`:
+``<run_dir>/../reports/<run_dir name>/`` unless the run sets ``report_dir``) with every run
+notebook as an
 executed ``.ipynb`` and a self-contained ``.html`` (inputs hidden, plotly.js embedded, no CDN),
 plus an ``index.html`` linking them. ``render_compare_report`` does the same for several runs,
 and ``sweep`` executes one notebook over a grid of parameters.
@@ -43,6 +45,7 @@ __all__ = [
     "parse_grid",
     "render_compare_report",
     "render_run_report",
+    "run_report_dir",
     "sweep",
 ]
 
@@ -268,20 +271,36 @@ def _generated() -> str:
 # ---------------------------------------------------------------------------------------
 
 
+def run_report_dir(
+    run_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Where the reports of ``run_dir`` go: ``report_dir`` (a run config's key) if given, else
+    ``<run_dir>/../reports/<run_dir name>`` (``runs/demo`` -> ``runs/reports/demo``). One rule
+    from the run directory, so runs in different directories never share a report folder."""
+    if report_dir is not None:
+        return Path(report_dir)
+    run_dir = Path(os.path.abspath(run_dir))  # `runs/demo/.` names demo, not "."
+    return run_dir.parent / "reports" / run_dir.name
+
+
 def render_run_report(
     run_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str] | None = None,
     notebooks: Sequence[str] | None = None,
 ) -> Report:
     """Execute the run notebooks against ``run_dir`` into ``out_dir`` (default
-    ``reports/<run_id>``) as .ipynb + .html, and write ``index.html``.
+    :func:`run_report_dir` of the run) as .ipynb + .html, and write ``index.html``.
 
     Raises :class:`viz.RunNotFoundError` for a missing run directory and
     :class:`ReportError` when a notebook fails (after writing everything else).
     """
     started = time.perf_counter()
     run = viz.load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else Path("reports") / run.run_id
+    out = (
+        Path(out_dir)
+        if out_dir is not None
+        else run_report_dir(run.path, run.config.get("report_dir"))
+    )
     out.mkdir(parents=True, exist_ok=True)
     stems = list(notebooks or RUN_NOTEBOOKS)
     report = Report(out_dir=out, index=out / "index.html")
