@@ -603,7 +603,11 @@ def _loop(config: RunConfig, run_dir: Path) -> pd.DataFrame:
         minutes = (time.perf_counter() - started) / 60
         table = accuracy_by_iteration(summary).to_string(float_format=lambda x: f"{x:.3f}")
         logger.info("pass@1 after iteration %d (%.1f min):\n%s", k, minutes, table)
+    # Relative to the run dir when the model is in it, so a moved run (or a copy on
+    # read-only storage) reopens without rewriting it.
+    inside = Path(model_path).is_relative_to(run_dir)
+    text = str(Path(model_path).relative_to(run_dir)) if inside else model_path
     final = run_dir / "final_model.txt"
-    if not final.is_file() or final.read_text() != model_path + "\n":
-        write_text_atomic(final, model_path + "\n")
+    if not final.is_file() or final.read_text() != text + "\n":
+        write_text_atomic(final, text + "\n")
     return summary

@@ -52,7 +52,7 @@ def test_missing_model_paths(tmp_path, monkeypatch) -> None:
     # Offline by default: an uncached hub id fails at once, naming the ways a model is found.
     monkeypatch.delenv("SPPD_ALLOW_DOWNLOAD", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(ModelError, match="not found locally.*--allow-download"):
+    with pytest.raises(ModelError, match=r"not found locally.*--allow-download"):
         resolve_model("Qwen/Qwen2.5-7B")
     monkeypatch.setenv("SPPD_ALLOW_DOWNLOAD", "1")  # the opt-in: a hub id passes through
     assert resolve_model("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"
