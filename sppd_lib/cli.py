@@ -484,7 +484,8 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
         help="HTML report of a run (or a comparison of runs)",
         description=(
             "Execute the notebooks of notebooks/ (papermill) against a run directory and "
-            "export them as offline HTML with an index.html: reports/<run_id>/ by default. "
+            "export them as offline HTML with an index.html: the run's report_dir, else "
+            "<run_dir>/../reports/<run_dir name>/ by default. "
             "--compare draws several runs side by side (reports/compare/ by default)."
         ),
     )
