@@ -447,11 +447,14 @@ def test_10_ctrl_c_says_how_to_resume(tmp_path) -> None:
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "sppd_lib.cli", "run", "--config", str(SMOKE),
                "--run-dir", str(run_dir), "--set", "sampler.problems_per_batch=1"]  # fmt: skip
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=ENV)
+    # Its own process group, signalled whole: what Ctrl-C in a terminal does.
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+    )
     partial = run_dir / "iter_1" / "trees.jsonl.gz.partial.jsonl"
     while not (partial.exists() and partial.read_text().count("\n") >= 1):
         assert process.poll() is None, process.stderr.read()[-2000:]
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)
     err = process.communicate()[1]
     assert process.returncode == 130, err[-2000:]
     assert "interrupted; finished phases are kept: rerun the same command to resume" in err
