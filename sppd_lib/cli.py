@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
+import traceback
 import types
 import typing
 from collections.abc import Sequence
@@ -80,25 +82,78 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
         )
 
 
+#: Top-level keys of any config file that name the policy rather than a section's field.
+_MODEL_KEYS = ("model", "device")
+
+
+def _config_file(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--config`` file read once per command (``{}`` without one)."""
+    if getattr(args, "config", None) is None:
+        return {}
+    if not hasattr(args, "_config_data"):
+        args._config_data = load_yaml(args.config)
+    return args._config_data
+
+
 def config_from_args(cls: type, args: argparse.Namespace, section: str) -> Any:
     """``cls`` from ``--config`` overridden by the flags.
 
     The file may hold the fields at the top level or under ``section`` (``eval:``,
-    ``sampler:``), so one run config can serve several commands.
+    ``sampler:``), so one run config can serve several commands: a run config (it has
+    sections, or a key of ``RunConfig`` that ``cls`` lacks) is validated whole, then its
+    ``section`` is used. Top-level ``model`` / ``device`` are the policy (:func:`model_of`).
     """
-    data = load_yaml(args.config) if getattr(args, "config", None) else {}
-    if section in data:
-        data = dict(data[section] or {})
+    from sppd_lib.loop import RunConfig
+
+    data = {k: v for k, v in _config_file(args).items() if k not in _MODEL_KEYS}
+    own = {f.name for f in dataclasses.fields(cls)}
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)} - own - set(_MODEL_KEYS)
+    if section in data or set(data) & run_keys:
+        try:
+            config_from_dict(RunConfig, _config_file(args))
+        except ValueError as exc:
+            raise ConfigError(f"{args.config}: {exc}") from None
+        data = dict(data.get(section) or {})
     else:
         section = None
     for field in dataclasses.fields(cls):
         value = getattr(args, field.name, None)
         if value is not None:
             data[field.name] = value
+    where = f"{args.config}: " if getattr(args, "config", None) else ""
     try:
         return config_from_dict(cls, data, f"{section}." if section else "")
     except ValueError as exc:  # __post_init__ checks
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(where + str(exc)) from None
+
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def model_of(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``(model, device)``: the flags, else the config file's top-level ``model`` /
+    ``device`` (a run config's starting policy), else the default model; both checked."""
+    from sppd_lib.models import check_device, resolve_model
+
+    data = _config_file(args)
+    model = args.model or data.get("model") or DEFAULT_MODEL
+    device = args.device or data.get("device")
+    if not isinstance(model, str) or not (device is None or isinstance(device, str)):
+        raise ConfigError(f"{args.config}: model and device must be strings")
+    check_device(device, "--device" if args.device else "device")
+    resolve_model(model)  # fails now, before data is read or outputs are made
+    return model, device
+
+
+def _check_out(path: Path | None, flag: str = "--out") -> None:
+    """An output file is writable: checked before the work, not after it."""
+    from sppd_lib.files import check_writable
+
+    if path is not None:
+        try:
+            check_writable(path)
+        except OSError as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,10 +164,16 @@ def config_from_args(cls: type, args: argparse.Namespace, section: str) -> Any:
 def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        default="smollm2-135m-instruct",
-        help="alias (smollm2-135m-instruct, tiny-llama, tiny-qwen2), model dir, .gguf or hub id",
+        default=None,
+        help="alias (smollm2-135m-instruct, tiny-llama, tiny-qwen2), model dir, .gguf or a hub "
+        "id in the local cache (--allow-download to fetch one); default: the --config file's "
+        f"`model`, else {DEFAULT_MODEL}",
     )
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: --config's, else cuda if present)",
+    )
     parser.add_argument("--config", type=Path, default=None, help="YAML file of config fields")
 
 
@@ -131,19 +192,23 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from sppd_lib.evaluate import accuracy_table, evaluate
+    from sppd_lib.evaluate import accuracy_table, benchmark_problems, evaluate
     from sppd_lib.files import write_parquet_atomic
     from sppd_lib.models import load_model
 
     config = config_from_args(EvalConfig, args, section="eval")
+    name, device = model_of(args)
+    for benchmark in config.benchmarks:  # every data file is read before the model loads
+        benchmark_problems(config, benchmark)
+    _check_out(args.out)
     started = time.perf_counter()
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(name, device=device)
     results = evaluate(model, tokenizer, config)
     if args.out is not None:
         write_parquet_atomic(results, args.out)
         print(f"responses written to {args.out}")
     table = accuracy_table(results)
-    print(f"\nmodel: {args.model}   ({time.perf_counter() - started:.0f} s)")
+    print(f"\nmodel: {name}   ({time.perf_counter() - started:.0f} s)")
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return 0
 
@@ -165,7 +230,12 @@ def _add_sample(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     _model_flags(parser)
-    parser.add_argument("--dataset", default="arith", help="data set name (see sppd_lib.data)")
+    parser.add_argument(
+        "--dataset",
+        default="arith",
+        help="data set name (gsm8k, math, arith, ...), FILE.jsonl or NAME=FILE.jsonl of "
+        '{"question", "answer"} rows (UTF-8)',
+    )
     parser.add_argument("--split", default="train", help="split of the data set")
     parser.add_argument("--limit", type=int, default=None, help="first N problems")
     parser.add_argument("--arith-seed", type=int, default=0, help="seed of generated problems")
@@ -185,13 +255,18 @@ def _add_sample(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_sample)
 
 
-def make_engine(args: argparse.Namespace) -> tuple[Any, Any]:
-    """``(engine, tokenizer)`` for the ``--engine`` flags."""
+def make_engine(
+    args: argparse.Namespace, model: str | None = None, device: str | None = None
+) -> tuple[Any, Any]:
+    """``(engine, tokenizer)`` for the ``--engine`` flags (``model`` / ``device``: as resolved
+    by :func:`model_of`, default the flags)."""
+    model = model or args.model or DEFAULT_MODEL
+    device = device or args.device
     if args.engine == "vllm":
         from sppd_lib.engines.vllm_engine import VLLMEngine
 
         engine = VLLMEngine(
-            args.model, lora_path=args.lora, tensor_parallel_size=args.tensor_parallel_size
+            model, lora_path=args.lora, tensor_parallel_size=args.tensor_parallel_size
         )
         return engine, engine.tokenizer
     from sppd_lib.engines.transformers_engine import TransformersEngine
@@ -199,25 +274,34 @@ def make_engine(args: argparse.Namespace) -> tuple[Any, Any]:
 
     if args.lora:
         raise ConfigError("--lora is for the vLLM engine; merge it or pass its directory")
-    model, tokenizer = load_model(args.model, device=args.device)
-    return TransformersEngine(model, tokenizer, max_batch_rows=args.max_batch_rows), tokenizer
+    loaded, tokenizer = load_model(model, device=device)
+    return TransformersEngine(loaded, tokenizer, max_batch_rows=args.max_batch_rows), tokenizer
 
 
 def _run_sample(args: argparse.Namespace) -> int:
     from sppd_lib.data import load_problems
+    from sppd_lib.files import RunLock
     from sppd_lib.sampler import sample_to_file, shard
     from sppd_lib.tree import read_trees
 
     config = config_from_args(SamplerConfig, args, section="sampler")
+    name, device = model_of(args)
     options = {"seed": args.arith_seed} if args.dataset == "arith" else {}
     try:
         problems = shard(load_problems(args.dataset, args.split, args.limit, **options), args.shard)
+    except DataError:
+        raise
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    engine, tokenizer = make_engine(args)
-    started = time.perf_counter()
-    meta = {"model": args.model, "engine": args.engine, "shard": args.shard}
-    sample_to_file(engine, tokenizer, problems, config, args.out, meta=meta)
+    if not problems:
+        raise DataError(f"--dataset {args.dataset} gives no problems to sample (--limit, --shard?)")
+    _check_out(args.out)
+    meta = {"model": name, "engine": args.engine, "shard": args.shard}
+    # One writer per trees file: two samplers appending to one partial file would mix.
+    with RunLock(args.out.parent, f"trees file {args.out}", f".{args.out.name}.lock"):
+        engine, tokenizer = make_engine(args, name, device)
+        started = time.perf_counter()
+        sample_to_file(engine, tokenizer, problems, config, args.out, meta=meta)
     _print_tree_summary(list(read_trees(args.out)), time.perf_counter() - started)
     return 0
 
@@ -252,11 +336,11 @@ def _add_merge(subparsers: argparse._SubParsersAction) -> None:
 def _run_merge(args: argparse.Namespace) -> int:
     from sppd_lib.sampler import merge_tree_files
 
+    _check_out(args.out)
     try:
         count = merge_tree_files(args.inputs, args.out)
     except ValueError as exc:  # two shards hold the same problem, or a file is not trees
-        print(f"sppd merge-trees: error: {exc}", file=sys.stderr)
-        return 2
+        raise DataError(str(exc)) from None
     print(f"{count} trees written to {args.out}")
     return 0
 
@@ -288,14 +372,18 @@ def _run_pairs(args: argparse.Namespace) -> int:
     import json
 
     from sppd_lib.files import write_parquet_atomic
+    from sppd_lib.models import ModelError, resolve_model
     from sppd_lib.pairs import build_pairs, stepwise_records, summarize_pairs, write_pairs
-    from sppd_lib.tree import read_trees
 
     config = config_from_args(PairConfig, args, section="pairs")
-    try:
-        trees = list(read_trees(args.trees))
-    except ValueError as exc:
-        raise DataError(str(exc)) from None
+    if config.value == "prm":
+        try:
+            resolve_model(config.prm_model)  # type: ignore[arg-type]
+        except ModelError as exc:
+            raise ModelError(f"pairs.prm_model: {exc}") from None
+    _check_out(args.out)
+    _check_out(args.stepwise, "--stepwise")
+    trees = _read_trees(args.trees)
     pairs, reasons = build_pairs(trees, config)
     write_pairs(pairs, args.out)
     if args.stepwise is not None:
@@ -303,6 +391,19 @@ def _run_pairs(args: argparse.Namespace) -> int:
     summary = summarize_pairs(pairs, len(trees))
     print(json.dumps({**summary, "trees_without_pairs": dict(reasons)}, indent=1))
     return 0
+
+
+def _read_trees(path: Path) -> list:
+    """Every tree of ``path``; a broken or empty file is a :class:`DataError` naming it."""
+    from sppd_lib.tree import read_trees
+
+    try:
+        trees = list(read_trees(path))
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    if not trees:
+        raise DataError(f"{path} holds no trees: sample some first (sppd sample)")
+    return trees
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,22 +442,30 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from sppd_lib.models import load_model
     from sppd_lib.pairs import phase_data
-    from sppd_lib.trainer import TrainConfig, train
-    from sppd_lib.tree import read_trees
+    from sppd_lib.trainer import TrainConfig, check_train_out, train
 
     config = config_from_args(TrainConfig, args, section="train")
+    name, device = model_of(args)
+    # An existing --out is never replaced; checked before any work. The work dir belongs to
+    # the main process of `accelerate launch` (rank 0), the others would race its creation.
+    check_train_out(args.out, work_dir=os.environ.get("RANK", "0") == "0")
     if args.pairs is not None:
-        if not args.pairs.exists():
-            raise FileNotFoundError(f"pairs file {args.pairs} does not exist")
-        data = pd.read_parquet(args.pairs)
+        if not args.pairs.is_file():
+            raise DataError(f"pairs file {args.pairs} does not exist")
+        try:
+            data = pd.read_parquet(args.pairs)
+        except Exception as exc:  # pyarrow's ArrowInvalid and friends: not a parquet file
+            raise DataError(
+                f"{args.pairs} is not a pairs parquet file ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
+        if len(data) == 0:
+            raise DataError(f"{args.pairs} holds no pairs: nothing to train on")
     else:
         pair_config = config_from_args(PairConfig, args, section="pairs")
-        try:
-            trees = list(read_trees(args.trees))
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
+        trees = _read_trees(args.trees)
         data = phase_data(config.phase, trees, pair_config, args.sft_per_problem)
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(name, device=device)
     result = train(model, tokenizer, data, config, args.out)
     if result.model_dir is not None or result.adapter_dir is not None:  # the main process
         summary = {"out": str(result.out_dir), "examples": result.examples}
@@ -375,12 +484,15 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
         help="HTML report of a run (or a comparison of runs)",
         description=(
             "Execute the notebooks of notebooks/ (papermill) against a run directory and "
-            "export them as offline HTML with an index.html: reports/<run_id>/ by default. "
-            "--compare draws several runs side by side (reports/compare/ by default)."
+            "export them as offline HTML with an index.html: the run's report_dir, else "
+            "<run_dir>/../reports/<run_dir name>/ by default. "
+            "--compare draws several runs side by side (reports/compare/ by default); "
+            "--study-dir renders a margin study (<study_dir>/../reports/<study name>/)."
         ),
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--run-dir", type=Path, help="run directory (runs/<run_id>)")
+    target.add_argument("--study-dir", type=Path, help="study directory (studies/<study_id>)")
     target.add_argument("--compare", type=Path, nargs="+", help="run directories to compare")
     parser.add_argument("--out", type=Path, default=None, help="output directory")
     parser.add_argument("--metric", default="pass@1", help="metric of the --compare figure")
@@ -388,11 +500,22 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from sppd_lib.report import ReportError, render_compare_report, render_run_report
+    from sppd_lib.report import (
+        ReportError,
+        render_compare_report,
+        render_run_report,
+        render_study_report,
+    )
 
+    if args.out is not None:
+        from sppd_lib.files import check_writable
+
+        check_writable(args.out, directory=True)
     try:
         if args.compare:
             report = render_compare_report(args.compare, args.out, metric=args.metric)
+        elif args.study_dir:
+            report = render_study_report(args.study_dir, args.out)
         else:
             report = render_run_report(args.run_dir, args.out)
     except ReportError as exc:
@@ -465,10 +588,18 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    from sppd_lib.files import check_writable
     from sppd_lib.loop import accuracy_by_iteration, change_since_start, load_run_config, run
+    from sppd_lib.report import run_report_dir
 
     config = load_run_config(args.config, args.set)
     run_dir = args.run_dir or Path("runs") / config.run_id
+    report_dir = run_report_dir(run_dir, config.report_dir)
+    if config.report:  # a report that cannot be written should fail now, not after the run
+        try:
+            check_writable(report_dir, directory=True)
+        except OSError as exc:
+            raise ConfigError(f"report_dir: {exc} (or set report_dir, or report: false)") from None
     started = time.perf_counter()
     summary = run(config, run_dir)
     print(f"\nrun {run_dir} finished in {(time.perf_counter() - started) / 60:.1f} min")
@@ -488,7 +619,7 @@ def _run_run(args: argparse.Namespace) -> int:
         from sppd_lib.report import ReportError, render_run_report
 
         try:
-            written = render_run_report(run_dir, Path("reports") / config.run_id)
+            written = render_run_report(run_dir, report_dir)
         except ReportError as exc:  # the run itself is complete; only a page failed
             print(f"sppd run: report failed: {exc}", file=sys.stderr)
             return 1
@@ -571,18 +702,37 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sppd",
         description="SPPD workbench: step-level self-training of LLM math reasoners.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _global_flags(parser, False)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_eval(subparsers)
-    _add_sample(subparsers)
-    _add_merge(subparsers)
-    _add_pairs(subparsers)
-    _add_report(subparsers)
-    _add_sweep(subparsers)
-    _add_train(subparsers)
-    _add_run(subparsers)
-    _add_study(subparsers)
+    for add in (_add_eval, _add_sample, _add_merge, _add_pairs, _add_report, _add_sweep,
+                _add_train, _add_run, _add_study):  # fmt: skip
+        add(subparsers)
+    # The global flags work after the command too (`sppd run ... -v`).
+    for sub in subparsers.choices.values():
+        _global_flags(sub, argparse.SUPPRESS)
     return parser
+
+
+def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="debug logging and, on an "
+        "error, the traceback"
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        default=default,
+        help="let hub ids be downloaded from the Hugging Face hub (default: offline, a hub id "
+        "must be in the local cache; HF_HUB_OFFLINE=0 does the same)",
+    )
+
+
+#: What an interrupted command keeps, for the hint printed after Ctrl-C.
+_RESUME_HINTS = {
+    "run": "finished phases are kept: rerun the same command to resume",
+    "sample": "finished batches are kept in <out>.partial.jsonl: rerun the same command to resume",
+    "train": "nothing was written to --out: rerun the same command to start the phase again",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -592,13 +742,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.allow_download:
+        os.environ["SPPD_ALLOW_DOWNLOAD"] = "1"  # read by models / data; children inherit it
+    from sppd_lib.files import LockedError
     from sppd_lib.models import ModelError
 
+    prefix = f"sppd {args.command}"
     try:
         return args.run(args)
-    except (ConfigError, DataError, ModelError, FileNotFoundError) as exc:
-        print(f"sppd {args.command}: error: {exc}", file=sys.stderr)
+    except (ConfigError, DataError, ModelError, LockedError, OSError) as exc:
+        # A user's error (a key, a file, a model, a busy or unwritable directory): one line.
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = _RESUME_HINTS.get(args.command, "outputs are written atomically, none is half-made")
+        print(f"\n{prefix}: interrupted; {hint}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours: still one line, the traceback behind -v
+        if args.verbose:
+            traceback.print_exc()
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"{prefix}: unexpected error: {type(exc).__name__}: {message} (rerun with -v for "
+            "the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,15 @@ import yaml
 
 from sppd_lib.prompts import SYSTEM_PROMPT
 
-__all__ = ["ConfigError", "EvalConfig", "config_from_dict", "config_to_dict", "load_yaml"]
+__all__ = [
+    "ConfigError",
+    "EvalConfig",
+    "check_ranges",
+    "config_from_dict",
+    "config_to_dict",
+    "load_yaml",
+    "parse_yaml",
+]
 
 _C = TypeVar("_C")
 
@@ -76,17 +84,37 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         # config_from_dict has checked the types; these are the value ranges.
-        rules = {
-            "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
-            "batch_size": (self.batch_size >= 1, ">= 1"),
-            "limit": (self.limit is None or self.limit >= 0, ">= 0 or null"),
-            "num_samples": (self.num_samples >= 0, ">= 0"),
-            "sample_temperature": (self.sample_temperature > 0, "> 0"),
-            "sample_top_p": (0 < self.sample_top_p <= 1, "in (0, 1]"),
-        }
-        for key, (ok, rule) in rules.items():
-            if not ok:
-                raise ConfigError(f"{key} must be {rule}, got {getattr(self, key)!r}")
+        check_ranges(
+            self,
+            "",
+            {
+                "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
+                "batch_size": (self.batch_size >= 1, ">= 1"),
+                "limit": (self.limit is None or self.limit >= 0, ">= 0 or null"),
+                "num_samples": (self.num_samples >= 0, ">= 0"),
+                "sample_temperature": (self.sample_temperature > 0, "> 0"),
+                "sample_top_p": (0 < self.sample_top_p <= 1, "in (0, 1]"),
+                "benchmarks": (bool(self.benchmarks), "a non-empty list"),
+            },
+        )
+        names = [b.partition("=")[0] if "=" in b else Path(b).stem for b in self.benchmarks]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ConfigError(
+                f"benchmarks names {duplicate!r} twice: give each one a distinct name "
+                "(name=FILE.jsonl)"
+            )
+        for name, limit in self.limits.items():
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                raise ConfigError(f"limits.{name} must be an integer >= 0, got {limit!r}")
+
+
+def check_ranges(config: Any, where: str, rules: dict[str, tuple[bool, str]]) -> None:
+    """Raise :class:`ConfigError` for the first ``key: (ok, rule)`` that is not ok, naming
+    ``where.key``, the rule and the value (a NaN fails every comparison, so it is caught)."""
+    for key, (ok, rule) in rules.items():
+        if not ok:
+            raise ConfigError(f"{where}{key} must be {rule}, got {getattr(config, key)!r}")
 
 
 def _type_matches(value: Any, annotation: Any) -> bool:
@@ -138,24 +166,70 @@ def config_from_dict(cls: type[_C], data: dict[str, Any] | None, where: str = ""
             shown = getattr(annotation, "__name__", str(annotation))
             raise ConfigError(f"{key} must be {shown}, got {value!r} ({type(value).__name__})")
         values[name] = float(value) if annotation is float else value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a range check of __post_init__: name the section too
+        message = str(exc)
+        section = where.rstrip(".").rpartition(".")[2]
+        if where and not message.startswith((where, f"{section}.")):
+            message = where + message
+        raise ConfigError(message) from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or bad YAML raises :class:`ConfigError` naming it."""
+class _StrictLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last one
+    silently, so a second ``k:`` further down would override the first unseen)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:
+                continue  # SafeLoader itself reports an unhashable key
+            if key in seen:
+                raise ConfigError(
+                    f"line {line}: duplicate key {key!r} (first on line {seen[key]}); "
+                    "keep only one of them"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text to Python, refusing duplicate keys (``ConfigError`` naming the line)."""
+    return yaml.load(text, Loader=_StrictLoader)
+
+
+def load_yaml(path: str | Path, *, allow_empty: bool = False) -> dict[str, Any]:
+    """Read a YAML mapping. A missing, unreadable, empty (unless ``allow_empty``) or
+    non-UTF-8 file, bad YAML or a duplicate key raises :class:`ConfigError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text(encoding="utf-8"))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     if data is None:
-        return {}
+        if allow_empty:
+            return {}
+        raise ConfigError(
+            f"{path} is empty: write the keys you want (see configs/smoke.yaml), or leave "
+            "out --config to use the defaults"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

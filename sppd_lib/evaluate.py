@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import EvalConfig
-from sppd_lib.data import Problem, load_problems
+from sppd_lib.data import Problem, load_problems, parse_data_spec
 from sppd_lib.engines import Engine, SamplingSettings
 from sppd_lib.grading import grade, group_equivalent
 from sppd_lib.metrics import mcnemar_exact, wilson_interval
@@ -179,9 +179,11 @@ def generate_with_engine(
 
 
 def benchmark_problems(config: EvalConfig, benchmark: str) -> list[Problem]:
+    """The problems of one ``benchmarks`` entry: a name, or ``NAME=FILE.jsonl``."""
+    name, path = parse_data_spec(benchmark)
     options = {"seed": config.arith_seed, **config.arith} if benchmark == "arith" else {}
-    limit = config.limits.get(benchmark, config.limit)
-    return load_problems(benchmark, config.split, limit, **options)
+    limit = config.limits.get(name, config.limit)
+    return load_problems(name, config.split, limit, path=path, **options)
 
 
 # ---------------------------------------------------------------------------------------

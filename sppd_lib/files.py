@@ -1,18 +1,43 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename.
+"""Atomic file writes, output-path checks and the advisory lock of a run directory.
 
-A reader (or a resumed run) never sees half a file: either the old one or the new one.
+Atomic writes go to a temporary name in the same folder, then are renamed: a reader (or a
+resumed run) never sees half a file, either the old one or the new one.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
 import os
+import socket
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-__all__ = ["atomic_path", "write_parquet_atomic", "write_text_atomic"]
+__all__ = [
+    "LockedError",
+    "NotWritableError",
+    "RunLock",
+    "atomic_path",
+    "check_writable",
+    "write_parquet_atomic",
+    "write_text_atomic",
+]
+
+
+class NotWritableError(OSError):
+    """An output path cannot be written; the message names it and says why."""
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock of a run directory (or output)."""
 
 
 @contextmanager
@@ -38,3 +63,118 @@ def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike[str]) -> P
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
     return Path(path)
+
+
+def check_writable(path: str | os.PathLike[str], *, directory: bool = False) -> Path:
+    """Fail now, before any work, if ``path`` (a file, or a folder with ``directory``) cannot
+    be written later. Creates nothing: the nearest existing ancestor gets a probe file that is
+    removed at once (``os.access`` is no use: it says yes to root on a read-only mount).
+
+    Raises:
+        NotWritableError: naming the path and the reason.
+    """
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise NotWritableError(f"{path} exists and is not a directory; choose another path")
+        if not directory and path.is_dir():
+            raise NotWritableError(f"{path} is a directory; give a file name")
+    probe_dir = path if directory and path.is_dir() else path.parent
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise NotWritableError(
+            f"cannot write {path}: {probe_dir} is a file, not a directory; choose another path"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir, prefix=".sppd-probe-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise NotWritableError(
+            f"cannot write {path}: {probe_dir} is not writable ({reason}); "
+            "choose a writable location"
+        ) from None
+    return path
+
+
+def _read_owner(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+class RunLock:
+    """One writer per run directory: an advisory ``flock`` on ``<dir>/.lock``.
+
+    The kernel drops the lock when its process ends, however it ends (``kill -9`` too), so a
+    lock left by a crashed run is stale by construction and the next run takes it over; the
+    file only records who holds it, for the error message. Use as a context manager.
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike[str], what: str | None = None, name: str = ".lock"
+    ) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / name
+        self.what = what or f"run directory {self.directory}"
+        self._fd: int | None = None
+        #: The directory is on read-only storage: nothing can be written, so no lock needed.
+        self.read_only = False
+
+    def acquire(self) -> RunLock:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    self.read_only = True
+                    return self
+                raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                owner = _read_owner(self.path)
+                who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
+                since = owner.get("started", "?")
+                raise LockedError(
+                    f"{self.what} is in use by another sppd process ({who}, since {since}: "
+                    f"{owner.get('command', '?')}); wait for it to finish or stop it (one "
+                    "writer at a time)"
+                ) from None
+            # The holder we waited for may have removed the file: lock the file that is there.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv),
+        }
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(owner).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # Unlink while still holding the lock, so no one locks a file about to vanish.
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -9,9 +9,12 @@ phase whose artifact exists is skipped, so rerunning the same command resumes a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +25,28 @@ import pandas as pd
 from sppd_lib.config import (
     ConfigError,
     EvalConfig,
+    check_ranges,
     config_from_dict,
     config_to_dict,
     load_yaml,
     option,
+    parse_yaml,
 )
-from sppd_lib.data import BENCHMARKS, GENERATED, DataError, Problem, load_problems
-from sppd_lib.files import write_parquet_atomic, write_text_atomic
+from sppd_lib.data import (
+    GENERATED,
+    DataError,
+    Problem,
+    check_data_name,
+    load_problems,
+    parse_data_spec,
+)
+from sppd_lib.files import (
+    NotWritableError,
+    RunLock,
+    check_writable,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 from sppd_lib.pairs import PairConfig
 from sppd_lib.sampler import SamplerConfig
 from sppd_lib.trainer import PHASES, TrainConfig
@@ -36,6 +54,10 @@ from sppd_lib.trainer import PHASES, TrainConfig
 __all__ = ["DataConfig", "RunConfig", "load_run_config", "run", "summary_table"]
 
 logger = logging.getLogger(__name__)
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+#: Keys that only decide what happens after the run (reports), not what the run computes.
+_NOT_RUN_KEYS = {"report", "report_dir"}
 
 
 @dataclass
@@ -55,6 +77,14 @@ class DataConfig:
         {}, "Options of generated arithmetic (data.generate_arithmetic): max_terms, digits, ..."
     )
     arith_seed: int = option(0, "Seed of the generated arithmetic training problems.")
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, "data.", {"prompts_per_iteration": (self.prompts_per_iteration >= 1, ">= 1")}
+        )
+        for name, share in self.mix.items():
+            if not (isinstance(share, int | float) and 0 < share < math.inf):
+                raise ConfigError(f"data.mix.{name} must be a share > 0, got {share!r}")
 
 
 @dataclass
@@ -76,7 +106,10 @@ class RunConfig:
     )
     engine: str = option("transformers", "Sampling engine: 'transformers' or 'vllm'.")
     sft_per_problem: int = option(4, "τ+ paths per problem for the sft phase.")
-    report: bool = option(True, "`sppd run` ends by writing HTML reports to reports/<run_id>/.")
+    report: bool = option(True, "`sppd run` ends by writing HTML reports (see report_dir).")
+    report_dir: str | None = option(
+        None, "Where `sppd run` writes its reports; null: <run_dir>/../reports/<run_dir name>."
+    )
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training prompts."})
     sampler: SamplerConfig = field(default_factory=SamplerConfig, metadata={"help": "Sampler."})
     pairs: PairConfig = field(default_factory=PairConfig, metadata={"help": "Values, pairs."})
@@ -86,6 +119,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.iterations < 0:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+        if self.sft_per_problem < 1:
+            raise ConfigError(f"sft_per_problem must be >= 1, got {self.sft_per_problem}")
+        if self.device is not None and not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device must be cpu, cuda, cuda:N, mps or null, not {self.device!r}")
         for key in ("phases", "first_phases"):
             for phase in getattr(self, key) or []:
                 if phase not in PHASES:
@@ -99,10 +136,16 @@ class RunConfig:
             config_from_dict(TrainConfig, settings, f"phase_train.{phase}.")
         if self.engine not in ("transformers", "vllm"):
             raise ConfigError(f"engine must be 'transformers' or 'vllm', not {self.engine!r}")
-        for name in [*self.eval.benchmarks, self.data.name, *self.data.mix]:
-            if name not in BENCHMARKS and name not in GENERATED:
-                known = sorted([*BENCHMARKS, *GENERATED])
-                raise ConfigError(f"unknown data set {name!r} (known: {known})")
+        for key, names in (
+            ("eval.benchmarks", self.eval.benchmarks),
+            ("data.name", [] if self.data.mix else [self.data.name]),
+            ("data.mix", list(self.data.mix)),
+        ):
+            for name in names:
+                try:
+                    check_data_name(name)
+                except DataError as exc:
+                    raise ConfigError(f"{key}: {exc}") from None
 
     def phases_of(self, iteration: int) -> list[str]:
         return list(self.first_phases or self.phases) if iteration == 1 else list(self.phases)
@@ -114,8 +157,6 @@ def load_run_config(path: str | os.PathLike[str], overrides: list[str] | None = 
     Raises:
         ConfigError: missing file, unknown key or wrong type, naming the key.
     """
-    import yaml
-
     data = load_yaml(path)
     for override in overrides or []:
         key, sep, raw = override.partition("=")
@@ -127,7 +168,10 @@ def load_run_config(path: str | os.PathLike[str], overrides: list[str] | None = 
             target = target.setdefault(parent, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {key}: {parent} is not a section")
-        target[leaf] = yaml.safe_load(raw)
+        try:
+            target[leaf] = parse_yaml(raw)
+        except Exception as exc:  # yaml.YAMLError or a duplicate key
+            raise ConfigError(f"--set {override}: not a YAML value ({exc})") from None
     migrate_margin_keys(data, str(path))
     try:
         return config_from_dict(RunConfig, data)
@@ -173,24 +217,71 @@ def iteration_dir(run_dir: Path, iteration: int) -> Path:
     return run_dir / f"iter_{iteration}"
 
 
-def _start_run_dir(config: RunConfig, run_dir: Path) -> None:
-    """Create the run directory, or check that a resumed run has the same config."""
-    saved = run_dir / "config.yaml"
-    wanted = config_to_dict(config)
-    if saved.exists():
-        previous = load_yaml(saved)
-        # `report` only decides whether pages are rendered afterwards: not part of the run.
-        changed = sorted(set(_changed_keys(previous, wanted)) - {"report"})
-        if changed:
-            raise ConfigError(
-                f"{run_dir} holds a run with another config (changed: {', '.join(changed)}); "
-                "use another run_id / --run-dir, or delete the directory"
-            )
-        logger.info("resuming run %s", run_dir)
-        return
+def _data_files(config: RunConfig) -> dict[str, str]:
+    """sha256 of every data file the run reads (``NAME=FILE.jsonl`` specs), by spec."""
+    specs = [*config.eval.benchmarks, *(config.data.mix or [config.data.name])]
+    files = {}
+    for spec in specs:
+        _, path = parse_data_spec(spec)
+        if path is not None:
+            files[spec] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def _has_artifacts(run_dir: Path) -> bool:
+    return any(p.is_file() for d in run_dir.glob("iter_*") for p in d.rglob("*"))
+
+
+def _start_run_dir(config: RunConfig, run_dir: Path, read_only: bool = False) -> None:
+    """Create the run directory, or check that a resumed run has the same config.
+
+    Only ``iterations`` may change, and only grow: that extends a run. A directory whose
+    config was written but that holds no artifact yet gets the new config. Data files must
+    be unchanged (their sha256 is kept in ``inputs.json``).
+    """
     import yaml
 
+    saved, inputs = run_dir / "config.yaml", run_dir / "inputs.json"
+    wanted = config_to_dict(config)
+    files = _data_files(config)
+    if saved.exists():
+        previous = load_yaml(saved)
+        changed = sorted(set(_changed_keys(previous, wanted)) - _NOT_RUN_KEYS)
+        old_iterations = previous.get("iterations")
+        extends = (
+            changed == ["iterations"]
+            and isinstance(old_iterations, int)
+            and config.iterations > old_iterations
+        )
+        if changed and not extends and _has_artifacts(run_dir):
+            hint = ""
+            if "iterations" in changed and isinstance(old_iterations, int):
+                hint = f" (iterations may only grow: it was {old_iterations})"
+            raise ConfigError(
+                f"{run_dir} holds a run with another config (changed: {', '.join(changed)})"
+                f"{hint}; use another run_id / --run-dir, or delete the directory"
+            )
+        if inputs.exists():
+            stored = json.loads(inputs.read_text()).get("data_files", {})
+            for spec, digest in stored.items():
+                if files.get(spec) != digest:
+                    raise ConfigError(
+                        f"data file of {spec!r} changed since {run_dir} started (sha256 "
+                        f"{digest[:12]}...): restore it, or start another run"
+                    )
+        if not changed:
+            logger.info("resuming run %s", run_dir)
+            return
+        if read_only:
+            raise NotWritableError(f"{run_dir} is read-only: it cannot take a changed config")
+        if extends:
+            logger.info("extending run %s: %s -> %d iterations", run_dir, old_iterations,
+                        config.iterations)  # fmt: skip
+        else:  # config.yaml of a start that failed before any artifact
+            logger.warning("%s held no artifact yet: its config is replaced", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # inputs.json first: config.yaml is what marks the directory as a run.
+    write_text_atomic(inputs, json.dumps({"data_files": files}, indent=1))
     write_text_atomic(saved, yaml.safe_dump(wanted, sort_keys=False, allow_unicode=True))
 
 
@@ -373,7 +464,9 @@ def _train_phase(
     train_dir = out_dir / "train"
     done = train_dir / "done.json"
     if done.exists():
-        return json.loads(done.read_text())["model"]
+        record = json.loads(done.read_text())
+        # Relative to the run, so a run moved or opened from elsewhere still finds it.
+        return str(train_dir / record["model_dir"]) if "model_dir" in record else record["model"]
     current = model_path
     logs, pair_logs = [], []
     for index, phase in enumerate(config.phases_of(k)):
@@ -408,7 +501,10 @@ def _train_phase(
         write_parquet_atomic(
             pd.concat(pair_logs, ignore_index=True), train_dir / "pair_log.parquet"
         )
-    write_text_atomic(done, json.dumps({"model": current, "phases": config.phases_of(k)}))
+    record: dict[str, Any] = {"model": current, "phases": config.phases_of(k)}
+    if Path(current).parent.parent == train_dir:
+        record["model_dir"] = str(Path(current).relative_to(train_dir))
+    write_text_atomic(done, json.dumps(record))
     return current
 
 
@@ -490,14 +586,81 @@ def change_since_start(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 
 
+def check_run(config: RunConfig, run_dir: str | os.PathLike[str]) -> None:
+    """Everything a run needs, checked before its first artifact: the device, the starting
+    model, every PRM and reference model it will load, every data set it will read, and that
+    the run directory can be written (or, if it exists, is not a file).
+
+    Raises:
+        ConfigError, DataError, ModelError, NotWritableError: naming the key, file or value.
+    """
+    from sppd_lib.models import ModelError, check_device, resolve_model
+
+    check_device(config.device)
+    models = {"model": config.model}
+    if config.pairs.value == "prm":
+        models["pairs.prm_model"] = config.pairs.prm_model
+    if config.eval.num_samples and config.eval.prm_model:
+        models["eval.prm_model"] = config.eval.prm_model
+    if config.train.reference_model:
+        models["train.reference_model"] = config.train.reference_model
+    for phase, settings in config.phase_train.items():
+        if settings.get("reference_model"):
+            models[f"phase_train.{phase}.reference_model"] = settings["reference_model"]
+    for key, name in models.items():
+        try:
+            resolve_model(name)  # type: ignore[arg-type]
+        except ModelError as exc:
+            raise ModelError(f"{key}: {exc}") from None
+    _check_data(config)
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        check_writable(run_dir, directory=True)
+    elif not run_dir.is_dir():
+        raise NotWritableError(f"--run-dir {run_dir} is a file, not a directory")
+
+
+def _finished(config: RunConfig, run_dir: Path) -> bool:
+    last = iteration_dir(run_dir, config.iterations)
+    return (run_dir / "final_model.txt").is_file() and (last / "eval.parquet").is_file()
+
+
+def _write_if_changed(summary: pd.DataFrame, path: Path) -> None:
+    """Rewrite ``summary.parquet`` only when it changed, so reopening a finished run writes
+    nothing (it may sit on read-only storage)."""
+    if path.is_file():
+        try:
+            pd.testing.assert_frame_equal(pd.read_parquet(path), summary, check_dtype=False)
+            return
+        except (AssertionError, OSError, ValueError):
+            pass
+    write_parquet_atomic(summary, path)
+
+
 def run(config: RunConfig, run_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """Run (or resume) the loop; returns the summary table (also ``summary.parquet``)."""
+    """Run (or resume, or extend) the loop; returns the summary table (also
+    ``summary.parquet``).
+
+    Everything is checked (:func:`check_run`) before anything is written; one process at a
+    time may write a run directory (:class:`sppd_lib.files.RunLock`, :class:`LockedError`
+    otherwise). A finished run on read-only storage reopens without writing.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / config.run_id
+    check_run(config, run_dir)
+    with RunLock(run_dir) as lock:
+        if lock.read_only and not _finished(config, run_dir):
+            raise NotWritableError(
+                f"{run_dir} is not writable and its run is not finished: copy it to writable "
+                "storage to resume it"
+            )
+        _start_run_dir(config, run_dir, read_only=lock.read_only)
+        return _loop(config, run_dir)
+
+
+def _loop(config: RunConfig, run_dir: Path) -> pd.DataFrame:
     from sppd_lib.models import resolve_model
 
-    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / config.run_id
-    model_path = resolve_model(config.model)  # a missing model fails before anything is written
-    _check_data(config)
-    _start_run_dir(config, run_dir)
+    model_path = resolve_model(config.model)
     policy = _Policy(config.device)
     started = time.perf_counter()
     for k in range(config.iterations + 1):
@@ -510,9 +673,15 @@ def run(config: RunConfig, run_dir: str | os.PathLike[str] | None = None) -> pd.
             model_path = _train_phase(config, model_path, out_dir, k)
         _eval_phase(config, policy, model_path, out_dir, k)
         summary = summary_table(run_dir)
-        write_parquet_atomic(summary, run_dir / "summary.parquet")
+        _write_if_changed(summary, run_dir / "summary.parquet")
         minutes = (time.perf_counter() - started) / 60
         table = accuracy_by_iteration(summary).to_string(float_format=lambda x: f"{x:.3f}")
         logger.info("pass@1 after iteration %d (%.1f min):\n%s", k, minutes, table)
-    write_text_atomic(run_dir / "final_model.txt", model_path + "\n")
+    # Relative to the run dir when the model is in it, so a moved run (or a copy on
+    # read-only storage) reopens without rewriting it.
+    inside = Path(model_path).is_relative_to(run_dir)
+    text = str(Path(model_path).relative_to(run_dir)) if inside else model_path
+    final = run_dir / "final_model.txt"
+    if not final.is_file() or final.read_text() != text + "\n":
+        write_text_atomic(final, text + "\n")
     return summary

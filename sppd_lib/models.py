@@ -28,8 +28,10 @@ __all__ = [
     "attach_lora",
     "build_tiny_model",
     "cache_dir",
+    "check_device",
     "convert_gguf",
     "default_device",
+    "downloads_allowed",
     "eos_token_ids",
     "load_model",
     "load_tokenizer",
@@ -55,6 +57,35 @@ def cache_dir() -> Path:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def downloads_allowed() -> bool:
+    """Hub downloads are opt-in: ``SPPD_ALLOW_DOWNLOAD=1`` (what ``sppd --allow-download``
+    sets) or an explicit ``HF_HUB_OFFLINE=0``. Otherwise a hub id must already be cached, so
+    a typo fails at once instead of after a minute of connection retries."""
+    return os.environ.get("SPPD_ALLOW_DOWNLOAD") == "1" or os.environ.get("HF_HUB_OFFLINE") == "0"
+
+
+def check_device(device: str | None, key: str = "device") -> str | None:
+    """``device`` if torch can use it here (``cpu``, ``cuda``, ``cuda:N``, ``mps``; ``None``:
+    the default), else :class:`ModelError` naming ``key`` and what to use instead."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"{key} {device!r} is not a device: use cpu, cuda, cuda:N or mps")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelError(f"{key} {device!r}: no CUDA device is visible here; use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ModelError(f"{key} {device!r}: only {count} CUDA device(s) here")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"{key} {device!r}: MPS is not available here; use cpu")
+    return device
 
 
 def _default_dtype(device: str) -> torch.dtype:
@@ -138,16 +169,31 @@ def _save_atomically(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _cached_hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot of a hub model already in the Hugging Face cache, or ``None``."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an id the hub would reject (HFValidationError) is not cached either
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
 def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     """A directory (or HF id) that ``from_pretrained`` can load.
 
     Accepts an alias from :data:`MODEL_ALIASES`, a ``.gguf`` file (converted once), a local
-    model directory, or a Hugging Face hub id (returned unchanged).
+    model directory, or a Hugging Face hub id: offline by default its cached snapshot
+    directory (:class:`ModelError` at once if it is not cached), with
+    :func:`downloads_allowed` the id itself, for ``from_pretrained`` to download.
     """
     name = str(name_or_path)
     if name == "smollm2-135m-instruct":
         return str(convert_gguf(smollm2_gguf_path()))
     if name.startswith("tiny-"):
+        if name not in MODEL_ALIASES:
+            raise ModelError(f"unknown tiny model {name!r}; aliases: {', '.join(MODEL_ALIASES)}")
         return str(_saved_tiny_model(name.removeprefix("tiny-")))
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
@@ -158,7 +204,16 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
         return str(path)
     if path.exists() or name.startswith((".", "/", "~")):
         raise ModelError(f"model not found: {name} (expected a model directory or a .gguf file)")
-    return name  # a hub id
+    if downloads_allowed():
+        return name  # a hub id, downloaded by from_pretrained
+    snapshot = _cached_hub_snapshot(name)
+    if snapshot is None:
+        raise ModelError(
+            f"model {name!r} not found locally: it is not a local directory, a .gguf file, an "
+            f"alias ({', '.join(MODEL_ALIASES)}) or a hub id in the Hugging Face cache; check "
+            "the name, or pass --allow-download (or set HF_HUB_OFFLINE=0) to download it"
+        )
+    return str(snapshot)
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:

@@ -90,8 +90,17 @@ class PairConfig:
                 raise ValueError(f"pairs.{name} must be one of {allowed}, not {value!r}")
         if self.value == "prm" and not self.prm_model:
             raise ValueError("pairs.value 'prm' needs pairs.prm_model")
-        if self.threshold < 0:
-            raise ValueError(f"pairs.threshold must be >= 0, got {self.threshold}")
+        # Values lie in [0, 1]: a threshold above 1 can never be passed (and 1 only never).
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(
+                f"pairs.threshold must be in [0, 1] (values lie in [0, 1]), got {self.threshold}"
+            )
+        if not 0 <= self.bellman_discount <= 1:
+            raise ValueError(
+                f"pairs.bellman_discount must be in [0, 1], got {self.bellman_discount}"
+            )
+        if self.min_leaves < 0:
+            raise ValueError(f"pairs.min_leaves must be >= 0, got {self.min_leaves}")
         if self.rollouts < 0 or (self.rollouts and self.value != "mc"):
             raise ValueError(
                 f"pairs.rollouts must be >= 0 and needs value 'mc', got {self.rollouts}"
@@ -319,11 +328,15 @@ def stepwise_records(trees: Iterable[StepTree]) -> pd.DataFrame:
 
 
 def write_pairs(pairs: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """``path`` (parquet, every column) and ``<stem>.trl.parquet`` beside it (TRL format)."""
-    write_parquet_atomic(pairs, path)
-    path = os.fspath(path)
-    stem = path[: -len(".parquet")] if path.endswith(".parquet") else path
+    """``path`` (parquet, every column) and ``<stem>.trl.parquet`` beside it (TRL format).
+
+    ``path`` is written last: the loop takes it as the mark of a finished pairs phase, so a
+    kill in between must not leave it without its TRL export.
+    """
+    name = os.fspath(path)
+    stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
     write_parquet_atomic(to_trl_preference(pairs), stem + ".trl.parquet")
+    write_parquet_atomic(pairs, path)
 
 
 def summarize_pairs(pairs: pd.DataFrame, trees: int) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Reports: the notebooks of ``notebooks/`` executed by papermill, exported to offline HTML.
 
-``render_run_report(run_dir)`` writes ``reports/<run_id>/`` with every run notebook as an
+``render_run_report(run_dir)`` writes the run's report directory (:func:`run_report_dir`:
+``<run_dir>/../reports/<run_dir name>/`` unless the run sets ``report_dir``) with every run
+notebook as an
 executed ``.ipynb`` and a self-contained ``.html`` (inputs hidden, plotly.js embedded, no CDN),
 plus an ``index.html`` linking them. ``render_compare_report`` does the same for several runs,
 and ``sweep`` executes one notebook over a grid of parameters.
@@ -27,6 +29,7 @@ from typing import Any
 import yaml
 
 from sppd_lib import viz
+from sppd_lib.config import config_to_dict as config_dict
 
 __all__ = [
     "NOTEBOOKS_DIR",
@@ -43,6 +46,8 @@ __all__ = [
     "parse_grid",
     "render_compare_report",
     "render_run_report",
+    "render_study_report",
+    "run_report_dir",
     "sweep",
 ]
 
@@ -268,20 +273,36 @@ def _generated() -> str:
 # ---------------------------------------------------------------------------------------
 
 
+def run_report_dir(
+    run_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Where the reports of ``run_dir`` go: ``report_dir`` (a run config's key) if given, else
+    ``<run_dir>/../reports/<run_dir name>`` (``runs/demo`` -> ``runs/reports/demo``). One rule
+    from the run directory, so runs in different directories never share a report folder."""
+    if report_dir is not None:
+        return Path(report_dir)
+    run_dir = Path(os.path.abspath(run_dir))  # `runs/demo/.` names demo, not "."
+    return run_dir.parent / "reports" / run_dir.name
+
+
 def render_run_report(
     run_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str] | None = None,
     notebooks: Sequence[str] | None = None,
 ) -> Report:
     """Execute the run notebooks against ``run_dir`` into ``out_dir`` (default
-    ``reports/<run_id>``) as .ipynb + .html, and write ``index.html``.
+    :func:`run_report_dir` of the run) as .ipynb + .html, and write ``index.html``.
 
     Raises :class:`viz.RunNotFoundError` for a missing run directory and
     :class:`ReportError` when a notebook fails (after writing everything else).
     """
     started = time.perf_counter()
     run = viz.load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else Path("reports") / run.run_id
+    out = (
+        Path(out_dir)
+        if out_dir is not None
+        else run_report_dir(run.path, run.config.get("report_dir"))
+    )
     out.mkdir(parents=True, exist_ok=True)
     stems = list(notebooks or RUN_NOTEBOOKS)
     report = Report(out_dir=out, index=out / "index.html")
@@ -323,6 +344,40 @@ def render_compare_report(
     entries = [("compare_runs", "Comparing runs", f"{metric} per iteration, final scores")]
     body = _links(report, entries) + "<h2>Final scores</h2>" + _scores_html(runs)
     _write_index(out, f"SPPD runs: {names}", _generated(), body)
+    report.seconds = time.perf_counter() - started
+    _raise_if_failed(report)
+    return report
+
+
+def render_study_report(
+    study_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None
+) -> Report:
+    """Execute the ``study`` notebook against ``study_dir`` into ``out_dir`` (default
+    ``<study_dir>/../reports/<study name>``, the rule of :func:`run_report_dir`) with an
+    ``index.html`` holding the arm table. Raises :class:`ReportError` when it fails."""
+    from sppd_lib.study_results import format_arm_table, load_study
+
+    started = time.perf_counter()
+    study = load_study(study_dir)  # fails early on a missing study
+    out = Path(out_dir) if out_dir is not None else run_report_dir(study.path)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(out_dir=out, index=out / "index.html")
+    parameters = {"study_dir": str(study.path.resolve()), "compare": study.config.compare or None}
+    _render("study", parameters, out, f"{study.study_id} · margin study", report)
+    entries = [
+        ("study", "The margin study", "arms × seeds, γ curve, paired comparisons, Δv, flips")
+    ]
+    table = format_arm_table(study.arms)
+    scores = table.to_html(border=0) if len(table) else "<p>No arm evaluated yet.</p>"
+    config = html.escape(yaml.safe_dump(config_dict(study.config), sort_keys=False))
+    body = (
+        _links(report, entries)
+        + "<h2>Greedy pass@1 per arm (mean over seeds [95% interval])</h2>"
+        + scores
+        + f"<h2>Config</h2><pre>{config}</pre>"
+    )
+    meta = f"study directory {html.escape(str(study.path))} · {_generated()}"
+    _write_index(out, f"SPPD margin study {study.study_id}", meta, body)
     report.seconds = time.perf_counter() - started
     _raise_if_failed(report)
     return report

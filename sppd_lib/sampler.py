@@ -21,9 +21,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sppd_lib.config import option
+from sppd_lib.config import ConfigError, option
 from sppd_lib.data import Problem
 from sppd_lib.engines import Engine, SamplingSettings
+from sppd_lib.files import write_text_atomic
 from sppd_lib.grading import extract_answer
 from sppd_lib.prompts import (
     DEFAULT_STEP_DELIMITER,
@@ -93,9 +94,18 @@ class SamplerConfig:
             "max_depth",
             "max_total_tokens",
             "passes_per_round",
+            "problems_per_batch",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"sampler.{name} must be >= 1, got {getattr(self, name)}")
+        # Temperature 0 or top_p 0 decode greedily: all C children equal, so no pairs at all.
+        if not self.temperature > 0:
+            raise ValueError(
+                f"sampler.temperature must be > 0 (0 samples identical siblings), "
+                f"got {self.temperature}"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampler.top_p must be in (0, 1], got {self.top_p}")
         if self.answer_format not in ("boxed", "any"):
             raise ValueError(
                 f"sampler.answer_format must be 'boxed' or 'any', not {self.answer_format!r}"
@@ -252,16 +262,71 @@ def _partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial.jsonl")
 
 
-def _finished_batches(partial: Path, config: SamplerConfig, total: int) -> dict[int, list[dict]]:
-    """Trees of the batches a crashed run finished; a torn last line or a half batch is dropped."""
+def _settings_of(
+    tree: dict, problems: Sequence[Problem], config: SamplerConfig, meta: dict | None
+) -> list[str]:
+    """How the stored ``tree`` was made differently from what is asked now: ``key: old ->
+    new`` for the sampler settings, the caller's meta (model, engine, shard, ...) and the
+    problem it belongs to; empty when it is the same."""
+    stored = tree.get("meta") or {}
+    changes = []
+    old_sampler = stored.get("sampler") or {}
+    for key, value in asdict(config).items():
+        if old_sampler.get(key) != value:
+            changes.append(f"{key}: {old_sampler.get(key)!r} -> {value!r}")
+    for key, value in (meta or {}).items():
+        if stored.get(key) != value:
+            changes.append(f"{key}: {stored.get(key)!r} -> {value!r}")
+    index = stored.get("problem_index")
+    problem_id = (tree.get("problem") or {}).get("id")
+    if not isinstance(index, int) or index >= len(problems) or problems[index].id != problem_id:
+        changes.append(f"problem {index}: {problem_id!r} is not in the problems asked for now")
+    return changes
+
+
+def _check_same_settings(
+    path: Path,
+    trees: Iterable[dict],
+    problems: Sequence[Problem],
+    config: SamplerConfig,
+    meta: dict | None,
+) -> None:
+    """Refuse to resume or reuse ``path`` when it was sampled under other settings: mixing
+    them would silently give trees of two different samplers in one file."""
+    for tree in trees:
+        changes = _settings_of(tree, problems, config, meta)
+        if changes:
+            shown = "; ".join(changes[:4]) + ("; ..." if len(changes) > 4 else "")
+            raise ConfigError(
+                f"{path} was sampled with other settings ({shown}): rerun with the settings "
+                "it was made with, or choose another --out (or move that file away)"
+            )
+
+
+def _finished_batches(
+    partial: Path,
+    config: SamplerConfig,
+    problems: Sequence[Problem],
+    meta: dict | None = None,
+) -> dict[int, list[dict]]:
+    """Trees of the batches a crashed run finished; a torn last line or a half batch is dropped.
+
+    Raises:
+        ConfigError: the finished batches were sampled with other settings or problems.
+    """
     by_batch: dict[int, list[dict]] = {}
+    total = len(problems)
     if partial.is_file():
-        for line in partial.read_text(encoding="utf-8").splitlines():
+        for raw in partial.read_bytes().splitlines():
             try:
-                tree = json.loads(line)
-            except json.JSONDecodeError:
+                tree = json.loads(raw)
+                batch = tree["meta"]["batch"]
+            except (ValueError, KeyError, TypeError):
                 continue  # the line being written when the run stopped
-            by_batch.setdefault(tree["meta"]["batch"], []).append(tree)
+            by_batch.setdefault(batch, []).append(tree)
+        _check_same_settings(
+            partial, (t for ts in by_batch.values() for t in ts), problems, config, meta
+        )
     sizes = {
         b: min(config.problems_per_batch, total - b * config.problems_per_batch) for b in by_batch
     }
@@ -283,21 +348,34 @@ def sample_to_file(
     Each finished batch is appended to ``<out>.partial.jsonl`` at once; a rerun keeps the
     finished batches and samples only the rest (same trees as an uninterrupted run). The
     final file is written atomically and the partial file removed. An existing ``out`` is
-    left as it is.
+    left as it is when it holds these problems sampled with these settings.
+
+    Raises:
+        ConfigError: ``out`` or its partial file was sampled with other settings (sampler
+            config, ``meta`` such as the model, or other problems): never mixed, never replaced.
     """
     out = Path(out)
     if out.is_file():
-        logger.info("%s exists: nothing to sample", out)
+        # Reused only if it is what was asked for: same settings, same problems.
+        stored = [t.to_dict() for t in read_trees(out)]
+        _check_same_settings(out, stored, problems, config, meta)
+        if len(stored) != len(problems):
+            raise ConfigError(
+                f"{out} holds {len(stored)} trees, {len(problems)} problems are asked for: "
+                "choose another --out (or move that file away)"
+            )
+        logger.info("%s exists with these settings: nothing to sample", out)
         return out
     partial = _partial_path(out)
-    done = _finished_batches(partial, config, len(problems))
+    done = _finished_batches(partial, config, problems, meta)
     if done:
         logger.info("resuming %s: %d batches already sampled", out, len(done))
     out.parent.mkdir(parents=True, exist_ok=True)
-    with partial.open("w", encoding="utf-8") as handle:  # rewrite only the finished batches
-        for batch in sorted(done):
-            handle.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in done[batch])
-        handle.flush()
+    # Keep only the finished batches (a torn line or a half batch goes), atomically, so a
+    # kill during this rewrite cannot lose them.
+    lines = [json.dumps(t, ensure_ascii=False) + "\n" for b in sorted(done) for t in done[b]]
+    write_text_atomic(partial, "".join(lines))
+    with partial.open("a", encoding="utf-8") as handle:
         for tree in sample_trees(
             engine, tokenizer, problems, config, progress=progress, meta=meta, skip_batches=done
         ):

@@ -456,32 +456,40 @@ def run_study(
 ) -> Any:
     """Run (or resume) a study; returns its :class:`~sppd_lib.study_results.Study` with the
     tables (also written as parquet)."""
-    from sppd_lib.loop import _check_data, _engine, _eval_phase, _Policy, _sample_phase
+    from sppd_lib.files import RunLock
+    from sppd_lib.loop import _engine, _eval_phase, _Policy, _sample_phase, check_run
     from sppd_lib.models import resolve_model
     from sppd_lib.study_results import load_study
 
     root = Path(study_dir) if study_dir is not None else Path("studies") / config.study_id
-    model_path = resolve_model(config.model)  # a missing model fails before anything is written
     base = config.run_config(["sppd"])
-    _check_data(base)
-    _start_study_dir(config, root)
-    policy = _Policy(config.device)
-    started = time.perf_counter()
-    if not (root / "trees.jsonl.gz").exists():
-        if from_run is not None:
-            _take_trees(config, root, Path(from_run))
-        else:
-            _sample_phase(base, policy, model_path, root, 1)
-    (root / START).mkdir(exist_ok=True)
-    _eval_phase(base, policy, model_path, root / START, 0)
-    for name, pair_config in config.estimators.items():
-        _build_values(config, name, pair_config, root, lambda: _engine(base, policy, model_path))
-    for arm in resolve_arms(config):
-        for seed in config.seeds:
-            _run_arm(config, arm, seed, root, model_path, policy)
-    study = load_study(root)
-    write_parquet_atomic(study.table, root / "study.parquet")
-    write_parquet_atomic(study.arms, root / "arms.parquet")
-    write_parquet_atomic(study.comparisons, root / "comparisons.parquet")
+    check_run(base, root)  # model, PRMs, data, writable: before anything is written
+    for pair_config in config.estimators.values():
+        if pair_config.value == "prm" and pair_config.prm_model != "own":
+            resolve_model(pair_config.prm_model)  # type: ignore[arg-type]
+    if from_run is not None and not (Path(from_run) / "iter_1" / "trees.jsonl.gz").is_file():
+        raise ConfigError(f"--from-run {from_run}: no iter_1/trees.jsonl.gz there")
+    model_path = resolve_model(config.model)
+    with RunLock(root, f"study directory {root}"):
+        _start_study_dir(config, root)
+        policy = _Policy(config.device)
+        started = time.perf_counter()
+        if not (root / "trees.jsonl.gz").exists():
+            if from_run is not None:
+                _take_trees(config, root, Path(from_run))
+            else:
+                _sample_phase(base, policy, model_path, root, 1)
+        (root / START).mkdir(exist_ok=True)
+        _eval_phase(base, policy, model_path, root / START, 0)
+        for name, pair_config in config.estimators.items():
+            engine_for = lambda: _engine(base, policy, model_path)  # noqa: E731
+            _build_values(config, name, pair_config, root, engine_for)
+        for arm in resolve_arms(config):
+            for seed in config.seeds:
+                _run_arm(config, arm, seed, root, model_path, policy)
+        study = load_study(root)
+        write_parquet_atomic(study.table, root / "study.parquet")
+        write_parquet_atomic(study.arms, root / "arms.parquet")
+        write_parquet_atomic(study.comparisons, root / "comparisons.parquet")
     logger.info("study %s done in %.1f min", root, (time.perf_counter() - started) / 60)
     return study

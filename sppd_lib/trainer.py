@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import shutil
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from accelerate import PartialState
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sppd_lib.config import ConfigError, config_to_dict, option
+from sppd_lib.config import ConfigError, check_ranges, config_to_dict, option
 from sppd_lib.files import write_parquet_atomic
 from sppd_lib.loss import MARGIN_MODES, sft_loss, sppd_loss, value_margin
 from sppd_lib.packing import Batch, pack_sequences, pad_sequences, sequence_logps
@@ -133,6 +134,18 @@ class TrainConfig:
             raise ConfigError(f"train.gamma must be >= 0, got {self.gamma}")
         if self.fixed_margin is not None and self.fixed_margin < 0:
             raise ConfigError(f"train.fixed_margin must be >= 0 or null, got {self.fixed_margin}")
+        check_ranges(
+            self,
+            "train.",
+            {
+                "warmup_ratio": (0 <= self.warmup_ratio < 1, "in [0, 1)"),
+                "weight_decay": (self.weight_decay >= 0, ">= 0"),
+                "max_grad_norm": (self.max_grad_norm >= 0, ">= 0"),
+                "lora_alpha": (self.lora_alpha > 0, "> 0"),
+                "lora_dropout": (0 <= self.lora_dropout < 1, "in [0, 1)"),
+                "max_examples": (self.max_examples is None or self.max_examples >= 1, ">= 1"),
+            },
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -493,6 +506,38 @@ def _prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedMod
     )
 
 
+#: Marks ``<out_dir>.partial`` as a work dir this module made (so it may delete it).
+WORK_MARK = ".sppd-train-work"
+
+
+def check_train_out(out_dir: str | os.PathLike[str], *, work_dir: bool = True) -> Path:
+    """The checks :func:`train` makes before any work: ``out_dir`` is absent or an empty
+    directory, its ``.partial`` work dir is absent or ours, and the location is writable.
+
+    Raises:
+        ConfigError: naming the directory and what to do.
+    """
+    from sppd_lib.files import check_writable
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(
+            f"{out_dir} already exists and is not empty: choose another --out (training never "
+            "deletes a directory it did not make)"
+        )
+    work = out_dir.with_name(out_dir.name + ".partial")
+    if work_dir and work.exists() and not (work / WORK_MARK).is_file():
+        raise ConfigError(
+            f"{work} exists and was not made by sppd (no {WORK_MARK} in it): move it away "
+            "or choose another --out"
+        )
+    try:
+        check_writable(out_dir, directory=True)
+    except OSError as exc:
+        raise ConfigError(str(exc)) from None
+    return out_dir
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -508,6 +553,10 @@ def train(
     per step: β·h, margin, loss), ``config.json``, ``metrics.json``, ``adapter/`` (LoRA) and
     ``model/`` (full weights with the tokenizer). It is built in ``<out_dir>.partial`` and
     renamed when complete, so a crash never leaves a half-written result.
+
+    Nothing this function did not create is deleted: ``out_dir`` must not exist or be empty
+    (:class:`ConfigError` otherwise), and a leftover ``<out_dir>.partial`` is removed only
+    when it carries the work-dir mark written when it was made.
     """
     out_dir = Path(out_dir)
     if len(data) == 0:
@@ -529,9 +578,16 @@ def train(
     # The process group of `accelerate launch` (one process otherwise). Without `cpu=True` a
     # CPU-only launch reads as not distributed and every rank would think it is the main one.
     state = PartialState(cpu=not cuda)
+    # The work dir is the main process's: other ranks would race its creation.
+    check_train_out(out_dir, work_dir=state.is_main_process)
     if state.is_main_process:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        work_dir.mkdir(parents=True)
+        if work_dir.exists():  # a crashed run's work dir: ours only if it has our mark
+            shutil.rmtree(work_dir)
+        # Made with its mark in place (staged, then renamed): a kill cannot leave it unmarked.
+        work_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=work_dir.parent, prefix=f".{work_dir.name}-"))
+        (staging / WORK_MARK).write_text("made by sppd_lib.trainer.train; safe to delete\n")
+        os.replace(staging, work_dir)
     state.wait_for_everyone()
     ordered = training_order(data, config.epochs, config.seed, config.group_by_tree)
     dataset = PreferenceDataset(ordered, config.phase)
@@ -570,8 +626,9 @@ def train(
     if not trainer.is_world_process_zero():
         return result
     _save(trainer, policy, tokenizer, config, work_dir, result)
+    (work_dir / WORK_MARK).unlink()
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        out_dir.rmdir()  # empty (check_train_out): nothing of anyone's is lost
     os.replace(work_dir, out_dir)
     result.model_dir = out_dir / "model" if config.save_merged else None
     result.adapter_dir = out_dir / "adapter" if config.lora_r else None

@@ -13,13 +13,14 @@ import gzip
 import json
 import math
 import os
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sppd_lib.data import Problem
+from sppd_lib.data import DataError, Problem
 from sppd_lib.files import atomic_path
 
 __all__ = ["StepNode", "StepTree", "TreeStats", "read_trees", "write_trees"]
@@ -219,13 +220,23 @@ def write_trees(path: str | os.PathLike[str], trees: Iterable[StepTree]) -> int:
 
 
 def read_trees(path: str | os.PathLike[str]) -> Iterator[StepTree]:
-    """Stream trees from gzip JSONL; a bad line raises ``ValueError`` naming file and line."""
+    """Stream trees from gzip JSONL. A bad line, or a file that is not gzip or is cut short,
+    raises :class:`DataError` (a ``ValueError``) naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"trees file not found: {path}")
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            try:
-                yield StepTree.from_dict(json.loads(line))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{line_number}: not a step tree ({exc})") from None
+    line_number = 0
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                try:
+                    tree = StepTree.from_dict(json.loads(line))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise DataError(f"{path}:{line_number}: not a step tree ({exc})") from None
+                yield tree
+    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as exc:
+        where = f"after line {line_number}" if line_number else "at the start"
+        raise DataError(
+            f"{path}: not a complete gzip trees file, broken {where} ({type(exc).__name__}: "
+            f"{exc}); sample it again (sppd sample) or restore it"
+        ) from None

@@ -42,14 +42,34 @@ def test_attach_lora_trains_only_the_adapter() -> None:
     assert trainable and all("lora_" in n for n in trainable)
 
 
-def test_missing_model_paths(tmp_path) -> None:
+def test_missing_model_paths(tmp_path, monkeypatch) -> None:
     with pytest.raises(ModelError, match="GGUF file not found"):
         resolve_model(tmp_path / "nope.gguf")
     with pytest.raises(ModelError, match="model not found"):
         resolve_model(str(tmp_path / "nope"))
     with pytest.raises(ModelError, match=r"without config\.json"):
         resolve_model(tmp_path)
-    assert resolve_model("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"  # a hub id passes through
+    # Offline by default: an uncached hub id fails at once, naming the ways a model is found.
+    monkeypatch.delenv("SPPD_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ModelError, match=r"not found locally.*--allow-download"):
+        resolve_model("Qwen/Qwen2.5-7B")
+    monkeypatch.setenv("SPPD_ALLOW_DOWNLOAD", "1")  # the opt-in: a hub id passes through
+    assert resolve_model("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"
+
+
+def test_cached_hub_id_resolves_offline(tmp_path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--org--m" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--org--m" / "refs").mkdir()
+    (tmp_path / "models--org--m" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("SPPD_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert resolve_model("org/m") == str(snapshot)
 
 
 @pytest.mark.slow
