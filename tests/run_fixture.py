@@ -21,8 +21,8 @@ import yaml
 
 from sppd_lib.data import load_problems
 from sppd_lib.engines.transformers_engine import TransformersEngine
-from sppd_lib.evaluate import _wilson_interval
 from sppd_lib.files import write_parquet_atomic
+from sppd_lib.metrics import wilson_interval
 from sppd_lib.models import build_tiny_model
 from sppd_lib.pairs import PairConfig, build_pairs, write_pairs
 from sppd_lib.sampler import SamplerConfig, sample_trees
@@ -143,7 +143,7 @@ def _summary_rows(iteration: int, evals: pd.DataFrame, rng: random.Random) -> li
         n, greedy = len(group), int(group["correct"].sum())
         for offset, metric in enumerate(METRICS):
             correct = min(n, greedy + offset * rng.randint(0, 3))
-            low, high = _wilson_interval(correct, n)
+            low, high = wilson_interval(correct, n)
             rows.append([iteration, benchmark, metric, correct / n, n, correct, low, high])
     return rows
 

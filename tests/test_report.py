@@ -30,7 +30,13 @@ def run_dirs(tmp_path_factory):
 
 
 def test_every_notebook_is_paired_and_parameterized() -> None:
-    assert {p.stem for p in NOTEBOOKS} == {"accuracy", "compare_runs", "margins", "tree_explorer"}
+    assert {p.stem for p in NOTEBOOKS} == {
+        "accuracy",
+        "compare_runs",
+        "margins",
+        "study",
+        "tree_explorer",
+    }
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         paired = jupytext.read(path.with_suffix(".py"))
@@ -215,3 +221,23 @@ print(json.dumps({{"seen": seen, "second": explorer.problem.options[1][1]}}))
     first_title, first_nodes, second_title, shallow_nodes = result["seen"]
     assert second_title != first_title and result["second"] in second_title
     assert shallow_nodes < first_nodes
+
+
+@pytest.mark.slow
+def test_study_report_renders_in_chromium(tmp_path) -> None:
+    from sppd_lib.study import load_study_config, run_study
+
+    config = load_study_config(report.NOTEBOOKS_DIR.parent / "configs" / "study_smoke.yaml")
+    study_dir = tmp_path / "studies" / "study_smoke"
+    run_study(config, study_dir)
+    assert main(["report", "--study-dir", str(study_dir)]) == 0
+    out = tmp_path / "studies" / "reports" / "study_smoke"  # beside the study, one rule
+    page, notebook = out / "study.html", out / "study.ipynb"
+    text = page.read_text()
+    assert "Traceback" not in text and "dynamic_g1" in text and "Table 4" in text
+    assert "dynamic_g1" in (out / "index.html").read_text()
+    if report.find_chromium() is None:
+        pytest.skip("Chromium not installed (CI installs it: apt-get install chromium)")
+    check = report.browser_check(page, tmp_path / "study.png")
+    assert check.errors == []
+    assert check.figures == check.rendered == plotly_outputs(notebook) == 3
