@@ -376,6 +376,11 @@ def _run_pairs(args: argparse.Namespace) -> int:
     from sppd_lib.pairs import build_pairs, stepwise_records, summarize_pairs, write_pairs
 
     config = config_from_args(PairConfig, args, section="pairs")
+    if config.rollouts:
+        raise ConfigError(
+            "pairs.rollouts needs the model that sampled the trees: use it in `sppd run` or "
+            "`sppd study`, or add_mc_rollouts in Python (sppd pairs loads no model)"
+        )
     if config.value == "prm":
         try:
             resolve_model(config.prm_model)  # type: ignore[arg-type]

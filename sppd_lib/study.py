@@ -481,12 +481,18 @@ def run_study(
                 _sample_phase(base, policy, model_path, root, 1)
         (root / START).mkdir(exist_ok=True)
         _eval_phase(base, policy, model_path, root / START, 0)
-        for name, pair_config in config.estimators.items():
-            engine_for = lambda: _engine(base, policy, model_path)  # noqa: E731
-            _build_values(config, name, pair_config, root, engine_for)
-        for arm in resolve_arms(config):
+        estimators = config.estimators
+        engine_for = lambda: _engine(base, policy, model_path)  # noqa: E731
+        arms = resolve_arms(config)
+        # An estimator is built when its first arm needs it; the others (only shown in the
+        # report's Δv figure) after every arm, so they never hold the arms up.
+        needed = list(dict.fromkeys(arm.values for arm in arms))
+        for arm in arms:
+            _build_values(config, arm.values, estimators[arm.values], root, engine_for)
             for seed in config.seeds:
                 _run_arm(config, arm, seed, root, model_path, policy)
+        for name in [n for n in estimators if n not in needed]:
+            _build_values(config, name, estimators[name], root, engine_for)
         study = load_study(root)
         write_parquet_atomic(study.table, root / "study.parquet")
         write_parquet_atomic(study.arms, root / "arms.parquet")

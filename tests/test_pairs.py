@@ -268,6 +268,8 @@ def test_cli_pairs(tmp_path, capsys) -> None:
     assert "trees file not found" in capsys.readouterr().err
     assert main([*argv, "--pairing", "big"]) == 2
     assert "pairs.pairing must be one of" in capsys.readouterr().err
+    assert main([*argv, "--value", "mc", "--rollouts", "2"]) == 2  # no model to roll out with
+    assert "pairs.rollouts needs the model" in capsys.readouterr().err
 
 
 @pytest.mark.slow
