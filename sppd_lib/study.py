@@ -487,9 +487,10 @@ def run_study(
         # An estimator is built when its first arm needs it; the others (only shown in the
         # report's Δv figure) after every arm, so they never hold the arms up.
         needed = list(dict.fromkeys(arm.values for arm in arms))
-        for arm in arms:
-            _build_values(config, arm.values, estimators[arm.values], root, engine_for)
-            for seed in config.seeds:
+        # Seed by seed, so a study stopped early has compared every arm on the first seeds.
+        for seed in config.seeds:
+            for arm in arms:
+                _build_values(config, arm.values, estimators[arm.values], root, engine_for)
                 _run_arm(config, arm, seed, root, model_path, policy)
         for name in [n for n in estimators if n not in needed]:
             _build_values(config, name, estimators[name], root, engine_for)

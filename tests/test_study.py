@@ -198,7 +198,7 @@ def test_killed_study_resumes_to_the_same_tables(smoke_study, tmp_path) -> None:
                "--study-dir", str(killed)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    # Kill during the third arm's training: its train dir exists, its arm.json does not.
+    # Kill during the training of fixed, seed 0: its train dir exists, its arm.json does not.
     while time.monotonic() < deadline and process.poll() is None:
         if list(killed.glob("fixed/seed_0/train/*")):
             break
