@@ -24,7 +24,6 @@ from sppd_lib.data import DataError, load_problems
 from sppd_lib.files import LockedError, NotWritableError, RunLock, check_writable
 from sppd_lib.loop import load_run_config, run
 from sppd_lib.pairs import PairConfig, build_pairs, write_pairs
-from sppd_lib.report import run_report_dir
 from sppd_lib.sampler import SamplerConfig, sample_to_file
 from sppd_lib.tree import read_trees, write_trees
 
@@ -548,6 +547,7 @@ def test_12_a_run_refuses_a_changed_data_file(tmp_path, finished, custom_data) -
 
 def test_13_reports_go_beside_their_run_dir(tmp_path, finished, monkeypatch, capsys) -> None:
     import sppd_lib.report as report
+    from sppd_lib.report import run_report_dir  # plotly: not in the vLLM virtualenv
 
     assert run_report_dir("runs/demo") == Path(os.path.abspath("runs/reports/demo"))
     assert run_report_dir("runs/demo", "elsewhere/r") == Path("elsewhere/r")
