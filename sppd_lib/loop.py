@@ -157,8 +157,17 @@ def load_run_config(path: str | os.PathLike[str], overrides: list[str] | None = 
     Raises:
         ConfigError: missing file, unknown key or wrong type, naming the key.
     """
-    data = load_yaml(path)
-    for override in overrides or []:
+    data = apply_overrides(load_yaml(path), overrides or [])
+    migrate_margin_keys(data, str(path))
+    try:
+        return config_from_dict(RunConfig, data)
+    except ValueError as exc:  # __post_init__ checks of the nested configs
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a config mapping in place."""
+    for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set wants key=value, got {override!r}")
@@ -172,11 +181,7 @@ def load_run_config(path: str | os.PathLike[str], overrides: list[str] | None = 
             target[leaf] = parse_yaml(raw)
         except Exception as exc:  # yaml.YAMLError or a duplicate key
             raise ConfigError(f"--set {override}: not a YAML value ({exc})") from None
-    migrate_margin_keys(data, str(path))
-    try:
-        return config_from_dict(RunConfig, data)
-    except ValueError as exc:  # __post_init__ checks of the nested configs
-        raise ConfigError(f"{path}: {exc}") from None
+    return data
 
 
 #: Keys that moved from the ``pairs`` section to ``train`` when the margin became a training

@@ -55,7 +55,7 @@ from sppd_lib.config import (
     option,
 )
 from sppd_lib.files import write_parquet_atomic, write_text_atomic
-from sppd_lib.loop import DataConfig, RunConfig
+from sppd_lib.loop import DataConfig, RunConfig, apply_overrides, migrate_margin_keys
 from sppd_lib.pairs import PairConfig
 from sppd_lib.sampler import SamplerConfig
 from sppd_lib.trainer import TrainConfig
@@ -248,22 +248,7 @@ def load_study_config(
     path: str | os.PathLike[str], overrides: list[str] | None = None
 ) -> StudyConfig:
     """A :class:`StudyConfig` from YAML with ``key.sub=value`` overrides (values as YAML)."""
-    import yaml
-
-    from sppd_lib.loop import migrate_margin_keys
-
-    data = load_yaml(path)
-    for override in overrides or []:
-        key, sep, raw = override.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set wants key=value, got {override!r}")
-        target = data
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"--set {key}: {parent} is not a section")
-        target[leaf] = yaml.safe_load(raw)
+    data = apply_overrides(load_yaml(path), overrides or [])
     migrate_margin_keys(data, str(path))
     try:
         return config_from_dict(StudyConfig, data)

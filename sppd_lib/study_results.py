@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from sppd_lib.config import ConfigError, config_from_dict, load_yaml
+from sppd_lib.evaluate import SUMMARY_COLUMNS
 from sppd_lib.metrics import mcnemar_exact, paired_bootstrap, seed_interval, wilson_interval
 from sppd_lib.study import START, StudyConfig, resolve_arms
 
@@ -105,17 +106,8 @@ def load_study(study_dir: str | os.PathLike[str]) -> Study:
     return study
 
 
-STUDY_COLUMNS = [
-    "arm",
-    "seed",
-    "benchmark",
-    "metric",
-    "value",
-    "n",
-    "correct",
-    "ci95_low",
-    "ci95_high",
-]
+#: Columns of ``study.parquet``: a summary row (evaluate.SUMMARY_COLUMNS) per arm and seed.
+STUDY_COLUMNS = ["arm", "seed", *SUMMARY_COLUMNS[1:]]
 
 
 def study_table(study: Study) -> pd.DataFrame:
