@@ -155,15 +155,17 @@ def delta_value_figure(study: Study) -> go.Figure:
             col=col,
         )
         figure.layout.annotations[col - 1].text = (
-            f"{name}: {len(pairs)} pairs, {below} with Δv < 1"
-            + (" (a single value: dynamic = fixed)" if delta.nunique() == 1 else "")
+            f"{name}: {len(pairs)} pairs<br>{below} with Δv < 1"
+            + (" (one value: dynamic = fixed)" if delta.nunique() == 1 else "")
         )
         shown = [0.5, 1.02] if delta.min() >= 0.5 else None
         figure.update_xaxes(title_text="Δv", range=shown, row=1, col=col)
     figure.update_yaxes(title_text="pairs", col=1)
     if not any_pairs:
         return empty_figure(title, "No estimator produced pairs.")
-    return _style(figure, title, height=360)
+    figure = _style(figure, title, height=380)
+    figure.update_layout(margin={"t": 110})  # room for the two-line panel titles
+    return figure
 
 
 def comparison_table(study: Study, include_start: bool = False) -> pd.DataFrame:
