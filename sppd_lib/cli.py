@@ -568,6 +568,17 @@ def _run_sweep(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+def _set_flag(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): config overrides, parsed as YAML."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value, e.g. {example}",
+    )
+
+
 def _add_run(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",
@@ -582,13 +593,7 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", type=Path, required=True, help="run config (YAML)")
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<run_id>")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set sampler.k=16 --set iterations=3",
-    )
+    _set_flag(parser, "--set sampler.k=16 --set iterations=3")
     parser.set_defaults(run=_run_run)
 
 
@@ -658,13 +663,7 @@ def _add_study(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="take the trees of iteration 1 of this run (same starting model) instead of sampling",
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set seeds=[0,1] --set train.epochs=2",
-    )
+    _set_flag(parser, "--set seeds=[0,1] --set train.epochs=2")
     parser.set_defaults(run=_run_study)
 
 
