@@ -246,10 +246,20 @@ def _from_hub(name: str, split: str, limit: int | None) -> list[Problem]:
 # ---------------------------------------------------------------------------------------
 
 
-def _is_held_out(question: str, test_fraction: float) -> bool:
-    """A stable train/test assignment by hash, so the splits never share a question."""
+ARITH_SPLITS = ("train", "dev", "test")
+
+
+def _arith_split(question: str, test_fraction: float, dev_fraction: float) -> str:
+    """A stable split by hash of the question, so no two splits share a question.
+
+    ``test`` is the lowest ``test_fraction`` of the hash range and ``dev`` the next
+    ``dev_fraction``: adding the dev split left every test problem where it was.
+    """
     digest = hashlib.sha256(question.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    if position < test_fraction:
+        return "test"
+    return "dev" if position < test_fraction + dev_fraction else "train"
 
 
 def generate_arithmetic(
@@ -266,18 +276,19 @@ def generate_arithmetic(
     allow_negation: bool = False,
     format_style: str = "simple",
     test_fraction: float = 0.2,
+    dev_fraction: float = 0.1,
 ) -> list[Problem]:
     """Arithmetic expressions with exact integer answers from reasoning-gym's ``basic_arithmetic``.
 
-    Problems are drawn from one seeded stream and assigned to ``train`` or ``test`` by a hash
-    of the question, so a question is in at most one split; duplicates are dropped.
+    Problems are drawn from one seeded stream and assigned to ``train``, ``dev`` or ``test``
+    by a hash of the question, so a question is in at most one split; duplicates are dropped.
+    ``dev`` is for choosing settings: tune on it, report on ``test``.
     """
     import reasoning_gym
 
-    if split not in ("train", "test"):
-        raise DataError(f"arith has splits 'train' and 'test', not {split!r}")
+    if split not in ARITH_SPLITS:
+        raise DataError(f"arith has splits {list(ARITH_SPLITS)}, not {split!r}")
     limit = 200 if limit is None else limit
-    want_test = split == "test"
     problems: list[Problem] = []
     seen: set[str] = set()
     # reasoning-gym seeds item i with (seed + i), so distinct user seeds get far-apart offsets.
@@ -297,7 +308,7 @@ def generate_arithmetic(
     for index in range(len(dataset)):
         item = dataset[index]
         question = item["question"]
-        if question in seen or _is_held_out(question, test_fraction) != want_test:
+        if question in seen or _arith_split(question, test_fraction, dev_fraction) != split:
             continue
         seen.add(question)
         meta = {"expression": item["metadata"].get("expression"), "seed": seed}
@@ -355,7 +366,8 @@ def load_problems(
             :func:`generate_arithmetic`). With ``path``, any name: rows in that benchmark's
             format, or ``{"question", "answer"}`` rows for an unknown name. ``NAME=FILE.jsonl``
             or ``FILE.jsonl`` is the same as ``path=FILE.jsonl`` (:func:`parse_data_spec`).
-        split: ``train`` or ``test`` (the sets that have them).
+        split: ``train`` or ``test`` (the sets that have them); generated ``arith`` also has
+            ``dev``, for tuning.
         limit: keep the first ``limit`` problems.
         path: an explicit JSONL file, used before any other source.
         on_malformed: ``raise`` (default for ``path``) or ``skip`` with a logged warning

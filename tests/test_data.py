@@ -72,6 +72,19 @@ def test_arith_is_deterministic_exact_and_split_disjoint() -> None:
     assert load_problems("arith", "test", limit=20, seed=4) != test[:20]
 
 
+def test_arith_dev_split_is_disjoint_and_leaves_test_unchanged() -> None:
+    splits = {name: load_problems("arith", name, limit=150) for name in ("train", "dev", "test")}
+    questions = {name: {p.question for p in problems} for name, problems in splits.items()}
+    assert not questions["dev"] & questions["train"]
+    assert not questions["dev"] & questions["test"]
+    assert splits["dev"][0].id == "arith/dev/0"
+    # The held-out set predates the dev split: its first problems are the ones README reports.
+    without_dev = load_problems("arith", "test", limit=150, dev_fraction=0.0)
+    assert [p.question for p in without_dev] == [p.question for p in splits["test"]]
+    with pytest.raises(DataError, match="arith has splits \\['train', 'dev', 'test'\\]"):
+        load_problems("arith", "validation")
+
+
 def test_arith_difficulty_knobs() -> None:
     problems = load_problems("arith", "test", limit=30, min_terms=4, max_terms=4, max_digits=2)
     for problem in problems:
