@@ -29,7 +29,7 @@ from sppd_lib.config import EvalConfig
 from sppd_lib.data import Problem, load_problems, parse_data_spec
 from sppd_lib.engines import Engine, SamplingSettings
 from sppd_lib.grading import grade, group_equivalent
-from sppd_lib.metrics import mcnemar_exact, wilson_interval
+from sppd_lib.metrics import wilson_interval
 from sppd_lib.models import eos_token_ids
 from sppd_lib.prm import PRMScorer
 from sppd_lib.prompts import build_prompt, split_steps
@@ -45,7 +45,6 @@ __all__ = [
     "generate_greedy",
     "generate_with_engine",
     "maj_at_n",
-    "paired_change",
     "regrade",
     "sample_responses",
     "sampled_scores",
@@ -523,37 +522,6 @@ def summary_rows(
             "ci95_high": "float64",
         }
     )
-
-
-def paired_change(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
-    """How pass@1 changed between two greedy evaluations of the same problems.
-
-    ``before`` and ``after`` are rows of :func:`evaluate`. Per benchmark, on the problems both
-    hold: problems, accuracy before and after, gained (wrong -> right), lost (right -> wrong)
-    and the exact McNemar p-value of the change, which uses the pairing and so tells a real
-    change from a lucky draw better than two separate confidence intervals do.
-    """
-    keys = ["benchmark", "problem_id"]
-    both = before[[*keys, "correct"]].merge(
-        after[[*keys, "correct"]], on=keys, suffixes=("_before", "_after")
-    )
-    rows = []
-    for benchmark, group in both.groupby("benchmark", sort=False):
-        was, now = group["correct_before"].astype(bool), group["correct_after"].astype(bool)
-        gained, lost = int((~was & now).sum()), int((was & ~now).sum())
-        rows.append(
-            {
-                "benchmark": benchmark,
-                "problems": len(group),
-                "before": float(was.mean()),
-                "after": float(now.mean()),
-                "gained": gained,
-                "lost": lost,
-                "p_value": mcnemar_exact(gained, lost),
-            }
-        )
-    columns = ["benchmark", "problems", "before", "after", "gained", "lost", "p_value"]
-    return pd.DataFrame(rows, columns=columns)
 
 
 def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:

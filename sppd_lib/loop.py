@@ -572,9 +572,9 @@ def accuracy_by_iteration(summary: pd.DataFrame, metric: str = "pass@1") -> pd.D
 
 def change_since_start(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """Greedy pass@1 of the last evaluated iteration against iteration 0, problem by problem
-    (:func:`sppd_lib.evaluate.paired_change`); adds the ``iteration`` compared. Empty before
+    (:func:`sppd_lib.metrics.paired_change`); adds the ``iteration`` compared. Empty before
     two iterations are evaluated."""
-    from sppd_lib.evaluate import paired_change
+    from sppd_lib.metrics import paired_change
 
     evaluated = _evaluated_iterations(run_dir)
     if len(evaluated) < 2 or evaluated[0][0] != 0:

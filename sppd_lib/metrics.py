@@ -10,10 +10,12 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 __all__ = [
     "mcnemar_exact",
     "paired_bootstrap",
+    "paired_change",
     "seed_interval",
     "t_quantile_975",
     "wilson_interval",
@@ -99,3 +101,34 @@ def paired_bootstrap(
     means = per_problem[picks].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return observed, float(low), float(high)
+
+
+def paired_change(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """How pass@1 changed between two greedy evaluations of the same problems.
+
+    ``before`` and ``after`` are rows of :func:`evaluate`. Per benchmark, on the problems both
+    hold: problems, accuracy before and after, gained (wrong -> right), lost (right -> wrong)
+    and the exact McNemar p-value of the change, which uses the pairing and so tells a real
+    change from a lucky draw better than two separate confidence intervals do.
+    """
+    keys = ["benchmark", "problem_id"]
+    both = before[[*keys, "correct"]].merge(
+        after[[*keys, "correct"]], on=keys, suffixes=("_before", "_after")
+    )
+    rows = []
+    for benchmark, group in both.groupby("benchmark", sort=False):
+        was, now = group["correct_before"].astype(bool), group["correct_after"].astype(bool)
+        gained, lost = int((~was & now).sum()), int((was & ~now).sum())
+        rows.append(
+            {
+                "benchmark": benchmark,
+                "problems": len(group),
+                "before": float(was.mean()),
+                "after": float(now.mean()),
+                "gained": gained,
+                "lost": lost,
+                "p_value": mcnemar_exact(gained, lost),
+            }
+        )
+    columns = ["benchmark", "problems", "before", "after", "gained", "lost", "p_value"]
+    return pd.DataFrame(rows, columns=columns)

@@ -17,7 +17,6 @@ from sppd_lib.evaluate import (
     evaluate_samples,
     generate_greedy,
     maj_at_n,
-    paired_change,
     regrade,
     sample_responses,
     sampled_scores,
@@ -25,6 +24,7 @@ from sppd_lib.evaluate import (
     vote_at_n,
 )
 from sppd_lib.grading import grade
+from sppd_lib.metrics import paired_change
 from sppd_lib.prm import PRMScorer
 from sppd_lib.prompts import build_prompt, split_steps
 
