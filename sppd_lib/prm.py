@@ -28,7 +28,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from sppd_lib.models import default_device, resolve_model
 from sppd_lib.tree import ROOT, StepTree
 
-__all__ = ["PRMScorer", "prm_values", "train_prm"]
+__all__ = ["PRMScorer", "load_scorer", "prm_values", "train_prm"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,12 @@ class PRMScorer:
                     values = torch.softmax(at_steps, dim=-1)[:, 1]
                 scores.append(values.tolist())
         return scores
+
+
+def load_scorer(name: str | os.PathLike[str] | None) -> PRMScorer | None:
+    """The one place a PRM is loaded: a :class:`PRMScorer` of ``name``, or ``None`` without
+    one (no PRM configured)."""
+    return PRMScorer(name) if name else None
 
 
 def prm_values(tree: StepTree, scorer: PRMScorer) -> StepTree:

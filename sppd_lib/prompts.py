@@ -6,9 +6,12 @@ next step delimiter, or to the end of the response. Joining the steps gives back
 
 from __future__ import annotations
 
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from sppd_lib.grading import last_boxed
+
+if TYPE_CHECKING:  # only for hints: importing prompts must not load transformers
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 __all__ = [
     "DEFAULT_STEP_DELIMITER",

@@ -34,16 +34,16 @@ from accelerate import PartialState
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sppd_lib.config import ConfigError, check_ranges, config_to_dict, option
+from sppd_lib.config import ConfigError, TrainConfig, config_to_dict
 from sppd_lib.files import write_parquet_atomic
-from sppd_lib.loss import MARGIN_MODES, sft_loss, sppd_loss, value_margin
+from sppd_lib.loss import sft_loss, sppd_loss, value_margin
 from sppd_lib.packing import Batch, pack_sequences, pad_sequences, sequence_logps
+from sppd_lib.rundir import TrainDir
 
 __all__ = [
     "PairCollator",
     "PreferenceDataset",
     "SPPDTrainer",
-    "TrainConfig",
     "TrainResult",
     "compute_reference_logps",
     "pair_margins",
@@ -51,102 +51,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-PHASES = ("sft", "dpo", "sppd")
-
-
-@dataclass
-class TrainConfig:
-    """Training of one phase (SPPD_METHOD.md §5)."""
-
-    phase: str = option("sppd", "'sppd' (step pairs), 'dpo' (sentence pairs) or 'sft' (τ+).")
-    beta: float = option(0.1, "β of the DPO/SPPD loss (paper: 0.1).")
-    margin: str = option(
-        "dynamic",
-        "Margin of the sppd loss: 'dynamic' (γ·Δv, SPPD), 'fixed' (one constant for every "
-        "pair) or 'none' (0: Step-DPO). The paper's ablation (Table 4) compares the three.",
-    )
-    gamma: float = option(
-        1.0,
-        "γ of the margin γ·Δv, >= 0 (paper sweeps 0.1, 0.5, 1, 2, 5 and finds an interior "
-        "optimum; its headline γ is not stated).",
-    )
-    fixed_margin: float | None = option(
-        None,
-        "The constant of margin 'fixed', >= 0; null: the mean of γ·Δv over the phase's "
-        "pairs (the paper does not state its fixed value), so fixed and dynamic have the same "
-        "mean margin and differ only in its spread.",
-    )
-    optimizer: str = option("adamw", "'adamw' or 'sgd' (the paper's DPO/SPPD optimiser).")
-    learning_rate: float = option(1e-4, "Peak learning rate (paper, full fine-tuning: SGD 1e-5).")
-    lr_scheduler: str = option("cosine", "Learning-rate schedule (any transformers scheduler).")
-    warmup_ratio: float = option(0.0, "Share of steps spent warming the learning rate up.")
-    weight_decay: float = option(0.0, "Weight decay of the optimiser.")
-    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables clipping).")
-    epochs: int = option(1, "Passes over the training data (reshuffled tree by tree each pass).")
-    batch_size: int = option(8, "Pairs (or τ+ paths) per device per micro-batch.")
-    gradient_accumulation_steps: int = option(1, "Micro-batches per optimiser step.")
-    lora_r: int = option(16, "LoRA rank; 0 trains all weights (full fine-tuning).")
-    lora_alpha: int = option(32, "LoRA alpha (the update is scaled by alpha / r).")
-    lora_dropout: float = option(0.0, "LoRA dropout.")
-    lora_target_modules: str = option("all-linear", "Modules that get LoRA adapters.")
-    packing: bool = option(
-        True, "Forward each batch as one token trie (shared prefixes once); false pads rows."
-    )
-    group_by_tree: bool = option(
-        True, "Order pairs tree by tree, so a batch holds siblings and shares more prefix."
-    )
-    reference: str = option(
-        "tree",
-        "Reference log-probs: 'tree' (recorded by the sampler) or 'recompute' (the policy "
-        "before training: LoRA adapter disabled, or the starting weights), for pairs that did "
-        "not come from this model.",
-    )
-    reference_model: str | None = option(
-        None, "With reference 'recompute': a separate reference model (default: the policy)."
-    )
-    gradient_checkpointing: bool = option(False, "Recompute activations to save memory.")
-    bf16: bool | None = option(None, "bf16 mixed precision; default: on for CUDA, off on CPU.")
-    max_examples: int | None = option(None, "Train on the first N pairs/paths only.")
-    logging_steps: int = option(1, "Optimiser steps between log lines.")
-    seed: int = option(0, "Seed of the data order and the LoRA initialisation.")
-    save_merged: bool = option(
-        True, "Also save LoRA merged into full weights (next sampler, vLLM, export)."
-    )
-
-    def __post_init__(self) -> None:
-        if self.phase not in PHASES:
-            raise ConfigError(f"train.phase must be one of {PHASES}, not {self.phase!r}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ConfigError(f"train.optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
-        if self.reference not in ("tree", "recompute"):
-            raise ConfigError(
-                f"train.reference must be 'tree' or 'recompute', not {self.reference!r}"
-            )
-        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lora_r < 0 or self.beta <= 0 or self.learning_rate <= 0:
-            raise ConfigError("train.lora_r must be >= 0, train.beta and learning_rate > 0")
-        if self.margin not in MARGIN_MODES:
-            raise ConfigError(f"train.margin must be one of {MARGIN_MODES}, not {self.margin!r}")
-        if self.gamma < 0:
-            raise ConfigError(f"train.gamma must be >= 0, got {self.gamma}")
-        if self.fixed_margin is not None and self.fixed_margin < 0:
-            raise ConfigError(f"train.fixed_margin must be >= 0 or null, got {self.fixed_margin}")
-        check_ranges(
-            self,
-            "train.",
-            {
-                "warmup_ratio": (0 <= self.warmup_ratio < 1, "in [0, 1)"),
-                "weight_decay": (self.weight_decay >= 0, ">= 0"),
-                "max_grad_norm": (self.max_grad_norm >= 0, ">= 0"),
-                "lora_alpha": (self.lora_alpha > 0, "> 0"),
-                "lora_dropout": (0 <= self.lora_dropout < 1, "in [0, 1)"),
-                "max_examples": (self.max_examples is None or self.max_examples >= 1, ">= 1"),
-            },
-        )
-
 
 # ---------------------------------------------------------------------------------------
 # Data
@@ -461,7 +365,7 @@ def _training_arguments(config: TrainConfig, work_dir: Path, cuda: bool, progres
     checkpointing = {"gradient_checkpointing": True} if config.gradient_checkpointing else {}
     return TrainingArguments(
         **checkpointing,
-        output_dir=str(work_dir / "checkpoints"),
+        output_dir=str(TrainDir(work_dir).checkpoints),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         num_train_epochs=1,  # the data already holds `epochs` shuffled passes
@@ -506,10 +410,6 @@ def _prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedMod
     )
 
 
-#: Marks ``<out_dir>.partial`` as a work dir this module made (so it may delete it).
-WORK_MARK = ".sppd-train-work"
-
-
 def check_train_out(out_dir: str | os.PathLike[str], *, work_dir: bool = True) -> Path:
     """The checks :func:`train` makes before any work: ``out_dir`` is absent or an empty
     directory, its ``.partial`` work dir is absent or ours, and the location is writable.
@@ -525,11 +425,12 @@ def check_train_out(out_dir: str | os.PathLike[str], *, work_dir: bool = True) -
             f"{out_dir} already exists and is not empty: choose another --out (training never "
             "deletes a directory it did not make)"
         )
-    work = out_dir.with_name(out_dir.name + ".partial")
-    if work_dir and work.exists() and not (work / WORK_MARK).is_file():
+    # The mark says the work dir is one this module made (so it may delete it).
+    layout = TrainDir(out_dir)
+    if work_dir and layout.work.exists() and not layout.work_mark.is_file():
         raise ConfigError(
-            f"{work} exists and was not made by sppd (no {WORK_MARK} in it): move it away "
-            "or choose another --out"
+            f"{layout.work} exists and was not made by sppd (no {layout.work_mark.name} in "
+            "it): move it away or choose another --out"
         )
     try:
         check_writable(out_dir, directory=True)
@@ -573,7 +474,8 @@ def train(
             margin_settings["mean_margin"],
             len(data),
         )
-    work_dir = out_dir.with_name(out_dir.name + ".partial")
+    layout = TrainDir(out_dir)
+    work_dir = layout.work
     cuda = next(model.parameters()).is_cuda
     # The process group of `accelerate launch` (one process otherwise). Without `cpu=True` a
     # CPU-only launch reads as not distributed and every rank would think it is the main one.
@@ -586,7 +488,9 @@ def train(
         # Made with its mark in place (staged, then renamed): a kill cannot leave it unmarked.
         work_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=work_dir.parent, prefix=f".{work_dir.name}-"))
-        (staging / WORK_MARK).write_text("made by sppd_lib.trainer.train; safe to delete\n")
+        (staging / layout.work_mark.name).write_text(
+            "made by sppd_lib.trainer.train; safe to delete\n"
+        )
         os.replace(staging, work_dir)
     state.wait_for_everyone()
     ordered = training_order(data, config.epochs, config.seed, config.group_by_tree)
@@ -606,7 +510,7 @@ def train(
         args=_training_arguments(config, work_dir, cuda, progress),
         train_dataset=dataset,
         data_collator=PairCollator(config.phase, config.packing, pad_id),
-        callbacks=[_JsonlLogger(work_dir / "log.jsonl", config.phase)],
+        callbacks=[_JsonlLogger(TrainDir(work_dir).log, config.phase)],
         train_config=config,
     )
     started = time.perf_counter()
@@ -626,12 +530,12 @@ def train(
     if not trainer.is_world_process_zero():
         return result
     _save(trainer, policy, tokenizer, config, work_dir, result)
-    (work_dir / WORK_MARK).unlink()
+    layout.work_mark.unlink()
     if out_dir.exists():
         out_dir.rmdir()  # empty (check_train_out): nothing of anyone's is lost
     os.replace(work_dir, out_dir)
-    result.model_dir = out_dir / "model" if config.save_merged else None
-    result.adapter_dir = out_dir / "adapter" if config.lora_r else None
+    result.model_dir = layout.model if config.save_merged else None
+    result.adapter_dir = layout.adapter if config.lora_r else None
     return result
 
 
@@ -643,11 +547,12 @@ def _save(
     work_dir: Path,
     result: TrainResult,
 ) -> None:
-    shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
-    write_parquet_atomic(pd.DataFrame(trainer.pair_log), work_dir / "pair_log.parquet")
+    out = TrainDir(work_dir)
+    shutil.rmtree(out.checkpoints, ignore_errors=True)
+    write_parquet_atomic(pd.DataFrame(trainer.pair_log), out.pair_log)
     # The saved config names the margin actually used (a null fixed_margin resolved).
     saved = {**config_to_dict(config), "fixed_margin": result.margin_settings["fixed_margin"]}
-    (work_dir / "config.json").write_text(json.dumps(saved, indent=2))
+    out.config.write_text(json.dumps(saved, indent=2))
     metrics = {
         "phase": config.phase,
         "margin_settings": result.margin_settings,
@@ -657,17 +562,10 @@ def _save(
         "tokens_forwarded": result.tokens_forwarded,
         **result.final_metrics,
     }
-    (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    out.metrics.write_text(json.dumps(metrics, indent=2, default=float))
     if config.lora_r:
-        policy.save_pretrained(work_dir / "adapter")
+        policy.save_pretrained(out.adapter)
     if config.save_merged:
         merged = policy.merge_and_unload() if config.lora_r else policy
-        merged.save_pretrained(work_dir / "model")
-        tokenizer.save_pretrained(work_dir / "model")
-
-
-def read_log(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """The training log of ``out_dir`` (one row per logged step)."""
-    path = Path(out_dir) / "log.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return pd.DataFrame(rows)
+        merged.save_pretrained(out.model)
+        tokenizer.save_pretrained(out.model)

@@ -14,13 +14,17 @@ itself in ``node.value_source``, so the Δv > 0.5 filter and the γ margin keep 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sppd_lib.engines import Engine, SamplingSettings
 from sppd_lib.grading import grade
 from sppd_lib.prompts import has_final_answer
 from sppd_lib.tree import ROOT, StepNode, StepTree
 
-__all__ = ["add_mc_rollouts", "bellman_values", "grade_leaves", "mc_values"]
+if TYPE_CHECKING:
+    from sppd_lib.prm import PRMScorer
+
+__all__ = ["add_mc_rollouts", "apply_values", "bellman_values", "grade_leaves", "mc_values"]
 
 
 def grade_leaves(tree: StepTree) -> None:
@@ -78,6 +82,29 @@ def bellman_values(tree: StepTree, aggregate: str = "max", discount: float = 1.0
             node.value = 1.0 if node.is_complete and node.correct else 0.0
         node.value_source = f"bellman_{aggregate}"
     return tree
+
+
+def apply_values(
+    tree: StepTree,
+    estimator: str,
+    *,
+    bellman_aggregate: str = "max",
+    bellman_discount: float = 1.0,
+    scorer: PRMScorer | None = None,
+) -> StepTree:
+    """Fill every node's value with ``estimator``: ``mc``, ``bellman`` (with its aggregate
+    and discount) or ``prm`` (``scorer`` scores every step; torch is imported only then)."""
+    if estimator == "mc":
+        return mc_values(tree)
+    if estimator == "bellman":
+        return bellman_values(tree, bellman_aggregate, bellman_discount)
+    if estimator == "prm":
+        if scorer is None:
+            raise ValueError("value='prm' needs a PRMScorer")
+        from sppd_lib.prm import prm_values
+
+        return prm_values(tree, scorer)
+    raise ValueError(f"unknown value estimator {estimator!r} (mc, bellman or prm)")
 
 
 def add_mc_rollouts(

@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from sppd_lib.study import START
+from sppd_lib.config import START
 from sppd_lib.study_results import Study, flipped_problems, format_arm_table, load_study
 from sppd_lib.viz.style import empty_figure, note_panel, series_colour, style_figure
 

@@ -19,13 +19,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from sppd_lib.config import PairConfig, SamplerConfig
 from sppd_lib.data import load_problems
 from sppd_lib.engines.transformers_engine import TransformersEngine
 from sppd_lib.files import write_parquet_atomic
 from sppd_lib.metrics import wilson_interval
 from sppd_lib.models import build_tiny_model
-from sppd_lib.pairs import PairConfig, build_pairs, write_pairs
-from sppd_lib.sampler import SamplerConfig, sample_trees
+from sppd_lib.pairs import build_pairs, write_pairs
+from sppd_lib.sampler import sample_trees
 from sppd_lib.tree import StepTree, write_trees
 
 __all__ = ["fixture_runs", "make_run_dir", "smoke_runs"]
@@ -238,7 +239,8 @@ def fixture_runs(root: str | Path) -> tuple[Path, Path]:
 def smoke_runs(root: str | Path) -> tuple[Path, Path]:
     """Two real runs of ``configs/smoke.yaml`` under ``root`` (the loop end to end on the tiny
     model): ``smoke`` (dynamic margin) and ``smoke-step-dpo`` (margin none); reused if present."""
-    from sppd_lib.loop import load_run_config, run
+    from sppd_lib.config import load_run_config
+    from sppd_lib.loop import run
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
     root = Path(root)

@@ -1,4 +1,5 @@
-"""Reading a run directory for the figures: :class:`Run`, loaded lazily and cached.
+"""Reading a run directory for the figures: :class:`Run`, loaded lazily and cached, through
+:class:`sppd_lib.rundir.RunDir` (which names every file).
 
 Every reader returns ``None`` (or ``[]``) for a missing file, so a figure of a run still going
 shows a note instead of failing. Trees stored before the value backup get the run's ``mc`` or
@@ -7,47 +8,23 @@ shows a note instead of failing. Trees stored before the value backup get the ru
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from sppd_lib.metrics import paired_change, wilson_interval
+from sppd_lib.rundir import PhaseDir, RunDir
 from sppd_lib.tree import StepTree, read_trees
+from sppd_lib.values import apply_values
 from sppd_lib.viz.style import TRAINING_PANELS
 
-__all__ = ["Run", "RunNotFoundError", "load_run", "resolve_run_dir", "summary_from_evals"]
-
-SUMMARY_COLUMNS = [
-    "iteration", "benchmark", "metric", "value", "n", "correct", "ci95_low", "ci95_high",
-]  # fmt: skip
+__all__ = ["Run", "RunNotFoundError", "load_run", "resolve_run_dir"]
 
 
 class RunNotFoundError(FileNotFoundError):
     """A run directory is missing or holds none of the files of a run."""
-
-
-def _read_parquet(path: Path) -> pd.DataFrame | None:
-    return pd.read_parquet(path) if path.is_file() else None
-
-
-def _read_jsonl(path: Path) -> pd.DataFrame | None:
-    """Rows of a JSONL log; a torn last line (a run still writing) is skipped."""
-    if not path.is_file():
-        return None
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return pd.DataFrame(rows)
 
 
 def _step_rows(log: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -71,8 +48,12 @@ class Run:
     iterations: list[int]
     _cache: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
-    def iter_dir(self, iteration: int) -> Path:
-        return self.path / f"iter_{iteration}"
+    @property
+    def directory(self) -> RunDir:
+        return RunDir(self.path)
+
+    def iter_dir(self, iteration: int) -> PhaseDir:
+        return self.directory.iteration(iteration)
 
     def _cached(self, kind: str, iteration: int, load: Any) -> Any:
         key = (kind, iteration)
@@ -82,7 +63,7 @@ class Run:
 
     def trees(self, iteration: int) -> list[StepTree]:
         """The iteration's step trees (valued, see :func:`_ensure_values`); [] when missing."""
-        path = self.iter_dir(iteration) / "trees.jsonl.gz"
+        path = self.iter_dir(iteration).trees
 
         def load() -> list[StepTree]:
             if not path.is_file():
@@ -95,29 +76,25 @@ class Run:
         return next((t for t in self.trees(iteration) if t.problem.id == problem_id), None)
 
     def pairs(self, iteration: int) -> pd.DataFrame | None:
-        path = self.iter_dir(iteration) / "pairs.parquet"
-        return self._cached("pairs", iteration, lambda: _read_parquet(path))
+        return self._cached("pairs", iteration, self.iter_dir(iteration).read_pairs)
 
     def train_log(self, iteration: int) -> pd.DataFrame | None:
         """Optimizer-step rows of ``train/log.jsonl`` (end-of-training summaries dropped)."""
-        path = self.iter_dir(iteration) / "train" / "log.jsonl"
-        return self._cached("log", iteration, lambda: _step_rows(_read_jsonl(path)))
+        train = self.iter_dir(iteration).train
+        return self._cached("log", iteration, lambda: _step_rows(train.read_log()))
 
     def pair_log(self, iteration: int) -> pd.DataFrame | None:
-        path = self.iter_dir(iteration) / "train" / "pair_log.parquet"
-        return self._cached("pair_log", iteration, lambda: _read_parquet(path))
+        return self._cached("pair_log", iteration, self.iter_dir(iteration).train.read_pair_log)
 
     def eval(self, iteration: int) -> pd.DataFrame | None:
-        path = self.iter_dir(iteration) / "eval.parquet"
-        return self._cached("eval", iteration, lambda: _read_parquet(path))
+        return self._cached("eval", iteration, self.iter_dir(iteration).read_eval)
 
     def eval_samples(self, iteration: int) -> pd.DataFrame | None:
-        path = self.iter_dir(iteration) / "eval_samples.parquet"
-        return self._cached("eval_samples", iteration, lambda: _read_parquet(path))
+        return self._cached("eval_samples", iteration, self.iter_dir(iteration).read_eval_samples)
 
     def tree_iterations(self) -> list[int]:
         """Iterations whose trees file exists."""
-        return [k for k in self.iterations if (self.iter_dir(k) / "trees.jsonl.gz").is_file()]
+        return [k for k in self.iterations if self.iter_dir(k).trees.is_file()]
 
     def tree_stats(self, iteration: int) -> pd.DataFrame:
         """One row per tree: problem_id, nodes, complete/correct paths, tokens, pairs."""
@@ -153,13 +130,8 @@ class Run:
 
     def change_since_start(self) -> pd.DataFrame:
         """pass@1 of the last evaluated iteration against iteration 0, problem by problem
-        (:func:`sppd_lib.metrics.paired_change`, with the ``iteration`` compared); empty
-        before two iterations are evaluated."""
-        evaluated = [k for k in self.iterations if self.eval(k) is not None]
-        if len(evaluated) < 2 or evaluated[0] != 0:
-            return pd.DataFrame()
-        last = evaluated[-1]
-        return paired_change(self.eval(0), self.eval(last)).assign(iteration=last)
+        (:meth:`sppd_lib.rundir.RunDir.change_since_start`)."""
+        return self.directory.change_since_start()
 
 
 def _ensure_values(tree: StepTree, config: dict[str, Any]) -> StepTree:
@@ -168,39 +140,16 @@ def _ensure_values(tree: StepTree, config: dict[str, Any]) -> StepTree:
     figures can colour by value. PRM values are never recomputed here."""
     if any(node.value is not None for node in tree.nodes):
         return tree
-    from sppd_lib.values import bellman_values, mc_values
-
     pairs_config = config.get("pairs") or {}
     estimator = pairs_config.get("value", "mc")
-    if estimator == "mc":
-        return mc_values(tree)
-    if estimator == "bellman":
-        aggregate = pairs_config.get("bellman_aggregate", "max")
-        return bellman_values(tree, aggregate, pairs_config.get("bellman_discount", 1.0))
-    return tree
-
-
-def _iterations(path: Path) -> list[int]:
-    found = []
-    for child in path.iterdir():
-        match = re.fullmatch(r"iter_(\d+)", child.name)
-        if match and child.is_dir():
-            found.append(int(match.group(1)))
-    return sorted(found)
-
-
-def summary_from_evals(run_path: Path, iterations: Iterable[int]) -> pd.DataFrame:
-    """pass@1 rows from each ``iter_<k>/eval.parquet``: the summary of a run still going."""
-    rows = []
-    for k in iterations:
-        evals = _read_parquet(run_path / f"iter_{k}" / "eval.parquet")
-        if evals is None or not len(evals):
-            continue
-        for benchmark, group in evals.groupby("benchmark", sort=False):
-            correct, total = int(group["correct"].sum()), len(group)
-            low, high = wilson_interval(correct, total)
-            rows.append([k, benchmark, "pass@1", correct / total, total, correct, low, high])
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    if estimator not in ("mc", "bellman"):
+        return tree
+    return apply_values(
+        tree,
+        estimator,
+        bellman_aggregate=pairs_config.get("bellman_aggregate", "max"),
+        bellman_discount=pairs_config.get("bellman_discount", 1.0),
+    )
 
 
 def resolve_run_dir(run_dir: str | os.PathLike[str] | None) -> Path:
@@ -210,7 +159,7 @@ def resolve_run_dir(run_dir: str | os.PathLike[str] | None) -> Path:
         return Path(run_dir)
     for root in (Path("runs"), Path("../runs")):
         if root.is_dir():
-            candidates = [p for p in root.iterdir() if (p / "config.yaml").is_file()]
+            candidates = [p for p in root.iterdir() if RunDir(p).config.is_file()]
             if candidates:
                 return max(candidates, key=lambda p: p.stat().st_mtime)
     raise RunNotFoundError("no run directory given and none with a config.yaml under runs/")
@@ -220,22 +169,22 @@ def load_run(run_dir: str | os.PathLike[str] | None) -> Run:
     """Read a run directory's config and summary; the rest is read on demand.
 
     Raises :class:`RunNotFoundError` when the directory is missing or holds no run file.
-    The summary falls back to pass@1 of the ``eval.parquet`` files while ``summary.parquet``
-    is not written yet.
+    The summary is built from the stored evaluations while ``summary.parquet`` is not
+    written yet.
     """
     path = resolve_run_dir(run_dir)
     if not path.is_dir():
         raise RunNotFoundError(f"run directory not found: {path}")
-    iterations = _iterations(path)
-    config_path, summary_path = path / "config.yaml", path / "summary.parquet"
-    if not (iterations or config_path.is_file() or summary_path.is_file()):
+    directory = RunDir(path)
+    iterations = directory.iterations()
+    if not (iterations or directory.config.is_file() or directory.summary.is_file()):
         raise RunNotFoundError(
             f"{path} is not a run directory (no config.yaml, summary.parquet or iter_<k>/)"
         )
-    config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
-    summary = _read_parquet(summary_path)
+    config = directory.read_config()
+    summary = directory.read_summary()
     if summary is None:
-        summary = summary_from_evals(path, iterations)
+        summary = directory.summary_table()
     iterations = sorted(set(iterations) | {int(k) for k in summary["iteration"]})
     run_id = str(config.get("run_id") or path.resolve().name)
     return Run(path, run_id, config, summary, iterations)
