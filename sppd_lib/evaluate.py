@@ -1,4 +1,4 @@
-"""Evaluation (SPPD_METHOD.md §6): greedy pass@1 and, from N sampled responses per problem,
+"""Evaluation (as in arXiv 2502.13516): greedy pass@1 and, from N sampled responses per problem,
 maj@N, vote@N and best@N; every response is kept with its answer and grade for regrading.
 
 * pass@1: the greedy response's answer.
@@ -18,9 +18,9 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -28,9 +28,9 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from sppd_lib.config import EvalConfig
 from sppd_lib.data import Problem, load_problems, parse_data_spec
 from sppd_lib.engines import Engine, SamplingSettings
+from sppd_lib.engines.generate import GenerateEngine
 from sppd_lib.grading import grade
-from sppd_lib.models import eos_token_ids
-from sppd_lib.prm import PRMScorer
+from sppd_lib.prm import PRMScorer, load_scorer
 from sppd_lib.prompts import build_prompt, split_steps
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "evaluate_samples",
     "generate_greedy",
     "generate_with_engine",
+    "graded_row",
     "regrade",
     "sample_responses",
 ]
@@ -63,7 +64,6 @@ class Generation:
 # ---------------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
 def generate_greedy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -73,40 +73,25 @@ def generate_greedy(
     batch_size: int = 16,
     progress: bool = True,
 ) -> list[Generation]:
-    """Greedy-decode each prompt with ``model.generate`` (left-padded batches, similar
-    lengths together)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tokenizer.padding_side = "left"
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    results: list[Generation | None] = [None] * len(prompts)
-    eos_ids = set(eos_token_ids(model, tokenizer))
-    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        inputs = tokenizer.pad(
-            {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
-        ).to(model.device)
-        output = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(eos_ids),
-        )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-        for index, tokens in zip(batch, new_tokens, strict=True):
-            stop = next((k for k, t in enumerate(tokens) if t in eos_ids), None)
-            kept = tokens if stop is None else tokens[:stop]
-            results[index] = Generation(
-                text=tokenizer.decode(kept, skip_special_tokens=True),
-                num_tokens=len(kept) + (stop is not None),
-                finish_reason="length" if stop is None else "stop",
-            )
-        bar.update(len(batch))
-    bar.close()
-    return [r for r in results if r is not None]
+    """Greedy-decode each prompt with ``model.generate`` (:class:`GenerateEngine`:
+    left-padded batches, similar lengths together)."""
+    engine = GenerateEngine(model, tokenizer, batch_size=batch_size, progress=progress)
+    # One call: the engine batches by length itself, as left-padded `generate` wants.
+    return [g[0] for g in _greedy(engine, tokenizer, prompts, max_new_tokens, len(prompts))]
+
+
+def _greedy(
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool = False,
+) -> list[list[Generation]]:
+    settings = SamplingSettings(max_tokens=max_new_tokens, temperature=0.0, top_p=1.0, stop=None)
+    return generate_with_engine(
+        engine, tokenizer, prompts, 1, settings, batch_size=max(batch_size, 1), progress=progress
+    )
 
 
 def generate_with_engine(
@@ -160,7 +145,7 @@ def generate_with_engine(
 def benchmark_problems(config: EvalConfig, benchmark: str) -> list[Problem]:
     """The problems of one ``benchmarks`` entry: a name, or ``NAME=FILE.jsonl``."""
     name, path = parse_data_spec(benchmark)
-    options = {"seed": config.arith_seed, **config.arith} if benchmark == "arith" else {}
+    options = config.problem_options(name) if path is None else {}
     limit = config.limits.get(name, config.limit)
     return load_problems(name, config.split, limit, path=path, **options)
 
@@ -209,52 +194,53 @@ def evaluate_problems(
     prompts = [build_prompt(tokenizer, p.question, config.system_prompt) for p in problems]
     started = time.perf_counter()
     if engine is not None:
-        greedy = SamplingSettings(
-            max_tokens=config.max_new_tokens, temperature=0.0, top_p=1.0, stop=None
+        generations = _greedy(
+            engine, tokenizer, prompts, config.max_new_tokens, config.batch_size, progress
         )
+    elif model is not None:
         generations = [
-            g[0]
-            for g in generate_with_engine(
-                engine,
+            [g]
+            for g in generate_greedy(
+                model,
                 tokenizer,
                 prompts,
-                1,
-                greedy,
+                max_new_tokens=config.max_new_tokens,
                 batch_size=config.batch_size,
                 progress=progress,
             )
         ]
-    elif model is not None:
-        generations = generate_greedy(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            progress=progress,
-        )
     else:
         raise ValueError("evaluate needs a model or an engine")
     seconds = (time.perf_counter() - started) / max(len(problems), 1)
-    rows = []
-    for problem, generation in zip(problems, generations, strict=True):
-        result = grade(generation.text, problem.answer)
-        rows.append(
-            {
-                "benchmark": problem.source,
-                "problem_id": problem.id,
-                "question": problem.question,
-                "gold": problem.answer,
-                "response": generation.text,
-                "pred": result.pred,
-                "correct": result.correct,
-                "status": result.status,
-                "num_tokens": generation.num_tokens,
-                "finish_reason": generation.finish_reason,
-                "seconds": seconds,
-            }
-        )
+    rows = [
+        graded_row(problem, generation[0], {"question": problem.question}, {"seconds": seconds})
+        for problem, generation in zip(problems, generations, strict=True)
+    ]
     return pd.DataFrame(rows)
+
+
+def graded_row(
+    problem: Problem,
+    generation: Generation,
+    head: dict[str, Any] | None = None,
+    tail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One stored response: benchmark, problem_id, ``head``, gold, response, pred, correct,
+    status, num_tokens, finish_reason, ``tail`` (greedy and sampled rows alike)."""
+    result = grade(generation.text, problem.answer)
+    return {
+        "benchmark": problem.source,
+        "problem_id": problem.id,
+        **(head or {}),
+        "gold": problem.answer,
+        "response": generation.text,
+        "pred": result.pred,
+        "correct": result.correct,
+        "status": result.status,
+        "num_tokens": generation.num_tokens,
+        "finish_reason": generation.finish_reason,
+        **(tail or {}),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -288,8 +274,7 @@ def sample_responses(
     """
     if config.num_samples < 1:
         raise ValueError(f"num_samples must be >= 1 to sample, got {config.num_samples}")
-    if scorer is None and config.prm_model:
-        scorer = PRMScorer(config.prm_model)
+    scorer = scorer or load_scorer(config.prm_model)
     settings = SamplingSettings(
         max_tokens=config.max_new_tokens,
         temperature=config.sample_temperature,
@@ -314,23 +299,8 @@ def sample_responses(
         else:
             weights = [math.exp(g.mean_logprob) for g in samples]
         for index, (generation, weight) in enumerate(zip(samples, weights, strict=True)):
-            result = grade(generation.text, problem.answer)
-            rows.append(
-                {
-                    "benchmark": problem.source,
-                    "problem_id": problem.id,
-                    "sample": index,
-                    "gold": problem.answer,
-                    "response": generation.text,
-                    "pred": result.pred,
-                    "correct": result.correct,
-                    "status": result.status,
-                    "num_tokens": generation.num_tokens,
-                    "finish_reason": generation.finish_reason,
-                    "mean_logprob": generation.mean_logprob,
-                    "weight": float(weight),
-                }
-            )
+            tail = {"mean_logprob": generation.mean_logprob, "weight": float(weight)}
+            rows.append(graded_row(problem, generation, {"sample": index}, tail))
     return pd.DataFrame(rows)
 
 
@@ -343,8 +313,7 @@ def evaluate_samples(
     progress: bool = True,
 ) -> pd.DataFrame:
     """:func:`sample_responses` on every benchmark of ``config`` (the PRM is loaded once)."""
-    if scorer is None and config.prm_model:
-        scorer = PRMScorer(config.prm_model)
+    scorer = scorer or load_scorer(config.prm_model)
     frames = [
         sample_responses(
             engine,
