@@ -1,4 +1,4 @@
-"""Preference pairs from valued step trees (SPPD_METHOD.md §2, §5).
+"""Preference pairs from valued step trees (arXiv 2502.13516).
 
 Step level: two sibling steps under the same prefix whose values differ by more than
 ``threshold`` (Δv = v_w - v_l > 0.5 in the paper) become a pair. Each pair carries both
@@ -65,7 +65,7 @@ def _valued(trees: Iterable[StepTree], config: PairConfig, valued: bool) -> Iter
 
 
 def _has_evidence(node: StepNode, config: PairConfig) -> bool:
-    return config.value != "mc" or node.info.get("mc_total", 0) >= config.min_leaves
+    return config.value != "mc" or (node.mc_total or 0) >= config.min_leaves
 
 
 def _skip_reason(tree: StepTree, config: PairConfig) -> str | None:
@@ -88,7 +88,7 @@ def _pair_row(
         "tree_id": tree.problem.id,
         "problem_id": tree.problem.id,
         "gold": tree.problem.answer,
-        "prompt": tree.meta.get("prompt_text", "") + "".join(s.text for s in prefix),
+        "prompt": tree.prompt_text + "".join(s.text for s in prefix),
         "prompt_ids": tree.prefix_ids(parent.id),
         "chosen": win.text,
         "rejected": lose.text,
@@ -152,7 +152,7 @@ def path_pairs(tree: StepTree, config: PairConfig) -> list[dict[str, Any]]:
         (p for p in tree.complete_paths() if not p[-1].correct),
         key=lambda p: _path_score(p, config.path_rule),
     )
-    prompt = tree.meta.get("prompt_text", "")
+    prompt = tree.prompt_text
     return [
         {
             "tree_id": tree.problem.id,
@@ -228,7 +228,7 @@ def build_sft_examples(
             rows.append(
                 {
                     "tree_id": tree.problem.id,
-                    "prompt": tree.meta.get("prompt_text", ""),
+                    "prompt": tree.prompt_text,
                     "prompt_ids": list(tree.prompt_ids),
                     "chosen": "".join(step.text for step in path),
                     "chosen_ids": list(ids),
@@ -271,7 +271,7 @@ def stepwise_records(trees: Iterable[StepTree]) -> pd.DataFrame:
         for path in tree.complete_paths():
             rows.append(
                 {
-                    "prompt": tree.meta.get("prompt_text", tree.problem.question),
+                    "prompt": tree.prompt_text or tree.problem.question,
                     "completions": [s.text for s in path],
                     "labels": [float(s.value or 0.0) for s in path],
                 }

@@ -113,7 +113,7 @@ def prm_values(tree: StepTree, scorer: PRMScorer) -> StepTree:
     leaves = tree.leaves()
     if leaves:
         paths = [tree.path(leaf.id) for leaf in leaves]
-        prompt = tree.meta.get("prompt_text", tree.problem.question)
+        prompt = tree.prompt_text or tree.problem.question
         for path, scores in zip(
             paths, scorer.score(prompt, [[s.text for s in p] for p in paths]), strict=True
         ):

@@ -1,4 +1,4 @@
-"""SPPD tree-based self-sampling (SPPD_METHOD.md §3) over any engine.
+"""SPPD tree-based self-sampling (arXiv 2502.13516) over any engine.
 
 Per problem, ``k`` passes. A pass descends from the root, choosing a child with probability
 proportional to exp(mean token log-prob of its step), until it reaches a node without
@@ -31,6 +31,7 @@ from sppd_lib.prompts import (
     has_final_answer,
 )
 from sppd_lib.prompts import prompt_token_ids as build_prompt_ids
+from sppd_lib.rundir import partial_trees_path
 from sppd_lib.tree import StepNode, StepTree, read_trees, write_trees
 from sppd_lib.values import grade_leaves
 
@@ -114,8 +115,8 @@ def sample_trees(
             StepTree(
                 problem,
                 build_prompt_ids(tokenizer, problem.question, config.system_prompt),
+                prompt_text=build_prompt(tokenizer, problem.question, config.system_prompt),
                 meta={
-                    "prompt_text": build_prompt(tokenizer, problem.question, config.system_prompt),
                     "sampler": asdict(config),
                     **(meta or {}),
                     "batch": batch_index,
@@ -182,10 +183,6 @@ def sample_trees(
 # ---------------------------------------------------------------------------------------
 # Files: resumable sampling, shards, merging
 # ---------------------------------------------------------------------------------------
-
-
-def _partial_path(out: Path) -> Path:
-    return out.with_name(out.name + ".partial.jsonl")
 
 
 def _settings_of(
@@ -292,7 +289,7 @@ def sample_to_file(
             )
         logger.info("%s exists with these settings: nothing to sample", out)
         return out
-    partial = _partial_path(out)
+    partial = partial_trees_path(out)
     done = _finished_batches(partial, config, problems, meta)
     if done:
         logger.info("resuming %s: %d batches already sampled", out, len(done))

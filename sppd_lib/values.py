@@ -1,10 +1,11 @@
-"""Leaf grading and value backup over step trees (SPPD_METHOD.md §4).
+"""Leaf grading and value backup over step trees (arXiv 2502.13516 used PRM scores; the
+Monte-Carlo and Bellman backups are our generalisation).
 
 Every estimator fills ``node.value`` in [0, 1] for every node (the root too) and records
 itself in ``node.value_source``, so the Δv > 0.5 filter and the γ margin keep their meaning.
 
 * ``mc``: the fraction of correct complete leaves in the node's subtree (Math-Shepherd style);
-  ``info["mc_correct"]`` / ``info["mc_total"]`` hold the counts behind it. A subtree without a
+  ``node.mc_correct`` / ``node.mc_total`` hold the counts behind it. A subtree without a
   complete leaf gets 0 with ``mc_total = 0``; pair building can require evidence.
 * ``bellman``: a complete leaf gets its outcome reward (1 correct, 0 wrong), any other leaf 0;
   an inner node gets the ``max`` (Bellman optimality) or ``mean`` (on-policy) of its
@@ -60,7 +61,7 @@ def mc_values(tree: StepTree) -> StepTree:
         counts[node_id] = (correct, total)
         node.value = correct / total if total else 0.0
         node.value_source = "mc"
-        node.info["mc_correct"], node.info["mc_total"] = correct, total
+        node.set_mc_counts(correct, total)
     return tree
 
 
@@ -126,7 +127,7 @@ def add_mc_rollouts(
     answer_format = tree.meta.get("sampler", {}).get("answer_format", "boxed")
     by_need: dict[int, list[StepNode]] = {}
     for node in tree.nodes:
-        need = min_leaves - node.info["mc_total"]
+        need = min_leaves - (node.mc_total or 0)
         if not node.terminal and need > 0:
             by_need.setdefault(need, []).append(node)
     sampled = 0

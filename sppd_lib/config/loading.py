@@ -32,6 +32,7 @@ __all__ = [
     "migrate_margin_keys",
     "option",
     "parse_yaml",
+    "type_matches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,19 +88,28 @@ def check_ranges(config: Any, where: str, rules: dict[str, tuple[bool, str]]) ->
             raise ConfigError(f"{where}{key} must be {rule}, got {getattr(config, key)!r}")
 
 
-def _type_matches(value: Any, annotation: Any) -> bool:
+def type_matches(value: Any, annotation: Any, *, deep: bool = True) -> bool:
+    """``value`` fits ``annotation`` (``X | None``, ``list[X]``, ``dict``, ``Literal``, scalar
+    types; a bool is not an int). ``deep=False`` checks a list's type, not its items (fast,
+    for big records such as tree nodes); a Literal's choices are checked with ``deep``."""
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return True
-    if origin is Literal:  # the choices are checked by check_choices, with a better message
-        return any(isinstance(value, type(choice)) for choice in typing.get_args(annotation))
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if not deep:
+            return value in choices
+        # The loader names the choices itself (check_choices), with a better message.
+        return any(isinstance(value, type(choice)) for choice in choices)
     if origin in (typing.Union, types.UnionType):
-        return any(_type_matches(value, arg) for arg in typing.get_args(annotation))
+        return any(type_matches(value, arg, deep=deep) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
     if origin in (list, tuple):
         (item_type, *_) = typing.get_args(annotation) or (Any,)
-        return isinstance(value, list | tuple) and all(_type_matches(v, item_type) for v in value)
+        if not isinstance(value, list | tuple):
+            return False
+        return not deep or all(type_matches(v, item_type) for v in value)
     if origin is dict:
         return isinstance(value, dict)
     if annotation is float:
@@ -134,7 +144,7 @@ def config_from_dict(cls: type[_C], data: dict[str, Any] | None, where: str = ""
                 raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
             values[name] = config_from_dict(annotation, value, f"{key}.")  # type: ignore[arg-type]
             continue
-        if not _type_matches(value, annotation):
+        if not type_matches(value, annotation):
             shown = getattr(annotation, "__name__", str(annotation))
             raise ConfigError(f"{key} must be {shown}, got {value!r} ({type(value).__name__})")
         values[name] = float(value) if annotation is float else value

@@ -112,8 +112,8 @@ def _node_hover(tree: StepTree, node: StepNode, roles: list[str]) -> str:
             f"mean log-prob {node.mean_logprob:.3f} · {len(node.token_ids)} tokens"
             f" · ends: {node.terminal_reason or node.finish_reason}"
         )
-        if "mc_total" in node.info:
-            lines.append(f"mc: {node.info['mc_correct']}/{node.info['mc_total']} correct leaves")
+        if node.mc_total is not None:
+            lines.append(f"mc: {node.mc_correct}/{node.mc_total} correct leaves")
         if node.terminal:
             lines.append(f"answer: {html.escape(str(node.answer))} · correct: {node.correct}")
         lines.append(hover_html(node.text))
