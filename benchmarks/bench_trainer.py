@@ -6,7 +6,7 @@ one node; the one with the higher Bellman value is "chosen", margin 0 so both si
 same DPO loss) is a candidate; at most ``--per-tree`` couples per tree are drawn, trees at random,
 until ``--pairs``. All rows use the same model, LoRA (r 16, alpha 32, all-linear, same seed, so
 the same initial adapter), β, batch size, optimiser, schedule, learning rate, one epoch, fp32 on
-CPU, and the same batches in the same order (``sppd_lib.trainer.training_order``):
+CPU, and the same batches in the same order (``sppd_lib.train_data.training_order``):
 
 - ``ours``: ``sppd_lib.trainer.train`` with packing (each batch one token trie, logits only at
   step tokens), reference log-probs recorded by the sampler (no reference forward);
@@ -202,7 +202,7 @@ def run_trl(model, tokenizer, pairs: pd.DataFrame, args: argparse.Namespace, ref
     from trl import DPOConfig, DPOTrainer
 
     from sppd_lib.models import attach_lora
-    from sppd_lib.trainer import training_order
+    from sppd_lib.train_data import training_order
 
     class PretokenizedDPOTrainer(DPOTrainer):
         """Takes the token ids as they are (TRL would re-tokenize text and append EOS) and,

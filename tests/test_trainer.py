@@ -22,12 +22,8 @@ from sppd_lib.packing import pack_sequences, pad_sequences, sequence_logps
 from sppd_lib.pairs import build_pairs
 from sppd_lib.rundir import TrainDir
 from sppd_lib.sampler import sample_trees
-from sppd_lib.trainer import (
-    PreferenceDataset,
-    compute_reference_logps,
-    train,
-    training_order,
-)
+from sppd_lib.train_data import PreferenceDataset, compute_reference_logps, training_order
+from sppd_lib.trainer import train
 
 
 def read_log(out_dir):
