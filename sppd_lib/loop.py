@@ -1,4 +1,4 @@
-"""The SPPD self-training loop (arXiv 2502.13516 §4; DESIGN.md §3).
+"""The SPPD self-training loop (the recipe of arXiv 2502.13516).
 
 A run is a sequence of iterations. Iteration 0 evaluates the starting model. Iteration k ≥ 1
 samples step trees with the current policy, backs up values, builds pairs, trains (the phases

@@ -6,6 +6,9 @@ notebook as an
 executed ``.ipynb`` and a self-contained ``.html`` (inputs hidden, plotly.js embedded, no CDN),
 plus an ``index.html`` linking them. ``render_compare_report`` does the same for several runs,
 and ``sweep`` executes one notebook over a grid of parameters.
+
+(About 430 lines: kernel, papermill execution, HTML export and the index page are one flow
+that the run, comparison, study and sweep reports share.)
 """
 
 from __future__ import annotations

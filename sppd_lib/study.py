@@ -132,13 +132,13 @@ def _build_values(
 
 def _own_prm(config: StudyConfig, trees: list[Any], out: PhaseDir) -> Path:
     """A PRM trained on the trees' own Monte-Carlo labels (kept in ``out.prm``)."""
-    from sppd_lib.models import resolve_model
+    from sppd_lib.models import is_saved_model, resolve_model
     from sppd_lib.pairs import stepwise_records
     from sppd_lib.prm import train_prm
     from sppd_lib.tree import StepTree
     from sppd_lib.values import mc_values
 
-    if (out.prm / "config.json").is_file():  # a saved HF model
+    if is_saved_model(out.prm):
         return out.prm
     labelled = [mc_values(StepTree.from_dict(tree.to_dict())) for tree in trees]
     records = stepwise_records(labelled)

@@ -67,7 +67,7 @@ def add_sample(subparsers: argparse._SubParsersAction) -> None:
         "sample",
         help="sample SPPD step trees from a policy",
         description=(
-            "Tree-based self-sampling (arXiv 2502.13516 §3): K passes per problem, each "
+            "Tree-based self-sampling (arXiv 2502.13516): K passes per problem, each "
             "expanding a childless node with C sampled steps. Resumes after a crash; --shard "
             "i/n samples every n-th problem so n processes (one per GPU) can share a data set, "
             "and `sppd merge-trees` joins their files."

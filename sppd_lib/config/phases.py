@@ -39,8 +39,8 @@ MARGIN_MODES: tuple[str, ...] = typing.get_args(MarginMode)
 
 @dataclass
 class SamplerConfig:
-    """Tree self-sampling (arXiv 2502.13516 §3). Where the paper is silent the default is
-    ours (marked 'ours')."""
+    """Tree self-sampling (arXiv 2502.13516). Where the paper is silent the default is ours
+    (marked 'ours')."""
 
     k: int = option(16, f"Passes (selection + expansion) per problem; {PAPER} uses 64.")
     c: int = option(2, f"Children sampled per expansion; {PAPER} uses 2.")
@@ -60,7 +60,7 @@ class SamplerConfig:
     )
     selection: Literal["logprob", "uniform"] = option(
         "logprob",
-        f"Child choice on descent: 'logprob' (∝ exp(mean step log-prob), {PAPER} §3) or 'uniform'.",
+        f"Child choice on descent: 'logprob' (∝ exp(mean step log-prob), {PAPER}) or 'uniform'.",
     )
     skip_closed: bool = option(
         True,
@@ -98,7 +98,7 @@ class SamplerConfig:
 
 @dataclass
 class PairConfig:
-    """Value estimator and pair filter (arXiv 2502.13516 §3-4; the loss margin belongs to
+    """Value estimator and pair filter (arXiv 2502.13516; the loss margin belongs to
     ``TrainConfig``)."""
 
     value: Literal["mc", "bellman", "prm"] = option(
@@ -156,7 +156,7 @@ class PairConfig:
 
 @dataclass
 class TrainConfig:
-    """Training of one phase (arXiv 2502.13516 §3 loss, §4 recipe)."""
+    """Training of one phase (the loss and recipe of arXiv 2502.13516)."""
 
     phase: Phase = option("sppd", "'sppd' (step pairs), 'dpo' (sentence pairs) or 'sft' (τ+).")
     beta: float = option(0.1, f"β of the DPO/SPPD loss ({PAPER}: 0.1).")
@@ -247,7 +247,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation of a model on benchmarks (arXiv 2502.13516 §5: greedy pass@1, maj@N,
+    """Evaluation of a model on benchmarks (as arXiv 2502.13516: greedy pass@1, maj@N,
     ORM_VOTE@N, ORM_MAX@N).
 
     Greedy pass@1 always; with ``num_samples`` N > 0 also N sampled responses per problem,
