@@ -19,12 +19,13 @@ import time
 
 import torch
 
+from sppd_lib.config import SamplerConfig
 from sppd_lib.data import load_problems
 from sppd_lib.engines.transformers_engine import TransformersEngine
 from sppd_lib.grading import extract_answer
 from sppd_lib.models import load_model
 from sppd_lib.prompts import has_final_answer, prompt_token_ids
-from sppd_lib.sampler import SamplerConfig, sample_trees
+from sppd_lib.sampler import sample_trees
 
 
 def smollm2_config(k: int, problems: int, passes_per_round: int) -> SamplerConfig:

@@ -6,7 +6,7 @@ one node; the one with the higher Bellman value is "chosen", margin 0 so both si
 same DPO loss) is a candidate; at most ``--per-tree`` couples per tree are drawn, trees at random,
 until ``--pairs``. All rows use the same model, LoRA (r 16, alpha 32, all-linear, same seed, so
 the same initial adapter), β, batch size, optimiser, schedule, learning rate, one epoch, fp32 on
-CPU, and the same batches in the same order (``sppd_lib.trainer.training_order``):
+CPU, and the same batches in the same order (``sppd_lib.train_data.training_order``):
 
 - ``ours``: ``sppd_lib.trainer.train`` with packing (each batch one token trie, logits only at
   step tokens), reference log-probs recorded by the sampler (no reference forward);
@@ -63,10 +63,11 @@ MODEL = "smollm2-135m-instruct"
 
 def sample(args: argparse.Namespace) -> list:
     """Step trees of the real model (or of the tiny random one with ``--quick``)."""
+    from sppd_lib.config import SamplerConfig
     from sppd_lib.data import load_problems
     from sppd_lib.engines.transformers_engine import TransformersEngine
     from sppd_lib.models import build_tiny_model, load_model
-    from sppd_lib.sampler import SamplerConfig, sample_trees
+    from sppd_lib.sampler import sample_trees
 
     if args.quick:
         model, tokenizer = build_tiny_model("llama", seed=0)
@@ -83,14 +84,15 @@ def sample(args: argparse.Namespace) -> list:
 
 def sibling_pairs(trees: list, limit: int, per_tree: int, seed: int) -> pd.DataFrame:
     """At most ``per_tree`` sibling couples per tree, trees drawn at random, ``limit`` in all."""
-    from sppd_lib.pairs import PairConfig, apply_values
+    from sppd_lib.config import PairConfig
+    from sppd_lib.pairs import value_trees
 
     rng = random.Random(seed)
     order = list(trees)
     rng.shuffle(order)
     rows: list[dict[str, Any]] = []
     for tree in order:
-        apply_values(tree, PairConfig(value="bellman"))
+        tree = next(value_trees([tree], PairConfig(value="bellman")))
         couples = [
             (parent, *sorted(couple, key=lambda n: -(n.value or 0.0)))
             for parent in tree.nodes
@@ -169,7 +171,8 @@ def count_tokens(model: torch.nn.Module) -> list[int]:
 
 
 def run_ours(model, tokenizer, pairs: pd.DataFrame, args: argparse.Namespace, packing: bool):
-    from sppd_lib.trainer import TrainConfig, train
+    from sppd_lib.config import TrainConfig
+    from sppd_lib.trainer import train
 
     config = TrainConfig(
         phase="sppd",
@@ -199,7 +202,7 @@ def run_trl(model, tokenizer, pairs: pd.DataFrame, args: argparse.Namespace, ref
     from trl import DPOConfig, DPOTrainer
 
     from sppd_lib.models import attach_lora
-    from sppd_lib.trainer import training_order
+    from sppd_lib.train_data import training_order
 
     class PretokenizedDPOTrainer(DPOTrainer):
         """Takes the token ids as they are (TRL would re-tokenize text and append EOS) and,

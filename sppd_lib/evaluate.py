@@ -1,4 +1,4 @@
-"""Evaluation (SPPD_METHOD.md §6): greedy pass@1 and, from N sampled responses per problem,
+"""Evaluation (as in arXiv 2502.13516): greedy pass@1 and, from N sampled responses per problem,
 maj@N, vote@N and best@N; every response is kept with its answer and grade for regrading.
 
 * pass@1: the greedy response's answer.
@@ -18,9 +18,9 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -28,44 +28,24 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from sppd_lib.config import EvalConfig
 from sppd_lib.data import Problem, load_problems, parse_data_spec
 from sppd_lib.engines import Engine, SamplingSettings
-from sppd_lib.grading import grade, group_equivalent
-from sppd_lib.metrics import mcnemar_exact, wilson_interval
-from sppd_lib.models import eos_token_ids
-from sppd_lib.prm import PRMScorer
+from sppd_lib.engines.generate import GenerateEngine
+from sppd_lib.grading import grade
+from sppd_lib.prm import PRMScorer, load_scorer
 from sppd_lib.prompts import build_prompt, split_steps
 
 __all__ = [
-    "SUMMARY_COLUMNS",
     "Generation",
-    "accuracy_table",
-    "best_of_n",
     "evaluate",
     "evaluate_problems",
     "evaluate_samples",
     "generate_greedy",
     "generate_with_engine",
-    "maj_at_n",
-    "paired_change",
+    "graded_row",
     "regrade",
     "sample_responses",
-    "sampled_scores",
-    "summary_rows",
-    "vote_at_n",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Columns of ``summary.parquet`` (one row per iteration x benchmark x metric).
-SUMMARY_COLUMNS = [
-    "iteration",
-    "benchmark",
-    "metric",
-    "value",
-    "n",
-    "correct",
-    "ci95_low",
-    "ci95_high",
-]
 
 
 @dataclass(frozen=True)
@@ -84,7 +64,6 @@ class Generation:
 # ---------------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
 def generate_greedy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -94,40 +73,25 @@ def generate_greedy(
     batch_size: int = 16,
     progress: bool = True,
 ) -> list[Generation]:
-    """Greedy-decode each prompt with ``model.generate`` (left-padded batches, similar
-    lengths together)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tokenizer.padding_side = "left"
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    results: list[Generation | None] = [None] * len(prompts)
-    eos_ids = set(eos_token_ids(model, tokenizer))
-    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        inputs = tokenizer.pad(
-            {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
-        ).to(model.device)
-        output = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(eos_ids),
-        )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-        for index, tokens in zip(batch, new_tokens, strict=True):
-            stop = next((k for k, t in enumerate(tokens) if t in eos_ids), None)
-            kept = tokens if stop is None else tokens[:stop]
-            results[index] = Generation(
-                text=tokenizer.decode(kept, skip_special_tokens=True),
-                num_tokens=len(kept) + (stop is not None),
-                finish_reason="length" if stop is None else "stop",
-            )
-        bar.update(len(batch))
-    bar.close()
-    return [r for r in results if r is not None]
+    """Greedy-decode each prompt with ``model.generate`` (:class:`GenerateEngine`:
+    left-padded batches, similar lengths together)."""
+    engine = GenerateEngine(model, tokenizer, batch_size=batch_size, progress=progress)
+    # One call: the engine batches by length itself, as left-padded `generate` wants.
+    return [g[0] for g in _greedy(engine, tokenizer, prompts, max_new_tokens, len(prompts))]
+
+
+def _greedy(
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool = False,
+) -> list[list[Generation]]:
+    settings = SamplingSettings(max_tokens=max_new_tokens, temperature=0.0, top_p=1.0, stop=None)
+    return generate_with_engine(
+        engine, tokenizer, prompts, 1, settings, batch_size=max(batch_size, 1), progress=progress
+    )
 
 
 def generate_with_engine(
@@ -181,7 +145,7 @@ def generate_with_engine(
 def benchmark_problems(config: EvalConfig, benchmark: str) -> list[Problem]:
     """The problems of one ``benchmarks`` entry: a name, or ``NAME=FILE.jsonl``."""
     name, path = parse_data_spec(benchmark)
-    options = {"seed": config.arith_seed, **config.arith} if benchmark == "arith" else {}
+    options = config.problem_options(name) if path is None else {}
     limit = config.limits.get(name, config.limit)
     return load_problems(name, config.split, limit, path=path, **options)
 
@@ -230,52 +194,53 @@ def evaluate_problems(
     prompts = [build_prompt(tokenizer, p.question, config.system_prompt) for p in problems]
     started = time.perf_counter()
     if engine is not None:
-        greedy = SamplingSettings(
-            max_tokens=config.max_new_tokens, temperature=0.0, top_p=1.0, stop=None
+        generations = _greedy(
+            engine, tokenizer, prompts, config.max_new_tokens, config.batch_size, progress
         )
+    elif model is not None:
         generations = [
-            g[0]
-            for g in generate_with_engine(
-                engine,
+            [g]
+            for g in generate_greedy(
+                model,
                 tokenizer,
                 prompts,
-                1,
-                greedy,
+                max_new_tokens=config.max_new_tokens,
                 batch_size=config.batch_size,
                 progress=progress,
             )
         ]
-    elif model is not None:
-        generations = generate_greedy(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            progress=progress,
-        )
     else:
         raise ValueError("evaluate needs a model or an engine")
     seconds = (time.perf_counter() - started) / max(len(problems), 1)
-    rows = []
-    for problem, generation in zip(problems, generations, strict=True):
-        result = grade(generation.text, problem.answer)
-        rows.append(
-            {
-                "benchmark": problem.source,
-                "problem_id": problem.id,
-                "question": problem.question,
-                "gold": problem.answer,
-                "response": generation.text,
-                "pred": result.pred,
-                "correct": result.correct,
-                "status": result.status,
-                "num_tokens": generation.num_tokens,
-                "finish_reason": generation.finish_reason,
-                "seconds": seconds,
-            }
-        )
+    rows = [
+        graded_row(problem, generation[0], {"question": problem.question}, {"seconds": seconds})
+        for problem, generation in zip(problems, generations, strict=True)
+    ]
     return pd.DataFrame(rows)
+
+
+def graded_row(
+    problem: Problem,
+    generation: Generation,
+    head: dict[str, Any] | None = None,
+    tail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One stored response: benchmark, problem_id, ``head``, gold, response, pred, correct,
+    status, num_tokens, finish_reason, ``tail`` (greedy and sampled rows alike)."""
+    result = grade(generation.text, problem.answer)
+    return {
+        "benchmark": problem.source,
+        "problem_id": problem.id,
+        **(head or {}),
+        "gold": problem.answer,
+        "response": generation.text,
+        "pred": result.pred,
+        "correct": result.correct,
+        "status": result.status,
+        "num_tokens": generation.num_tokens,
+        "finish_reason": generation.finish_reason,
+        **(tail or {}),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,8 +274,7 @@ def sample_responses(
     """
     if config.num_samples < 1:
         raise ValueError(f"num_samples must be >= 1 to sample, got {config.num_samples}")
-    if scorer is None and config.prm_model:
-        scorer = PRMScorer(config.prm_model)
+    scorer = scorer or load_scorer(config.prm_model)
     settings = SamplingSettings(
         max_tokens=config.max_new_tokens,
         temperature=config.sample_temperature,
@@ -335,23 +299,8 @@ def sample_responses(
         else:
             weights = [math.exp(g.mean_logprob) for g in samples]
         for index, (generation, weight) in enumerate(zip(samples, weights, strict=True)):
-            result = grade(generation.text, problem.answer)
-            rows.append(
-                {
-                    "benchmark": problem.source,
-                    "problem_id": problem.id,
-                    "sample": index,
-                    "gold": problem.answer,
-                    "response": generation.text,
-                    "pred": result.pred,
-                    "correct": result.correct,
-                    "status": result.status,
-                    "num_tokens": generation.num_tokens,
-                    "finish_reason": generation.finish_reason,
-                    "mean_logprob": generation.mean_logprob,
-                    "weight": float(weight),
-                }
-            )
+            tail = {"mean_logprob": generation.mean_logprob, "weight": float(weight)}
+            rows.append(graded_row(problem, generation, {"sample": index}, tail))
     return pd.DataFrame(rows)
 
 
@@ -364,8 +313,7 @@ def evaluate_samples(
     progress: bool = True,
 ) -> pd.DataFrame:
     """:func:`sample_responses` on every benchmark of ``config`` (the PRM is loaded once)."""
-    if scorer is None and config.prm_model:
-        scorer = PRMScorer(config.prm_model)
+    scorer = scorer or load_scorer(config.prm_model)
     frames = [
         sample_responses(
             engine,
@@ -392,187 +340,3 @@ def regrade(results: pd.DataFrame) -> pd.DataFrame:
     out["correct"] = [g.correct for g in grades]
     out["status"] = [g.status for g in grades]
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# maj@N, vote@N, best@N
-# ---------------------------------------------------------------------------------------
-
-
-def _vote_winner(groups: list[list[int]], weights: Sequence[float]) -> int | None:
-    """First index of the group with the largest total weight; ties go to the group seen
-    first (as in :func:`sppd_lib.grading.majority_vote`)."""
-    best, best_score = None, -math.inf
-    for group in groups:
-        score = sum(weights[i] for i in group)
-        if score > best_score:
-            best, best_score = group[0], score
-    return best
-
-
-def sampled_scores(samples: pd.DataFrame) -> pd.DataFrame:
-    """maj@N, vote@N and best@N of every problem (rows of :func:`sample_responses`).
-
-    One row per (benchmark, problem_id): samples (N), and for each metric in ``maj``,
-    ``vote``, ``best`` the chosen answer ``<metric>_pred`` and ``<metric>_correct``. The
-    answer groups are computed once per problem and shared by maj and vote; a chosen
-    answer is correct when the stored grade of the sample that stands for it is.
-    """
-    rows = []
-    for (benchmark, problem_id), group in samples.groupby(["benchmark", "problem_id"], sort=False):
-        if "sample" in group:
-            group = group.sort_values("sample", kind="stable")  # ties: lowest sample first
-        preds = [None if pd.isna(p) else str(p) for p in group["pred"]]
-        correct = [bool(c) for c in group["correct"]]
-        weights = [float(w) for w in group["weight"]]
-        groups = group_equivalent(preds)  # answerless samples are left out: they never win
-        # best@N: the highest weight among samples with an answer (ties: lowest sample).
-        answered = [i for i, p in enumerate(preds) if p is not None and not math.isnan(weights[i])]
-        chosen = {
-            "maj": _vote_winner(groups, [1.0] * len(preds)),
-            "vote": _vote_winner(groups, weights),
-            "best": max(answered, key=lambda i: (weights[i], -i), default=None),
-        }
-        row = {"benchmark": benchmark, "problem_id": problem_id, "samples": len(preds)}
-        for metric, index in chosen.items():
-            row[f"{metric}_pred"] = None if index is None else preds[index]
-            row[f"{metric}_correct"] = False if index is None else correct[index]
-        rows.append(row)
-    columns = ["benchmark", "problem_id", "samples"]
-    columns += [f"{m}_{c}" for m in ("maj", "vote", "best") for c in ("pred", "correct")]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _one_metric(samples: pd.DataFrame, metric: str) -> pd.DataFrame:
-    scores = sampled_scores(samples)
-    return scores[["benchmark", "problem_id", f"{metric}_pred", f"{metric}_correct"]].rename(
-        columns={f"{metric}_pred": "pred", f"{metric}_correct": "correct"}
-    )
-
-
-def maj_at_n(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per problem (benchmark, problem_id, pred, correct): the answer most samples give."""
-    return _one_metric(samples, "maj")
-
-
-def vote_at_n(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per problem (benchmark, problem_id, pred, correct): the answer of largest total weight."""
-    return _one_metric(samples, "vote")
-
-
-def best_of_n(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per problem (benchmark, problem_id, pred, correct): the answer of the highest-weighted
-    sample that has an answer."""
-    return _one_metric(samples, "best")
-
-
-# ---------------------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------------------
-
-
-def summary_rows(
-    greedy: pd.DataFrame | None, samples: pd.DataFrame | None, iteration: int
-) -> pd.DataFrame:
-    """This iteration's rows of ``summary.parquet``: one per benchmark x metric.
-
-    Metrics: ``pass@1`` from the greedy rows (:func:`evaluate`) and, when ``samples``
-    (:func:`sample_responses`) is given and not empty, ``maj@N``, ``vote@N`` and ``best@N``
-    with N the samples per problem. Columns :data:`SUMMARY_COLUMNS`; value is the accuracy,
-    n the problems, ci95_low/high its 95% Wilson interval.
-    """
-    per_benchmark: dict[str, list[tuple[str, pd.Series]]] = {}
-    if greedy is not None and len(greedy):
-        for benchmark, group in greedy.groupby("benchmark", sort=False):
-            per_benchmark.setdefault(str(benchmark), []).append(("pass@1", group["correct"]))
-    if samples is not None and len(samples):
-        scores = sampled_scores(samples)
-        n = int(scores["samples"].max())
-        for benchmark, group in scores.groupby("benchmark", sort=False):
-            for metric in ("maj", "vote", "best"):
-                per_benchmark.setdefault(str(benchmark), []).append(
-                    (f"{metric}@{n}", group[f"{metric}_correct"])
-                )
-    rows = []
-    for benchmark, metrics in per_benchmark.items():
-        for metric, correct_column in metrics:
-            correct, total = int(correct_column.sum()), len(correct_column)
-            low, high = wilson_interval(correct, total)
-            rows.append(
-                {
-                    "iteration": int(iteration),
-                    "benchmark": benchmark,
-                    "metric": metric,
-                    "value": correct / total,
-                    "n": total,
-                    "correct": correct,
-                    "ci95_low": low,
-                    "ci95_high": high,
-                }
-            )
-    table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    return table.astype(
-        {
-            "iteration": "int64",
-            "benchmark": "object",
-            "metric": "object",
-            "value": "float64",
-            "n": "int64",
-            "correct": "int64",
-            "ci95_low": "float64",
-            "ci95_high": "float64",
-        }
-    )
-
-
-def paired_change(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
-    """How pass@1 changed between two greedy evaluations of the same problems.
-
-    ``before`` and ``after`` are rows of :func:`evaluate`. Per benchmark, on the problems both
-    hold: problems, accuracy before and after, gained (wrong -> right), lost (right -> wrong)
-    and the exact McNemar p-value of the change, which uses the pairing and so tells a real
-    change from a lucky draw better than two separate confidence intervals do.
-    """
-    keys = ["benchmark", "problem_id"]
-    both = before[[*keys, "correct"]].merge(
-        after[[*keys, "correct"]], on=keys, suffixes=("_before", "_after")
-    )
-    rows = []
-    for benchmark, group in both.groupby("benchmark", sort=False):
-        was, now = group["correct_before"].astype(bool), group["correct_after"].astype(bool)
-        gained, lost = int((~was & now).sum()), int((was & ~now).sum())
-        rows.append(
-            {
-                "benchmark": benchmark,
-                "problems": len(group),
-                "before": float(was.mean()),
-                "after": float(now.mean()),
-                "gained": gained,
-                "lost": lost,
-                "p_value": mcnemar_exact(gained, lost),
-            }
-        )
-    columns = ["benchmark", "problems", "before", "after", "gained", "lost", "p_value"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per benchmark: problems, correct, pass@1 with a 95% Wilson interval, unanswered share."""
-    rows = []
-    for benchmark, group in results.groupby("benchmark", sort=False):
-        correct, total = int(group["correct"].sum()), len(group)
-        low, high = wilson_interval(correct, total)
-        rows.append(
-            {
-                "benchmark": benchmark,
-                "problems": total,
-                "correct": correct,
-                "pass@1": correct / total,
-                "ci95_low": low,
-                "ci95_high": high,
-                "no_answer": float((group["status"] == "no_answer").mean()),
-                "truncated": float((group["finish_reason"] == "length").mean()),
-                "mean_tokens": float(group["num_tokens"].mean()),
-            }
-        )
-    return pd.DataFrame(rows)

@@ -16,10 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MARGIN_MODES", "dpo_loss", "sft_loss", "sppd_loss", "value_margin"]
+from sppd_lib.config import MARGIN_MODES
 
-#: The margin ablation of the paper (Table 4): no margin, a fixed one, the dynamic γ·Δv.
-MARGIN_MODES = ("dynamic", "fixed", "none")
+__all__ = ["dpo_loss", "sft_loss", "sppd_loss", "value_margin"]
 
 
 def value_margin(

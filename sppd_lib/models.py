@@ -33,6 +33,7 @@ __all__ = [
     "default_device",
     "downloads_allowed",
     "eos_token_ids",
+    "is_saved_model",
     "load_model",
     "load_tokenizer",
     "resolve_model",
@@ -127,7 +128,8 @@ def _sha256(path: Path) -> str:
     return index[key]
 
 
-def _is_saved_model(directory: Path) -> bool:
+def is_saved_model(directory: Path) -> bool:
+    """A directory holding a saved transformers model (config and safetensors weights)."""
     return (directory / "config.json").is_file() and any(directory.glob("*.safetensors"))
 
 
@@ -137,7 +139,7 @@ def convert_gguf(gguf_path: str | os.PathLike[str]) -> Path:
     if not gguf_path.is_file():
         raise ModelError(f"GGUF file not found: {gguf_path}")
     target = cache_dir() / "models" / _sha256(gguf_path)[:16]
-    if _is_saved_model(target):
+    if is_saved_model(target):
         return target
     logger.info("converting %s to safetensors in %s (once)", gguf_path.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
@@ -313,7 +315,7 @@ def build_tiny_prm(
 def _saved_tiny_model(arch: str) -> Path:
     """A tiny model saved once under the cache, so it can be named like any model directory."""
     target = cache_dir() / "models" / f"tiny-{arch}"
-    if not _is_saved_model(target):
+    if not is_saved_model(target):
         model, tokenizer = build_tiny_prm() if arch == "prm" else build_tiny_model(arch)
         _save_atomically(model, tokenizer, target, source=f"tiny model {arch!r}")
     return target

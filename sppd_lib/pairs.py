@@ -1,4 +1,4 @@
-"""Preference pairs from valued step trees (SPPD_METHOD.md §2, §5).
+"""Preference pairs from valued step trees (arXiv 2502.13516).
 
 Step level: two sibling steps under the same prefix whose values differ by more than
 ``threshold`` (Δv = v_w - v_l > 0.5 in the paper) become a pair. Each pair carries both
@@ -16,21 +16,18 @@ import itertools
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pandas as pd
 
-from sppd_lib.config import option
+from sppd_lib.config import PairConfig
 from sppd_lib.files import write_parquet_atomic
-from sppd_lib.prm import PRMScorer, prm_values
+from sppd_lib.rundir import trl_pairs_path
 from sppd_lib.tree import StepNode, StepTree
-from sppd_lib.values import bellman_values, mc_values
+from sppd_lib.values import apply_values
 
 __all__ = [
-    "PairConfig",
-    "apply_values",
     "build_pairs",
     "build_sentence_pairs",
     "build_sft_examples",
@@ -41,85 +38,34 @@ __all__ = [
     "stepwise_records",
     "summarize_pairs",
     "to_trl_preference",
+    "value_trees",
     "write_pairs",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class PairConfig:
-    """Value estimator and pair filter (the loss margin belongs to ``TrainConfig``)."""
+def value_trees(trees: Iterable[StepTree], config: PairConfig) -> Iterator[StepTree]:
+    """Each tree with every node valued by ``config``'s estimator (a PRM is loaded once)."""
+    from sppd_lib.prm import load_scorer
 
-    value: str = option(
-        "mc", "Value estimator: 'mc' (Monte-Carlo), 'bellman' or 'prm' (needs prm_model)."
-    )
-    prm_model: str | None = option(
-        None, "PRM for value='prm': a hub id or directory (one- or two-channel token head)."
-    )
-    bellman_aggregate: str = option("max", "Bellman backup: 'max' (optimality) or 'mean'.")
-    bellman_discount: float = option(1.0, "Bellman discount per level, in [0, 1].")
-    threshold: float = option(0.5, "Keep sibling pairs with v_w - v_l above this (paper: 0.5).")
-    pairing: str = option(
-        "all", "'all' qualifying sibling couples, or 'best_worst': one per sibling group."
-    )
-    min_leaves: int = option(
-        1, "mc only: complete leaves a step's subtree needs for its value to count."
-    )
-    rollouts: int = option(
-        0,
-        "mc only: before the backup, roll out whole solutions with the sampling model from "
-        "every unfinished step with fewer than this many complete leaves below it, until it "
-        "has this many (values.add_mc_rollouts), so thinly sampled steps get graded values "
-        "instead of 0/1; 0 = off.",
-    )
-    path_rule: str = option(
-        "final", "Rank of a complete path: value of its 'final' step, its 'mean' or 'min'."
-    )
-
-    def __post_init__(self) -> None:
-        choices = {
-            "value": ("mc", "bellman", "prm"),
-            "bellman_aggregate": ("max", "mean"),
-            "pairing": ("all", "best_worst"),
-            "path_rule": ("final", "mean", "min"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                value = getattr(self, name)
-                raise ValueError(f"pairs.{name} must be one of {allowed}, not {value!r}")
-        if self.value == "prm" and not self.prm_model:
-            raise ValueError("pairs.value 'prm' needs pairs.prm_model")
-        # Values lie in [0, 1]: a threshold above 1 can never be passed (and 1 only never).
-        if not 0 <= self.threshold <= 1:
-            raise ValueError(
-                f"pairs.threshold must be in [0, 1] (values lie in [0, 1]), got {self.threshold}"
-            )
-        if not 0 <= self.bellman_discount <= 1:
-            raise ValueError(
-                f"pairs.bellman_discount must be in [0, 1], got {self.bellman_discount}"
-            )
-        if self.min_leaves < 0:
-            raise ValueError(f"pairs.min_leaves must be >= 0, got {self.min_leaves}")
-        if self.rollouts < 0 or (self.rollouts and self.value != "mc"):
-            raise ValueError(
-                f"pairs.rollouts must be >= 0 and needs value 'mc', got {self.rollouts}"
-            )
+    scorer = load_scorer(config.prm_model) if config.value == "prm" else None
+    for tree in trees:
+        yield apply_values(
+            tree,
+            config.value,
+            bellman_aggregate=config.bellman_aggregate,
+            bellman_discount=config.bellman_discount,
+            scorer=scorer,
+        )
 
 
-def apply_values(tree: StepTree, config: PairConfig, scorer: PRMScorer | None = None) -> StepTree:
-    """Fill every node's value with the configured estimator (``scorer`` for ``prm``)."""
-    if config.value == "mc":
-        return mc_values(tree)
-    if config.value == "prm":
-        if scorer is None:
-            raise ValueError("value='prm' needs a PRMScorer")
-        return prm_values(tree, scorer)
-    return bellman_values(tree, config.bellman_aggregate, config.bellman_discount)
+def _valued(trees: Iterable[StepTree], config: PairConfig, valued: bool) -> Iterable[StepTree]:
+    return trees if valued else value_trees(trees, config)
 
 
 def _has_evidence(node: StepNode, config: PairConfig) -> bool:
-    return config.value != "mc" or node.info.get("mc_total", 0) >= config.min_leaves
+    return config.value != "mc" or (node.mc_total or 0) >= config.min_leaves
 
 
 def _skip_reason(tree: StepTree, config: PairConfig) -> str | None:
@@ -142,7 +88,7 @@ def _pair_row(
         "tree_id": tree.problem.id,
         "problem_id": tree.problem.id,
         "gold": tree.problem.answer,
-        "prompt": tree.meta.get("prompt_text", "") + "".join(s.text for s in prefix),
+        "prompt": tree.prompt_text + "".join(s.text for s in prefix),
         "prompt_ids": tree.prefix_ids(parent.id),
         "chosen": win.text,
         "rejected": lose.text,
@@ -206,7 +152,7 @@ def path_pairs(tree: StepTree, config: PairConfig) -> list[dict[str, Any]]:
         (p for p in tree.complete_paths() if not p[-1].correct),
         key=lambda p: _path_score(p, config.path_rule),
     )
-    prompt = tree.meta.get("prompt_text", "")
+    prompt = tree.prompt_text
     return [
         {
             "tree_id": tree.problem.id,
@@ -225,13 +171,14 @@ def path_pairs(tree: StepTree, config: PairConfig) -> list[dict[str, Any]]:
     ]
 
 
-def build_pairs(trees: Iterable[StepTree], config: PairConfig) -> tuple[pd.DataFrame, Counter[str]]:
-    """Value every tree, then collect step pairs; returns the pairs and why trees gave none."""
+def build_pairs(
+    trees: Iterable[StepTree], config: PairConfig, *, valued: bool = False
+) -> tuple[pd.DataFrame, Counter[str]]:
+    """Value every tree (unless ``valued``: they carry ``config``'s values already), then
+    collect step pairs; returns the pairs and why trees gave none."""
     rows: list[dict[str, Any]] = []
     reasons: Counter[str] = Counter()
-    scorer = PRMScorer(config.prm_model) if config.value == "prm" else None  # type: ignore[arg-type]
-    for tree in trees:
-        apply_values(tree, config, scorer)
+    for tree in _valued(trees, config, valued):
         tree_rows, reason = step_pairs(tree, config)
         rows.extend(tree_rows)
         if reason is not None:
@@ -252,26 +199,26 @@ _COLUMNS = [  # the keys of _pair_row, for an empty result
 ]  # fmt: skip
 
 
-def build_sentence_pairs(trees: Iterable[StepTree], config: PairConfig) -> pd.DataFrame:
-    """(τ+, τ−) pairs of every tree for sentence-level DPO (margin 0), trainer-ready."""
-    scorer = PRMScorer(config.prm_model) if config.value == "prm" else None  # type: ignore[arg-type]
+def build_sentence_pairs(
+    trees: Iterable[StepTree], config: PairConfig, *, valued: bool = False
+) -> pd.DataFrame:
+    """(τ+, τ−) pairs of every tree for sentence-level DPO (margin 0), trainer-ready
+    (``valued``: as in :func:`build_pairs`)."""
     rows = []
-    for tree in trees:
-        apply_values(tree, config, scorer)
+    for tree in _valued(trees, config, valued):
         rows.extend({**row, "delta_value": 0.0} for row in path_pairs(tree, config))
     columns = ["tree_id", "prompt", "prompt_ids", "chosen", "rejected", "chosen_ids"]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
 
 
 def build_sft_examples(
-    trees: Iterable[StepTree], config: PairConfig, per_problem: int = 4
+    trees: Iterable[StepTree], config: PairConfig, per_problem: int = 4, *, valued: bool = False
 ) -> pd.DataFrame:
     """τ+ for SFT: up to ``per_problem`` distinct correct complete paths of each tree, best
-    first (a cap, so easy problems with many correct paths do not dominate)."""
-    scorer = PRMScorer(config.prm_model) if config.value == "prm" else None  # type: ignore[arg-type]
+    first (a cap, so easy problems with many correct paths do not dominate; ``valued``: as in
+    :func:`build_pairs`)."""
     rows = []
-    for tree in trees:
-        apply_values(tree, config, scorer)
+    for tree in _valued(trees, config, valued):
         seen: set[tuple[int, ...]] = set()
         for path in positive_paths(tree, config):
             ids = tuple(t for step in path for t in step.token_ids)
@@ -281,7 +228,7 @@ def build_sft_examples(
             rows.append(
                 {
                     "tree_id": tree.problem.id,
-                    "prompt": tree.meta.get("prompt_text", ""),
+                    "prompt": tree.prompt_text,
                     "prompt_ids": list(tree.prompt_ids),
                     "chosen": "".join(step.text for step in path),
                     "chosen_ids": list(ids),
@@ -292,15 +239,20 @@ def build_sft_examples(
 
 
 def phase_data(
-    phase: str, trees: Iterable[StepTree], config: PairConfig, sft_per_problem: int = 4
+    phase: str,
+    trees: Iterable[StepTree],
+    config: PairConfig,
+    sft_per_problem: int = 4,
+    *,
+    valued: bool = False,
 ) -> pd.DataFrame:
     """The training data of one phase from sampled trees: step pairs (``sppd``), sentence
-    pairs (``dpo``) or correct paths (``sft``)."""
+    pairs (``dpo``) or correct paths (``sft``); ``valued`` as in :func:`build_pairs`."""
     if phase == "sft":
-        return build_sft_examples(trees, config, sft_per_problem)
+        return build_sft_examples(trees, config, sft_per_problem, valued=valued)
     if phase == "dpo":
-        return build_sentence_pairs(trees, config)
-    return build_pairs(trees, config)[0]
+        return build_sentence_pairs(trees, config, valued=valued)
+    return build_pairs(trees, config, valued=valued)[0]
 
 
 def to_trl_preference(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -319,7 +271,7 @@ def stepwise_records(trees: Iterable[StepTree]) -> pd.DataFrame:
         for path in tree.complete_paths():
             rows.append(
                 {
-                    "prompt": tree.meta.get("prompt_text", tree.problem.question),
+                    "prompt": tree.prompt_text or tree.problem.question,
                     "completions": [s.text for s in path],
                     "labels": [float(s.value or 0.0) for s in path],
                 }
@@ -333,14 +285,16 @@ def write_pairs(pairs: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     ``path`` is written last: the loop takes it as the mark of a finished pairs phase, so a
     kill in between must not leave it without its TRL export.
     """
-    name = os.fspath(path)
-    stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
-    write_parquet_atomic(to_trl_preference(pairs), stem + ".trl.parquet")
+    write_parquet_atomic(to_trl_preference(pairs), trl_pairs_path(path))
     write_parquet_atomic(pairs, path)
 
 
-def summarize_pairs(pairs: pd.DataFrame, trees: int) -> dict[str, Any]:
-    """Pairs per tree, the Δv histogram (0.1 bins) and pairs by depth."""
+def summarize_pairs(
+    pairs: pd.DataFrame, trees: int, reasons: Counter[str] | None = None
+) -> dict[str, Any]:
+    """Pairs per tree, the Δv histogram (0.1 bins), pairs by depth and, given the
+    ``reasons`` of :func:`build_pairs`, the trees without pairs by reason (the summary that
+    ``pairs_summary.json`` and ``sppd pairs`` show)."""
 
     def histogram(column: str) -> dict[str, int]:
         bins = ((pairs[column] * 10 + 1e-9) // 1 / 10).round(1)  # 1.0 // 0.1 is 9.0 in floats
@@ -353,4 +307,5 @@ def summarize_pairs(pairs: pd.DataFrame, trees: int) -> dict[str, Any]:
         "pairs_per_tree": len(pairs) / trees if trees else 0.0,
         "delta_value_histogram": histogram("delta_value") if len(pairs) else {},
         "pairs_by_depth": {int(d): int(c) for d, c in sorted(Counter(pairs["depth"]).items())},
+        **({} if reasons is None else {"trees_without_pairs": dict(reasons)}),
     }

@@ -28,7 +28,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from sppd_lib.models import default_device, resolve_model
 from sppd_lib.tree import ROOT, StepTree
 
-__all__ = ["PRMScorer", "prm_values", "train_prm"]
+__all__ = ["PRMScorer", "load_scorer", "prm_values", "train_prm"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +101,19 @@ class PRMScorer:
         return scores
 
 
+def load_scorer(name: str | os.PathLike[str] | None) -> PRMScorer | None:
+    """The one place a PRM is loaded: a :class:`PRMScorer` of ``name``, or ``None`` without
+    one (no PRM configured)."""
+    return PRMScorer(name) if name else None
+
+
 def prm_values(tree: StepTree, scorer: PRMScorer) -> StepTree:
     """Score every step of the tree (each root-to-leaf path once); the root gets the mean
     of its children, as it has no step of its own."""
     leaves = tree.leaves()
     if leaves:
         paths = [tree.path(leaf.id) for leaf in leaves]
-        prompt = tree.meta.get("prompt_text", tree.problem.question)
+        prompt = tree.prompt_text or tree.problem.question
         for path, scores in zip(
             paths, scorer.score(prompt, [[s.text for s in p] for p in paths]), strict=True
         ):

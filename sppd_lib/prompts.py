@@ -1,14 +1,17 @@
 """The chat prompt, the step delimiter, step splitting and final-answer detection.
 
-A *step* is one action of the step MDP (SPPD_METHOD.md §1): the text up to and including the
+A *step* is one action of the step MDP (arXiv 2502.13516): the text up to and including the
 next step delimiter, or to the end of the response. Joining the steps gives back the text.
 """
 
 from __future__ import annotations
 
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from sppd_lib.grading import last_boxed
+
+if TYPE_CHECKING:  # only for hints: importing prompts must not load transformers
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 __all__ = [
     "DEFAULT_STEP_DELIMITER",
@@ -19,7 +22,7 @@ __all__ = [
     "split_steps",
 ]
 
-#: The paper's evaluation instruction (SPPD_METHOD.md §6), given as the system message.
+#: The evaluation instruction of arXiv 2502.13516, given as the system message.
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_STEP_DELIMITER = "\n\n"
 

@@ -1,4 +1,4 @@
-"""SPPD tree-based self-sampling (SPPD_METHOD.md §3) over any engine.
+"""SPPD tree-based self-sampling (arXiv 2502.13516) over any engine.
 
 Per problem, ``k`` passes. A pass descends from the root, choosing a child with probability
 proportional to exp(mean token log-prob of its step), until it reaches a node without
@@ -15,29 +15,27 @@ import math
 import os
 import random
 from collections.abc import Container, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sppd_lib.config import ConfigError, option
+from sppd_lib.config import ConfigError, SamplerConfig
 from sppd_lib.data import Problem
 from sppd_lib.engines import Engine, SamplingSettings
 from sppd_lib.files import write_text_atomic
 from sppd_lib.grading import extract_answer
 from sppd_lib.prompts import (
-    DEFAULT_STEP_DELIMITER,
-    SYSTEM_PROMPT,
     build_prompt,
     has_final_answer,
 )
 from sppd_lib.prompts import prompt_token_ids as build_prompt_ids
+from sppd_lib.rundir import partial_trees_path
 from sppd_lib.tree import StepNode, StepTree, read_trees, write_trees
 from sppd_lib.values import grade_leaves
 
 __all__ = [
-    "SamplerConfig",
     "merge_tree_files",
     "sample_to_file",
     "sample_trees",
@@ -45,77 +43,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SamplerConfig:
-    """Tree self-sampling. Where the paper is silent the default is ours (marked 'ours')."""
-
-    k: int = option(16, "Passes (selection + expansion) per problem; the paper uses 64.")
-    c: int = option(2, "Children sampled per expansion; the paper uses 2.")
-    temperature: float = option(0.7, "Sampling temperature (ours; the paper does not state it).")
-    top_p: float = option(1.0, "Nucleus sampling threshold (ours).")
-    max_step_tokens: int = option(128, "Token budget of one step (ours).")
-    max_depth: int = option(16, "Steps per path before a node is terminal (ours).")
-    max_total_tokens: int = option(
-        512, "Generated tokens per path before a node is terminal (ours)."
-    )
-    step_delimiter: str = option(DEFAULT_STEP_DELIMITER, "A step ends at this string (ours).")
-    answer_format: str = option(
-        "boxed",
-        "What makes a path complete: 'boxed' (a step with \\boxed{}, the paper) or 'any' (also "
-        "a path that ends at EOS with an extractable answer: for small models that never box).",
-    )
-    selection: str = option(
-        "logprob",
-        "Child choice on descent: 'logprob' (∝ exp(mean step log-prob), the paper) or 'uniform'.",
-    )
-    skip_closed: bool = option(
-        True,
-        "Descend only into subtrees that can still grow, so no pass is spent on a finished "
-        "branch (ours; the paper's passes may end on a terminal leaf).",
-    )
-    passes_per_round: int = option(
-        1,
-        "Passes per tree whose selections share one engine call (1 = the paper's strictly "
-        "sequential passes). With m > 1, m distinct leaves are picked per round (leaves "
-        "already picked are not entered again, like virtual loss in parallel MCTS), so the "
-        "engine sees m times bigger batches and k passes take k/m rounds (ours).",
-    )
-    problems_per_batch: int = option(16, "Problems whose expansions share one engine call.")
-    seed: int = option(0, "Seed of selection and sampling: the same seed gives the same trees.")
-    system_prompt: str = option(SYSTEM_PROMPT, "System message of the chat prompt.")
-
-    def __post_init__(self) -> None:
-        for name in (
-            "k",
-            "c",
-            "max_step_tokens",
-            "max_depth",
-            "max_total_tokens",
-            "passes_per_round",
-            "problems_per_batch",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sampler.{name} must be >= 1, got {getattr(self, name)}")
-        # Temperature 0 or top_p 0 decode greedily: all C children equal, so no pairs at all.
-        if not self.temperature > 0:
-            raise ValueError(
-                f"sampler.temperature must be > 0 (0 samples identical siblings), "
-                f"got {self.temperature}"
-            )
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"sampler.top_p must be in (0, 1], got {self.top_p}")
-        if self.answer_format not in ("boxed", "any"):
-            raise ValueError(
-                f"sampler.answer_format must be 'boxed' or 'any', not {self.answer_format!r}"
-            )
-        if self.selection not in ("logprob", "uniform"):
-            raise ValueError(
-                f"sampler.selection must be 'logprob' or 'uniform', not {self.selection!r}"
-            )
-        if not self.step_delimiter:
-            raise ValueError("sampler.step_delimiter must be a non-empty string")
 
 
 def _select(
@@ -188,8 +115,8 @@ def sample_trees(
             StepTree(
                 problem,
                 build_prompt_ids(tokenizer, problem.question, config.system_prompt),
+                prompt_text=build_prompt(tokenizer, problem.question, config.system_prompt),
                 meta={
-                    "prompt_text": build_prompt(tokenizer, problem.question, config.system_prompt),
                     "sampler": asdict(config),
                     **(meta or {}),
                     "batch": batch_index,
@@ -256,10 +183,6 @@ def sample_trees(
 # ---------------------------------------------------------------------------------------
 # Files: resumable sampling, shards, merging
 # ---------------------------------------------------------------------------------------
-
-
-def _partial_path(out: Path) -> Path:
-    return out.with_name(out.name + ".partial.jsonl")
 
 
 def _settings_of(
@@ -366,7 +289,7 @@ def sample_to_file(
             )
         logger.info("%s exists with these settings: nothing to sample", out)
         return out
-    partial = _partial_path(out)
+    partial = partial_trees_path(out)
     done = _finished_batches(partial, config, problems, meta)
     if done:
         logger.info("resuming %s: %d batches already sampled", out, len(done))

@@ -8,7 +8,6 @@ flip on the majority over seeds.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +16,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sppd_lib.config import ConfigError, config_from_dict, load_yaml
-from sppd_lib.evaluate import SUMMARY_COLUMNS
-from sppd_lib.metrics import mcnemar_exact, paired_bootstrap, seed_interval, wilson_interval
-from sppd_lib.study import START, StudyConfig, resolve_arms
+from sppd_lib.config import (
+    START,
+    ConfigError,
+    StudyConfig,
+    config_from_dict,
+    load_yaml,
+    resolve_arms,
+)
+from sppd_lib.metrics import (
+    SUMMARY_COLUMNS,
+    mcnemar_exact,
+    paired_bootstrap,
+    seed_interval,
+    summary_rows,
+    wilson_interval,
+)
+from sppd_lib.rundir import PhaseDir, StudyDir, read_json
 
 __all__ = [
     "Study",
@@ -51,22 +63,24 @@ class Study:
     def study_id(self) -> str:
         return self.config.study_id
 
+    @property
+    def directory(self) -> StudyDir:
+        return StudyDir(self.path)
+
+    def arm_dir(self, arm: str, seed: int) -> PhaseDir:
+        """The directory of one arm × seed (the start's for ``START``)."""
+        return self.directory.start_dir(START) if arm == START else self.directory.arm(arm, seed)
+
     def pairs(self, values: str | None = None) -> pd.DataFrame | None:
         """The step pairs of an estimator (default: the first)."""
         name = values or next(iter(self.config.estimators))
-        path = self.path / "values" / name / "pairs.parquet"
-        return pd.read_parquet(path) if path.is_file() else None
+        return self.directory.values(name).read_pairs()
 
     def pair_log(self, arm: str, seed: int) -> pd.DataFrame | None:
-        path = self.path / arm / f"seed_{seed}" / "train" / "pair_log.parquet"
-        return pd.read_parquet(path) if path.is_file() else None
+        return self.directory.arm(arm, seed).train.read_pair_log()
 
     def train_log(self, arm: str, seed: int) -> pd.DataFrame | None:
-        path = self.path / arm / f"seed_{seed}" / "train" / "log.jsonl"
-        if not path.is_file():
-            return None
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return pd.DataFrame(rows)
+        return self.directory.arm(arm, seed).train.read_log()
 
     def correctness(self, arm: str, benchmark: str) -> pd.DataFrame:
         """``(problems, seeds)`` 0/1 greedy correctness of one arm on one benchmark."""
@@ -77,23 +91,25 @@ class Study:
 def load_study(study_dir: str | os.PathLike[str]) -> Study:
     """Read a study directory (finished or not) and compute its tables."""
     root = Path(study_dir)
-    if not (root / "study.yaml").is_file():
+    directory = StudyDir(root)
+    if not directory.config.is_file():
         raise ConfigError(
-            f"no study at {root} (no study.yaml): run `sppd study --config FILE` first, or "
-            "pass the directory it wrote (studies/<study_id>)"
+            f"no study at {root} (no {directory.config.name}): run `sppd study --config FILE` "
+            "first, or pass the directory it wrote (studies/<study_id>)"
         )
-    config = config_from_dict(StudyConfig, load_yaml(root / "study.yaml"))
+    config = config_from_dict(StudyConfig, load_yaml(directory.config))
     names = [arm.name for arm in resolve_arms(config)]
     frames, records = [], {}
-    start = root / START / "eval.parquet"
-    if start.is_file():
-        frames.append(pd.read_parquet(start).assign(arm=START, seed=0))
+    start = directory.start_dir(START).read_eval()
+    if start is not None:
+        frames.append(start.assign(arm=START, seed=0))
     for name in names:
         for seed in config.seeds:
-            arm_dir = root / name / f"seed_{seed}"
-            if (arm_dir / "arm.json").is_file():
-                records[(name, seed)] = json.loads((arm_dir / "arm.json").read_text())
-                frames.append(pd.read_parquet(arm_dir / "eval.parquet").assign(arm=name, seed=seed))
+            arm_dir = directory.arm(name, seed)
+            record = read_json(arm_dir.arm_record)
+            if record is not None:
+                records[(name, seed)] = record
+                frames.append(pd.read_parquet(arm_dir.eval).assign(arm=name, seed=seed))
     evals = (
         pd.concat(frames, ignore_index=True)
         if frames
@@ -106,20 +122,17 @@ def load_study(study_dir: str | os.PathLike[str]) -> Study:
     return study
 
 
-#: Columns of ``study.parquet``: a summary row (evaluate.SUMMARY_COLUMNS) per arm and seed.
+#: Columns of ``study.parquet``: a summary row (metrics.SUMMARY_COLUMNS) per arm and seed.
 STUDY_COLUMNS = ["arm", "seed", *SUMMARY_COLUMNS[1:]]
 
 
 def study_table(study: Study) -> pd.DataFrame:
     """``study.parquet``: one row per arm × seed × benchmark × metric (greedy pass@1, and
     maj/vote/best@N when the evaluation sampled)."""
-    from sppd_lib.evaluate import summary_rows
-
     rows = []
     for (arm, seed), group in study.evals.groupby(["arm", "seed"], sort=False):
-        directory = study.path / (START if arm == START else f"{arm}/seed_{seed}")
-        samples = directory / "eval_samples.parquet"
-        summary = summary_rows(group, pd.read_parquet(samples) if samples.is_file() else None, 0)
+        samples = study.arm_dir(arm, int(seed)).read_eval_samples()
+        summary = summary_rows(group, samples, 0)
         rows.append(summary.drop(columns="iteration").assign(arm=arm, seed=int(seed)))
     if not rows:
         return pd.DataFrame(columns=STUDY_COLUMNS)

@@ -1,6 +1,7 @@
-"""Step-level preference training on ``transformers.Trainer`` (SPPD_METHOD.md §2, §5).
+"""Step-level preference training on ``transformers.Trainer`` (arXiv 2502.13516).
 
-One trainer, three phases over the same batch layout (``sppd_lib.packing``):
+One trainer, three phases over the same batch layout (``sppd_lib.packing``; the data, its
+margins, order and collator are ``sppd_lib.train_data``):
 - ``sppd``: sibling step pairs, loss −log σ(β·h − margin), the margin computed here from each
   pair's value gap Δv and the config's ``margin`` / ``gamma`` / ``fixed_margin``
   (:func:`sppd_lib.loss.value_margin`), so one pairs file serves every margin variant;
@@ -14,16 +15,13 @@ optimisation loop, ``accelerate launch`` (DDP, FSDP, DeepSpeed) works unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import random
 import shutil
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,300 +32,24 @@ from accelerate import PartialState
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sppd_lib.config import ConfigError, check_ranges, config_to_dict, option
+from sppd_lib.config import ConfigError, TrainConfig, config_to_dict
 from sppd_lib.files import write_parquet_atomic
-from sppd_lib.loss import MARGIN_MODES, sft_loss, sppd_loss, value_margin
-from sppd_lib.packing import Batch, pack_sequences, pad_sequences, sequence_logps
+from sppd_lib.loss import dpo_loss, sft_loss, sppd_loss
+from sppd_lib.packing import sequence_logps
+from sppd_lib.rundir import TrainDir
+from sppd_lib.train_data import (
+    PairCollator,
+    PreferenceDataset,
+    attention_of,
+    batch_of,
+    compute_reference_logps,
+    pair_margins,
+    training_order,
+)
 
-__all__ = [
-    "PairCollator",
-    "PreferenceDataset",
-    "SPPDTrainer",
-    "TrainConfig",
-    "TrainResult",
-    "compute_reference_logps",
-    "pair_margins",
-    "train",
-]
+__all__ = ["SPPDTrainer", "TrainResult", "check_train_out", "train"]
 
 logger = logging.getLogger(__name__)
-
-PHASES = ("sft", "dpo", "sppd")
-
-
-@dataclass
-class TrainConfig:
-    """Training of one phase (SPPD_METHOD.md §5)."""
-
-    phase: str = option("sppd", "'sppd' (step pairs), 'dpo' (sentence pairs) or 'sft' (τ+).")
-    beta: float = option(0.1, "β of the DPO/SPPD loss (paper: 0.1).")
-    margin: str = option(
-        "dynamic",
-        "Margin of the sppd loss: 'dynamic' (γ·Δv, SPPD), 'fixed' (one constant for every "
-        "pair) or 'none' (0: Step-DPO). The paper's ablation (Table 4) compares the three.",
-    )
-    gamma: float = option(
-        1.0,
-        "γ of the margin γ·Δv, >= 0 (paper sweeps 0.1, 0.5, 1, 2, 5 and finds an interior "
-        "optimum; its headline γ is not stated).",
-    )
-    fixed_margin: float | None = option(
-        None,
-        "The constant of margin 'fixed', >= 0; null: the mean of γ·Δv over the phase's "
-        "pairs (the paper does not state its fixed value), so fixed and dynamic have the same "
-        "mean margin and differ only in its spread.",
-    )
-    optimizer: str = option("adamw", "'adamw' or 'sgd' (the paper's DPO/SPPD optimiser).")
-    learning_rate: float = option(1e-4, "Peak learning rate (paper, full fine-tuning: SGD 1e-5).")
-    lr_scheduler: str = option("cosine", "Learning-rate schedule (any transformers scheduler).")
-    warmup_ratio: float = option(0.0, "Share of steps spent warming the learning rate up.")
-    weight_decay: float = option(0.0, "Weight decay of the optimiser.")
-    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables clipping).")
-    epochs: int = option(1, "Passes over the training data (reshuffled tree by tree each pass).")
-    batch_size: int = option(8, "Pairs (or τ+ paths) per device per micro-batch.")
-    gradient_accumulation_steps: int = option(1, "Micro-batches per optimiser step.")
-    lora_r: int = option(16, "LoRA rank; 0 trains all weights (full fine-tuning).")
-    lora_alpha: int = option(32, "LoRA alpha (the update is scaled by alpha / r).")
-    lora_dropout: float = option(0.0, "LoRA dropout.")
-    lora_target_modules: str = option("all-linear", "Modules that get LoRA adapters.")
-    packing: bool = option(
-        True, "Forward each batch as one token trie (shared prefixes once); false pads rows."
-    )
-    group_by_tree: bool = option(
-        True, "Order pairs tree by tree, so a batch holds siblings and shares more prefix."
-    )
-    reference: str = option(
-        "tree",
-        "Reference log-probs: 'tree' (recorded by the sampler) or 'recompute' (the policy "
-        "before training: LoRA adapter disabled, or the starting weights), for pairs that did "
-        "not come from this model.",
-    )
-    reference_model: str | None = option(
-        None, "With reference 'recompute': a separate reference model (default: the policy)."
-    )
-    gradient_checkpointing: bool = option(False, "Recompute activations to save memory.")
-    bf16: bool | None = option(None, "bf16 mixed precision; default: on for CUDA, off on CPU.")
-    max_examples: int | None = option(None, "Train on the first N pairs/paths only.")
-    logging_steps: int = option(1, "Optimiser steps between log lines.")
-    seed: int = option(0, "Seed of the data order and the LoRA initialisation.")
-    save_merged: bool = option(
-        True, "Also save LoRA merged into full weights (next sampler, vLLM, export)."
-    )
-
-    def __post_init__(self) -> None:
-        if self.phase not in PHASES:
-            raise ConfigError(f"train.phase must be one of {PHASES}, not {self.phase!r}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ConfigError(f"train.optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
-        if self.reference not in ("tree", "recompute"):
-            raise ConfigError(
-                f"train.reference must be 'tree' or 'recompute', not {self.reference!r}"
-            )
-        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lora_r < 0 or self.beta <= 0 or self.learning_rate <= 0:
-            raise ConfigError("train.lora_r must be >= 0, train.beta and learning_rate > 0")
-        if self.margin not in MARGIN_MODES:
-            raise ConfigError(f"train.margin must be one of {MARGIN_MODES}, not {self.margin!r}")
-        if self.gamma < 0:
-            raise ConfigError(f"train.gamma must be >= 0, got {self.gamma}")
-        if self.fixed_margin is not None and self.fixed_margin < 0:
-            raise ConfigError(f"train.fixed_margin must be >= 0 or null, got {self.fixed_margin}")
-        check_ranges(
-            self,
-            "train.",
-            {
-                "warmup_ratio": (0 <= self.warmup_ratio < 1, "in [0, 1)"),
-                "weight_decay": (self.weight_decay >= 0, ">= 0"),
-                "max_grad_norm": (self.max_grad_norm >= 0, ">= 0"),
-                "lora_alpha": (self.lora_alpha > 0, "> 0"),
-                "lora_dropout": (0 <= self.lora_dropout < 1, "in [0, 1)"),
-                "max_examples": (self.max_examples is None or self.max_examples >= 1, ">= 1"),
-            },
-        )
-
-
-# ---------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------
-
-
-def _ids(value: Any) -> list[int]:
-    return [] if value is None else [int(t) for t in value]
-
-
-class PreferenceDataset(torch.utils.data.Dataset):
-    """Pairs (``sppd``, ``dpo``) or τ+ paths (``sft``) as token ids, in training order.
-
-    Each row needs ``prompt_ids`` and ``chosen_ids``; pairs also ``rejected_ids``,
-    ``chosen_ref_logp``, ``rejected_ref_logp``; ``margin`` is the loss margin of ``sppd`` rows
-    (:func:`train` adds it with :func:`pair_margins`; 0 when absent). The order is the
-    training order (see ``training_order``), so the Trainer samples sequentially.
-    """
-
-    def __init__(self, frame: pd.DataFrame, phase: str) -> None:
-        needed = ["prompt_ids", "chosen_ids"]
-        if phase != "sft":
-            needed += ["rejected_ids", "chosen_ref_logp", "rejected_ref_logp"]
-        missing = [c for c in needed if c not in frame.columns]
-        if missing:
-            raise ConfigError(f"{phase} training data lacks column(s) {missing}")
-        self.phase = phase
-        self.rows: list[dict[str, Any]] = []
-        for index, row in enumerate(frame.to_dict("records")):
-            prompt, chosen = _ids(row["prompt_ids"]), _ids(row["chosen_ids"])
-            rejected = _ids(row.get("rejected_ids"))
-            if not prompt or not chosen or (phase != "sft" and not rejected):
-                raise ConfigError(f"training row {index} has an empty prompt or step")
-            self.rows.append(
-                {
-                    "pair_index": int(row.get("pair_index", index)),
-                    "prompt_ids": prompt,
-                    "chosen_ids": chosen,
-                    "rejected_ids": rejected,
-                    "ref_chosen": float(row.get("chosen_ref_logp", 0.0)),
-                    "ref_rejected": float(row.get("rejected_ref_logp", 0.0)),
-                    "margin": float(row.get("margin", 0.0)) if phase == "sppd" else 0.0,
-                    "delta_value": float(row.get("delta_value", 0.0) or 0.0),
-                }
-            )
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.rows[index]
-
-
-def pair_margins(data: pd.DataFrame, config: TrainConfig) -> tuple[list[float], dict[str, Any]]:
-    """The loss margin of every row of ``data`` and the settings that made them.
-
-    ``sppd`` rows get :func:`~sppd_lib.loss.value_margin` of their ``delta_value`` (or
-    ``value_chosen − value_rejected``); ``dpo`` and ``sft`` rows get 0. A ``margin`` column
-    stored by older versions of the pairs phase is ignored: the train config decides.
-
-    Returns:
-        ``(margins, settings)``; ``settings`` holds ``margin``, ``gamma``, ``fixed_margin``
-        (resolved: the constant actually used by ``fixed``) and ``mean_margin``.
-    """
-    if config.phase != "sppd":
-        return [0.0] * len(data), {"margin": "none", "gamma": 0.0, "fixed_margin": None}
-    if "delta_value" in data.columns:
-        delta = data["delta_value"].astype(float)
-    elif {"value_chosen", "value_rejected"} <= set(data.columns):
-        delta = data["value_chosen"].astype(float) - data["value_rejected"].astype(float)
-    else:
-        raise ConfigError(
-            "sppd training data needs a delta_value column (or value_chosen and "
-            "value_rejected) to compute the margin; build it with `sppd pairs`"
-        )
-    margins = value_margin(
-        torch.tensor(delta.to_numpy(), dtype=torch.float64),
-        config.margin,
-        config.gamma,
-        config.fixed_margin,
-    ).tolist()
-    fixed = config.fixed_margin
-    if config.margin == "fixed" and fixed is None:
-        fixed = margins[0] if margins else 0.0
-    settings = {
-        "margin": config.margin,
-        "gamma": config.gamma,
-        "fixed_margin": fixed,
-        "mean_margin": sum(margins) / len(margins) if margins else 0.0,
-    }
-    return margins, settings
-
-
-def training_order(
-    frame: pd.DataFrame, epochs: int, seed: int, group_by_tree: bool
-) -> pd.DataFrame:
-    """``epochs`` shuffled copies of ``frame`` (with ``pair_index`` = original row).
-
-    With ``group_by_tree`` the trees are shuffled and each tree's pairs stay together, so a
-    batch holds siblings whose shared prefix is forwarded once.
-    """
-    frame = frame.reset_index(drop=True).assign(pair_index=lambda f: f.index)
-    rng = random.Random(seed)
-    passes = []
-    for _ in range(epochs):
-        if group_by_tree and "tree_id" in frame.columns:
-            trees = list(dict.fromkeys(frame["tree_id"]))
-            rng.shuffle(trees)
-            rank = {tree: i for i, tree in enumerate(trees)}
-            order = sorted(frame.index, key=lambda i: (rank[frame.at[i, "tree_id"]], i))
-        else:
-            order = list(frame.index)
-            rng.shuffle(order)
-        passes.append(frame.loc[order])
-    return pd.concat(passes, ignore_index=True)
-
-
-class PairCollator:
-    """Features of a micro-batch → one packed trie row (or padded rows) + loss targets.
-
-    Sequence ``2i`` is pair i's ``prompt + chosen``, ``2i + 1`` its ``prompt + rejected``;
-    ``sft`` has only the chosen sequences. A step that is not final carries no EOS: the step
-    token ids come from the sampler as generated (EOS only where the model stopped).
-    """
-
-    def __init__(self, phase: str, packing: bool = True, pad_id: int = 0) -> None:
-        self.phase, self.packing, self.pad_id = phase, packing, pad_id
-
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        prefixes, steps = [], []
-        for feature in features:
-            prefixes.append(feature["prompt_ids"])
-            steps.append(feature["chosen_ids"])
-            if self.phase != "sft":
-                prefixes.append(feature["prompt_ids"])
-                steps.append(feature["rejected_ids"])
-        if self.packing:
-            batch = pack_sequences(prefixes, steps)
-        else:
-            batch = pad_sequences(prefixes, steps, self.pad_id)
-        column = lambda key, dtype: torch.tensor([f[key] for f in features], dtype=dtype)  # noqa: E731
-        return {
-            **{f"batch_{name}": value for name, value in vars(batch).items()},
-            "pair_index": column("pair_index", torch.long),
-            "ref_chosen": column("ref_chosen", torch.float32),
-            "ref_rejected": column("ref_rejected", torch.float32),
-            "margin": column("margin", torch.float32),
-            "delta_value": column("delta_value", torch.float32),
-        }
-
-
-def _batch_of(inputs: dict[str, torch.Tensor]) -> Batch:
-    return Batch(**{k[len("batch_") :]: v for k, v in inputs.items() if k.startswith("batch_")})
-
-
-@torch.no_grad()
-def compute_reference_logps(
-    model: PreTrainedModel,
-    dataset: PreferenceDataset,
-    batch_size: int = 8,
-    packing: bool = True,
-) -> None:
-    """Replace the dataset's reference log-probs with ``model``'s (adapter disabled if peft)."""
-    collator = PairCollator(dataset.phase, packing)
-    disable = getattr(model, "disable_adapter", None)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with disable() if disable is not None else contextlib.nullcontext():
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset.rows[start : start + batch_size]
-            batch = _batch_of({k: v.to(device) for k, v in collator(rows).items()})
-            logps, _ = sequence_logps(model, batch, 2 * len(rows), _attention(model))
-            for row, (chosen, rejected) in zip(rows, logps.view(-1, 2).tolist(), strict=True):
-                row["ref_chosen"], row["ref_rejected"] = chosen, rejected
-    model.train(was_training)
-
-
-def _attention(model: torch.nn.Module) -> str:
-    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
-
 
 # ---------------------------------------------------------------------------------------
 # Trainer
@@ -347,7 +69,7 @@ class SPPDTrainer(Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self.pair_log: list[dict[str, Any]] = []
         self.tokens_forwarded = 0
-        self.attention = _attention(self.model)
+        self.attention = attention_of(self.model)
 
     def compute_loss(
         self,
@@ -357,7 +79,7 @@ class SPPDTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         config = self.train_config
-        batch = _batch_of(inputs)
+        batch = batch_of(inputs)
         self.tokens_forwarded += batch.tokens_forwarded
         sequences = len(inputs["pair_index"]) * (1 if config.phase == "sft" else 2)
         logps, token_logps = sequence_logps(model, batch, sequences, self.attention)
@@ -366,14 +88,13 @@ class SPPDTrainer(Trainer):
             self._metrics["nll"].append(loss.item())
             return (loss, None) if return_outputs else loss
         chosen_logps, rejected_logps = logps.view(-1, 2).unbind(1)
-        losses, chosen_rewards, rejected_rewards = sppd_loss(
-            chosen_logps,
-            rejected_logps,
-            inputs["ref_chosen"],
-            inputs["ref_rejected"],
-            inputs["margin"],
-            config.beta,
-        )
+        pair = (chosen_logps, rejected_logps, inputs["ref_chosen"], inputs["ref_rejected"])
+        if config.phase == "dpo":  # sentence pairs (τ+, τ−): margin 0
+            losses, chosen_rewards, rejected_rewards = dpo_loss(*pair, config.beta)
+        else:
+            losses, chosen_rewards, rejected_rewards = sppd_loss(
+                *pair, inputs["margin"], config.beta
+            )
         self._record(inputs, losses, chosen_rewards, rejected_rewards)
         loss = losses.mean()
         return (loss, None) if return_outputs else loss
@@ -461,7 +182,7 @@ def _training_arguments(config: TrainConfig, work_dir: Path, cuda: bool, progres
     checkpointing = {"gradient_checkpointing": True} if config.gradient_checkpointing else {}
     return TrainingArguments(
         **checkpointing,
-        output_dir=str(work_dir / "checkpoints"),
+        output_dir=str(TrainDir(work_dir).checkpoints),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         num_train_epochs=1,  # the data already holds `epochs` shuffled passes
@@ -486,7 +207,7 @@ def _training_arguments(config: TrainConfig, work_dir: Path, cuda: bool, progres
 
 
 def _prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:
-    implementation = _attention(model)
+    implementation = attention_of(model)
     if config.packing and implementation not in ("sdpa", "eager"):
         raise ConfigError(
             f"train.packing needs sdpa or eager attention (the model uses {implementation!r}); "
@@ -506,10 +227,6 @@ def _prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedMod
     )
 
 
-#: Marks ``<out_dir>.partial`` as a work dir this module made (so it may delete it).
-WORK_MARK = ".sppd-train-work"
-
-
 def check_train_out(out_dir: str | os.PathLike[str], *, work_dir: bool = True) -> Path:
     """The checks :func:`train` makes before any work: ``out_dir`` is absent or an empty
     directory, its ``.partial`` work dir is absent or ours, and the location is writable.
@@ -525,11 +242,12 @@ def check_train_out(out_dir: str | os.PathLike[str], *, work_dir: bool = True) -
             f"{out_dir} already exists and is not empty: choose another --out (training never "
             "deletes a directory it did not make)"
         )
-    work = out_dir.with_name(out_dir.name + ".partial")
-    if work_dir and work.exists() and not (work / WORK_MARK).is_file():
+    # The mark says the work dir is one this module made (so it may delete it).
+    layout = TrainDir(out_dir)
+    if work_dir and layout.work.exists() and not layout.work_mark.is_file():
         raise ConfigError(
-            f"{work} exists and was not made by sppd (no {WORK_MARK} in it): move it away "
-            "or choose another --out"
+            f"{layout.work} exists and was not made by sppd (no {layout.work_mark.name} in "
+            "it): move it away or choose another --out"
         )
     try:
         check_writable(out_dir, directory=True)
@@ -573,7 +291,8 @@ def train(
             margin_settings["mean_margin"],
             len(data),
         )
-    work_dir = out_dir.with_name(out_dir.name + ".partial")
+    layout = TrainDir(out_dir)
+    work_dir = layout.work
     cuda = next(model.parameters()).is_cuda
     # The process group of `accelerate launch` (one process otherwise). Without `cpu=True` a
     # CPU-only launch reads as not distributed and every rank would think it is the main one.
@@ -586,7 +305,9 @@ def train(
         # Made with its mark in place (staged, then renamed): a kill cannot leave it unmarked.
         work_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=work_dir.parent, prefix=f".{work_dir.name}-"))
-        (staging / WORK_MARK).write_text("made by sppd_lib.trainer.train; safe to delete\n")
+        (staging / layout.work_mark.name).write_text(
+            "made by sppd_lib.trainer.train; safe to delete\n"
+        )
         os.replace(staging, work_dir)
     state.wait_for_everyone()
     ordered = training_order(data, config.epochs, config.seed, config.group_by_tree)
@@ -606,7 +327,7 @@ def train(
         args=_training_arguments(config, work_dir, cuda, progress),
         train_dataset=dataset,
         data_collator=PairCollator(config.phase, config.packing, pad_id),
-        callbacks=[_JsonlLogger(work_dir / "log.jsonl", config.phase)],
+        callbacks=[_JsonlLogger(TrainDir(work_dir).log, config.phase)],
         train_config=config,
     )
     started = time.perf_counter()
@@ -626,12 +347,12 @@ def train(
     if not trainer.is_world_process_zero():
         return result
     _save(trainer, policy, tokenizer, config, work_dir, result)
-    (work_dir / WORK_MARK).unlink()
+    layout.work_mark.unlink()
     if out_dir.exists():
         out_dir.rmdir()  # empty (check_train_out): nothing of anyone's is lost
     os.replace(work_dir, out_dir)
-    result.model_dir = out_dir / "model" if config.save_merged else None
-    result.adapter_dir = out_dir / "adapter" if config.lora_r else None
+    result.model_dir = layout.model if config.save_merged else None
+    result.adapter_dir = layout.adapter if config.lora_r else None
     return result
 
 
@@ -643,11 +364,12 @@ def _save(
     work_dir: Path,
     result: TrainResult,
 ) -> None:
-    shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
-    write_parquet_atomic(pd.DataFrame(trainer.pair_log), work_dir / "pair_log.parquet")
+    out = TrainDir(work_dir)
+    shutil.rmtree(out.checkpoints, ignore_errors=True)
+    write_parquet_atomic(pd.DataFrame(trainer.pair_log), out.pair_log)
     # The saved config names the margin actually used (a null fixed_margin resolved).
     saved = {**config_to_dict(config), "fixed_margin": result.margin_settings["fixed_margin"]}
-    (work_dir / "config.json").write_text(json.dumps(saved, indent=2))
+    out.config.write_text(json.dumps(saved, indent=2))
     metrics = {
         "phase": config.phase,
         "margin_settings": result.margin_settings,
@@ -657,17 +379,10 @@ def _save(
         "tokens_forwarded": result.tokens_forwarded,
         **result.final_metrics,
     }
-    (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    out.metrics.write_text(json.dumps(metrics, indent=2, default=float))
     if config.lora_r:
-        policy.save_pretrained(work_dir / "adapter")
+        policy.save_pretrained(out.adapter)
     if config.save_merged:
         merged = policy.merge_and_unload() if config.lora_r else policy
-        merged.save_pretrained(work_dir / "model")
-        tokenizer.save_pretrained(work_dir / "model")
-
-
-def read_log(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """The training log of ``out_dir`` (one row per logged step)."""
-    path = Path(out_dir) / "log.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return pd.DataFrame(rows)
+        merged.save_pretrained(out.model)
+        tokenizer.save_pretrained(out.model)

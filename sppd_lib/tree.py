@@ -1,7 +1,7 @@
 """Step trees: typed nodes, traversal, statistics and a lossless gzip-JSONL round trip.
 
 Node 0 is the root: the prompt, with no step of its own. Every other node is one reasoning
-step (an action of the step MDP, SPPD_METHOD.md §1) whose state is the prompt plus the steps
+step (an action of the step MDP of arXiv 2502.13516) whose state is the prompt plus the steps
 on the path from the root. Token ids are the ground truth: the prefix of a node is
 ``prompt_ids + concat(token_ids on its path)``, exactly what the sampler fed the model, so the
 recorded log-probs stay valid reference log-probs for training.
@@ -9,23 +9,75 @@ recorded log-probs stay valid reference log-probs for training.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gzip
 import json
 import math
 import os
+import typing
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from sppd_lib.config.loading import choices_of, type_matches
 from sppd_lib.data import DataError, Problem
 from sppd_lib.files import atomic_path
 
-__all__ = ["StepNode", "StepTree", "TreeStats", "read_trees", "write_trees"]
+__all__ = [
+    "FinishReason",
+    "StepNode",
+    "StepTree",
+    "TerminalReason",
+    "TreeStats",
+    "read_trees",
+    "write_trees",
+]
 
 ROOT = 0
+
+#: How a step's generation ended: ``root`` (the prompt node), at the step ``delimiter``, at
+#: ``eos`` or at the token ``length`` limit.
+FinishReason = Literal["root", "delimiter", "eos", "length"]
+#: Why a node is terminal: a final ``answer``, ``eos``, or the depth / token limit.
+TerminalReason = Literal["answer", "eos", "max_depth", "max_tokens"]
+
+
+def _check_field(owner: str, name: str, value: Any, annotation: Any) -> None:
+    """Raise ``ValueError`` naming ``owner.name`` when ``value`` does not fit ``annotation``
+    (containers are checked one level deep: reading trees must stay fast)."""
+    if type_matches(value, annotation, deep=False):
+        return
+    choices = choices_of(annotation)
+    wanted = f"one of {choices}" if choices else getattr(annotation, "__name__", str(annotation))
+    raise ValueError(f"{owner}: field {name!r} must be {wanted}, got {value!r}")
+
+
+def _checked(cls: type, data: dict[str, Any], owner: str) -> dict[str, Any]:
+    """``data`` if it holds known fields of dataclass ``cls`` of the right types, every
+    required one among them; else ``ValueError`` naming ``owner`` and the field."""
+    hints = _hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ValueError(f"{owner}: unknown field {unknown[0]!r}")
+    for item in dataclasses.fields(cls):
+        required = item.default is dataclasses.MISSING and (
+            item.default_factory is dataclasses.MISSING
+        )
+        if item.name not in data:
+            if required:
+                raise ValueError(f"{owner}: field {item.name!r} is missing")
+            continue
+        _check_field(owner, item.name, data[item.name], hints[item.name])
+    return data
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 @dataclass
@@ -38,18 +90,31 @@ class StepNode:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    #: ``root``, ``delimiter`` (ended at the step delimiter), ``eos`` or ``length``.
-    finish_reason: str = "root"
+    finish_reason: FinishReason = "root"
     #: No children will be sampled: a final answer, EOS, or the depth / token limit.
     terminal: bool = False
-    #: Why the node is terminal: ``answer``, ``eos``, ``max_depth`` or ``max_tokens``.
-    terminal_reason: str | None = None
+    terminal_reason: TerminalReason | None = None
     answer: str | None = None
     correct: bool | None = None
     value: float | None = None
     value_source: str | None = None
-    #: Estimator details (e.g. the Monte-Carlo counts behind a value).
+    #: Estimator details: the Monte-Carlo counts behind a value (read them through
+    #: :attr:`mc_correct` / :attr:`mc_total`), rollout outcomes, anything an estimator adds.
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mc_correct(self) -> int | None:
+        """Correct complete outcomes below the step (leaves and rollouts); ``None`` before a
+        Monte-Carlo backup."""
+        return self.info.get("mc_correct")
+
+    @property
+    def mc_total(self) -> int | None:
+        """Complete outcomes below the step; ``None`` before a Monte-Carlo backup."""
+        return self.info.get("mc_total")
+
+    def set_mc_counts(self, correct: int, total: int) -> None:
+        self.info["mc_correct"], self.info["mc_total"] = correct, total
 
     @property
     def mean_logprob(self) -> float:
@@ -66,7 +131,9 @@ class StepNode:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepNode:
-        return cls(**data)
+        """A node from :meth:`to_dict`'s mapping; a missing, unknown or mistyped field is a
+        ``ValueError`` that names it."""
+        return cls(**_checked(cls, data, f"node {data.get('id', '?')}"))
 
 
 @dataclass
@@ -101,8 +168,12 @@ class StepTree:
     nodes: list[StepNode] = field(default_factory=list)
     #: The sampler settings and model that produced the tree.
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The prompt as text (chat template applied): what ``prompt_ids`` encode.
+    prompt_text: str = ""
 
     def __post_init__(self) -> None:
+        if not self.prompt_text and "prompt_text" in self.meta:  # older files kept it in meta
+            self.prompt_text = self.meta.pop("prompt_text")
         if not self.nodes:
             self.nodes = [StepNode(id=ROOT, parent_id=None, depth=0)]
         self._children: dict[int, list[int]] = {}
@@ -196,6 +267,7 @@ class StepTree:
             "prompt_ids": self.prompt_ids,
             "nodes": [n.to_dict() for n in self.nodes],
             "meta": self.meta,
+            "prompt_text": self.prompt_text,
         }
 
     @classmethod
@@ -205,7 +277,11 @@ class StepTree:
             if node.id != index:
                 raise ValueError(f"node ids must be 0..n-1 in order; found {node.id} at {index}")
         return cls(
-            Problem.from_dict(data["problem"]), list(data["prompt_ids"]), nodes, data["meta"]
+            Problem.from_dict(data["problem"]),
+            list(data["prompt_ids"]),
+            nodes,
+            data["meta"],
+            data.get("prompt_text", ""),
         )
 
 

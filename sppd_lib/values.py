@@ -1,10 +1,11 @@
-"""Leaf grading and value backup over step trees (SPPD_METHOD.md §4).
+"""Leaf grading and value backup over step trees (arXiv 2502.13516 used PRM scores; the
+Monte-Carlo and Bellman backups are our generalisation).
 
 Every estimator fills ``node.value`` in [0, 1] for every node (the root too) and records
 itself in ``node.value_source``, so the Δv > 0.5 filter and the γ margin keep their meaning.
 
 * ``mc``: the fraction of correct complete leaves in the node's subtree (Math-Shepherd style);
-  ``info["mc_correct"]`` / ``info["mc_total"]`` hold the counts behind it. A subtree without a
+  ``node.mc_correct`` / ``node.mc_total`` hold the counts behind it. A subtree without a
   complete leaf gets 0 with ``mc_total = 0``; pair building can require evidence.
 * ``bellman``: a complete leaf gets its outcome reward (1 correct, 0 wrong), any other leaf 0;
   an inner node gets the ``max`` (Bellman optimality) or ``mean`` (on-policy) of its
@@ -14,13 +15,17 @@ itself in ``node.value_source``, so the Δv > 0.5 filter and the γ margin keep 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sppd_lib.engines import Engine, SamplingSettings
 from sppd_lib.grading import grade
 from sppd_lib.prompts import has_final_answer
 from sppd_lib.tree import ROOT, StepNode, StepTree
 
-__all__ = ["add_mc_rollouts", "bellman_values", "grade_leaves", "mc_values"]
+if TYPE_CHECKING:
+    from sppd_lib.prm import PRMScorer
+
+__all__ = ["add_mc_rollouts", "apply_values", "bellman_values", "grade_leaves", "mc_values"]
 
 
 def grade_leaves(tree: StepTree) -> None:
@@ -56,7 +61,7 @@ def mc_values(tree: StepTree) -> StepTree:
         counts[node_id] = (correct, total)
         node.value = correct / total if total else 0.0
         node.value_source = "mc"
-        node.info["mc_correct"], node.info["mc_total"] = correct, total
+        node.set_mc_counts(correct, total)
     return tree
 
 
@@ -80,6 +85,29 @@ def bellman_values(tree: StepTree, aggregate: str = "max", discount: float = 1.0
     return tree
 
 
+def apply_values(
+    tree: StepTree,
+    estimator: str,
+    *,
+    bellman_aggregate: str = "max",
+    bellman_discount: float = 1.0,
+    scorer: PRMScorer | None = None,
+) -> StepTree:
+    """Fill every node's value with ``estimator``: ``mc``, ``bellman`` (with its aggregate
+    and discount) or ``prm`` (``scorer`` scores every step; torch is imported only then)."""
+    if estimator == "mc":
+        return mc_values(tree)
+    if estimator == "bellman":
+        return bellman_values(tree, bellman_aggregate, bellman_discount)
+    if estimator == "prm":
+        if scorer is None:
+            raise ValueError("value='prm' needs a PRMScorer")
+        from sppd_lib.prm import prm_values
+
+        return prm_values(tree, scorer)
+    raise ValueError(f"unknown value estimator {estimator!r} (mc, bellman or prm)")
+
+
 def add_mc_rollouts(
     tree: StepTree,
     engine: Engine,
@@ -99,7 +127,7 @@ def add_mc_rollouts(
     answer_format = tree.meta.get("sampler", {}).get("answer_format", "boxed")
     by_need: dict[int, list[StepNode]] = {}
     for node in tree.nodes:
-        need = min_leaves - node.info["mc_total"]
+        need = min_leaves - (node.mc_total or 0)
         if not node.terminal and need > 0:
             by_need.setdefault(need, []).append(node)
     sampled = 0

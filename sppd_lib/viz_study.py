@@ -12,9 +12,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from sppd_lib.study import START
+from sppd_lib.config import START
 from sppd_lib.study_results import Study, flipped_problems, format_arm_table, load_study
-from sppd_lib.viz import _colour, _note, _style, empty_figure
+from sppd_lib.viz.style import empty_figure, note_panel, series_colour, style_figure
 
 __all__ = [
     "arm_table",
@@ -70,7 +70,7 @@ def gamma_figure(study: Study, benchmark: str | None = None) -> go.Figure:
             mode="lines+markers",
             name="dynamic margin γ·Δv (γ = 0: step_dpo)",
             error_y={"type": "data", "array": high - means, "arrayminus": means - low},
-            marker={"size": 10, "color": _colour(0)},
+            marker={"size": 10, "color": series_colour(0)},
         )
     )
     for index, name in enumerate(_REFERENCES):
@@ -78,14 +78,14 @@ def gamma_figure(study: Study, benchmark: str | None = None) -> go.Figure:
             arm = records[name]
             figure.add_hline(
                 y=arm.mean,
-                line={"dash": "dot", "color": _colour(index + 1)},
+                line={"dash": "dot", "color": series_colour(index + 1)},
                 annotation_text=f"{name} {arm.mean:.1%}",
                 annotation_position="top left",
             )
     # Positive γ on a log axis would hide γ = 0; a linear axis with the grid as ticks.
     figure.update_xaxes(title_text="γ", tickvals=gammas)
     figure.update_yaxes(title_text="greedy pass@1", tickformat=".0%")
-    return _style(figure, title)
+    return style_figure(figure, title)
 
 
 def training_figure(study: Study) -> go.Figure:
@@ -105,7 +105,7 @@ def training_figure(study: Study) -> go.Figure:
     for index, (arm, group) in enumerate(logs.groupby("arm", sort=False)):
         for phase, steps in group.groupby("phase", sort=False):
             mean = steps.groupby("step").mean(numeric_only=True).reset_index()
-            style = {"color": _colour(index), "dash": "solid" if phase == "sppd" else "dot"}
+            style = {"color": series_colour(index), "dash": "solid" if phase == "sppd" else "dot"}
             columns = [c for c, _ in panels] + ["value_margin"]
             for col, column in enumerate(columns, start=1):
                 if column not in mean.columns or mean[column].isna().all():
@@ -124,7 +124,7 @@ def training_figure(study: Study) -> go.Figure:
                     col=col,
                 )
     figure.update_xaxes(title_text="optimiser step")
-    return _style(figure, title + " — solid: sppd phase, dotted: sft / dpo", height=430)
+    return style_figure(figure, title + " — solid: sppd phase, dotted: sft / dpo", height=430)
 
 
 def delta_value_figure(study: Study) -> go.Figure:
@@ -137,7 +137,7 @@ def delta_value_figure(study: Study) -> go.Figure:
     for col, name in enumerate(names, start=1):
         pairs = study.pairs(name)
         if pairs is None or not len(pairs):
-            _note(figure, "no pairs", 1, col)
+            note_panel(figure, "no pairs", 1, col)
             continue
         any_pairs = True
         delta = pairs["delta_value"]
@@ -147,7 +147,7 @@ def delta_value_figure(study: Study) -> go.Figure:
                 x=delta,
                 # 0.05 bins over (0.5, 1] for the usual threshold; automatic below it
                 xbins={"start": 0.5, "end": 1.0001, "size": 0.05} if delta.min() >= 0.5 else None,
-                marker_color=_colour(col - 1),
+                marker_color=series_colour(col - 1),
                 name=name,
                 showlegend=False,
             ),
@@ -163,7 +163,7 @@ def delta_value_figure(study: Study) -> go.Figure:
     figure.update_yaxes(title_text="pairs", col=1)
     if not any_pairs:
         return empty_figure(title, "No estimator produced pairs.")
-    figure = _style(figure, title, height=380)
+    figure = style_figure(figure, title, height=380)
     figure.update_layout(margin={"t": 110})  # room for the two-line panel titles
     return figure
 

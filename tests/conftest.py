@@ -24,7 +24,7 @@ def smollm2():
 @pytest.fixture(scope="session")
 def smollm2_sampler_config():
     """Tree sampling settings under which SmolLM2-135M gets both right and wrong paths."""
-    from sppd_lib.sampler import SamplerConfig
+    from sppd_lib.config import SamplerConfig
 
     return SamplerConfig(
         k=12,

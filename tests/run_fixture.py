@@ -19,13 +19,15 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from sppd_lib.config import PairConfig, SamplerConfig
 from sppd_lib.data import load_problems
 from sppd_lib.engines.transformers_engine import TransformersEngine
 from sppd_lib.files import write_parquet_atomic
-from sppd_lib.metrics import wilson_interval
+from sppd_lib.metrics import SUMMARY_COLUMNS, wilson_interval
 from sppd_lib.models import build_tiny_model
-from sppd_lib.pairs import PairConfig, build_pairs, write_pairs
-from sppd_lib.sampler import SamplerConfig, sample_trees
+from sppd_lib.pairs import build_pairs, write_pairs
+from sppd_lib.rundir import RunDir
+from sppd_lib.sampler import sample_trees
 from sppd_lib.tree import StepTree, write_trees
 
 __all__ = ["fixture_runs", "make_run_dir", "smoke_runs"]
@@ -206,11 +208,7 @@ def make_run_dir(
         ]
     )
     write_parquet_atomic(samples, path / "iter_2" / "eval_samples.parquet")
-    columns = ["iteration", "benchmark", "metric", "value", "n", "correct"]
-    write_parquet_atomic(
-        pd.DataFrame(summary, columns=[*columns, "ci95_low", "ci95_high"]),
-        path / "summary.parquet",
-    )
+    write_parquet_atomic(pd.DataFrame(summary, columns=SUMMARY_COLUMNS), RunDir(path).summary)
     return path
 
 
@@ -238,7 +236,8 @@ def fixture_runs(root: str | Path) -> tuple[Path, Path]:
 def smoke_runs(root: str | Path) -> tuple[Path, Path]:
     """Two real runs of ``configs/smoke.yaml`` under ``root`` (the loop end to end on the tiny
     model): ``smoke`` (dynamic margin) and ``smoke-step-dpo`` (margin none); reused if present."""
-    from sppd_lib.loop import load_run_config, run
+    from sppd_lib.config import load_run_config
+    from sppd_lib.loop import run
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
     root = Path(root)

@@ -10,21 +10,23 @@ from sppd_lib.config import ConfigError, EvalConfig, config_from_dict
 from sppd_lib.data import load_problems
 from sppd_lib.engines.transformers_engine import TransformersEngine
 from sppd_lib.evaluate import (
-    SUMMARY_COLUMNS,
-    accuracy_table,
-    best_of_n,
     evaluate,
     evaluate_samples,
     generate_greedy,
-    maj_at_n,
-    paired_change,
     regrade,
     sample_responses,
+)
+from sppd_lib.grading import grade
+from sppd_lib.metrics import (
+    SUMMARY_COLUMNS,
+    accuracy_table,
+    best_of_n,
+    maj_at_n,
+    paired_change,
     sampled_scores,
     summary_rows,
     vote_at_n,
 )
-from sppd_lib.grading import grade
 from sppd_lib.prm import PRMScorer
 from sppd_lib.prompts import build_prompt, split_steps
 

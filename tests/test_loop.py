@@ -13,14 +13,18 @@ import pytest
 from safetensors.torch import load_file
 
 from sppd_lib.cli import main
-from sppd_lib.config import ConfigError
-from sppd_lib.loop import (
-    change_since_start,
-    load_run_config,
-    run,
-    summary_table,
-    training_problems,
-)
+from sppd_lib.config import ConfigError, load_run_config
+from sppd_lib.loop import run, training_problems
+from sppd_lib.rundir import RunDir
+
+
+def change_since_start(run_dir):
+    return RunDir(run_dir).change_since_start()
+
+
+def summary_table(run_dir):
+    return RunDir(run_dir).summary_table()
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"

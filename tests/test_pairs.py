@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sppd_lib.config import PairConfig
 from sppd_lib.data import Problem
 from sppd_lib.pairs import (
-    PairConfig,
     build_pairs,
     path_pairs,
     positive_paths,

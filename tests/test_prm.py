@@ -3,8 +3,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from sppd_lib.config import PairConfig
 from sppd_lib.models import build_tiny_prm
-from sppd_lib.pairs import PairConfig, build_pairs, stepwise_records
+from sppd_lib.pairs import build_pairs, stepwise_records
 from sppd_lib.prm import PRMScorer, prm_values, train_prm
 from sppd_lib.values import mc_values
 

@@ -19,12 +19,12 @@ import pandas as pd
 import pytest
 
 from sppd_lib.cli import main
-from sppd_lib.config import ConfigError, load_yaml
+from sppd_lib.config import ConfigError, PairConfig, SamplerConfig, load_run_config, load_yaml
 from sppd_lib.data import DataError, load_problems
 from sppd_lib.files import LockedError, NotWritableError, RunLock, check_writable
-from sppd_lib.loop import load_run_config, run
-from sppd_lib.pairs import PairConfig, build_pairs, write_pairs
-from sppd_lib.sampler import SamplerConfig, sample_to_file
+from sppd_lib.loop import run
+from sppd_lib.pairs import build_pairs, write_pairs
+from sppd_lib.sampler import sample_to_file
 from sppd_lib.tree import read_trees, write_trees
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,7 +291,7 @@ def test_5_cuda_without_a_gpu_fails_at_start(tmp_path, capsys) -> None:
 
 
 def test_5_a_directory_poisoned_before_the_fix_is_taken_over(tmp_path) -> None:
-    from sppd_lib.loop import _start_run_dir
+    from sppd_lib.loop import start_run_dir as _start_run_dir
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -422,7 +422,7 @@ def test_10_broken_trees_files_are_one_line_errors(tmp_path, trees_file, capsys)
 
 
 def test_10_unexpected_errors_are_one_line_and_traceback_with_v(capsys, monkeypatch) -> None:
-    import sppd_lib.cli as cli
+    import sppd_lib.cli.phase_commands as cli
 
     def broken(args):
         raise RuntimeError("boom")

@@ -15,6 +15,7 @@ import nbformat
 
 from sppd_lib import report
 from sppd_lib.cli import main
+from tests.browser import browser_check, find_chromium
 from tests.run_fixture import smoke_runs
 
 NOTEBOOKS = sorted(report.NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -162,19 +163,19 @@ def test_failed_notebook_is_reported(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_pages_render_in_chromium(rendered, tmp_path) -> None:
-    if report.find_chromium() is None:
+    if find_chromium() is None:
         pytest.skip("Chromium not installed (CI installs it: apt-get install chromium)")
     run_report, compare, swept = rendered
     pages = [*zip(run_report.notebooks, run_report.html, strict=True)]
     pages += [(compare.notebooks[0], compare.html[0]), (swept.notebooks[0], swept.html[0])]
     for notebook, page in pages:
         shot = tmp_path / f"{page.parent.name}-{page.stem}.png"
-        check = report.browser_check(page, shot)
+        check = browser_check(page, shot)
         expected = plotly_outputs(notebook)
         assert check.errors == [], (page.name, check.errors)
         assert check.figures == check.rendered == expected, page.name
         assert shot.stat().st_size > 10_000
-    check = report.browser_check(run_report.index)
+    check = browser_check(run_report.index)
     assert check.errors == [] and check.figures == 0
     print(json.dumps({"screenshots": str(tmp_path)}))
 
@@ -225,7 +226,8 @@ print(json.dumps({{"seen": seen, "second": explorer.problem.options[1][1]}}))
 
 @pytest.mark.slow
 def test_study_report_renders_in_chromium(tmp_path) -> None:
-    from sppd_lib.study import load_study_config, run_study
+    from sppd_lib.config import load_study_config
+    from sppd_lib.study import run_study
 
     config = load_study_config(report.NOTEBOOKS_DIR.parent / "configs" / "study_smoke.yaml")
     study_dir = tmp_path / "studies" / "study_smoke"
@@ -236,8 +238,8 @@ def test_study_report_renders_in_chromium(tmp_path) -> None:
     text = page.read_text()
     assert "Traceback" not in text and "dynamic_g1" in text and "Table 4" in text
     assert "dynamic_g1" in (out / "index.html").read_text()
-    if report.find_chromium() is None:
+    if find_chromium() is None:
         pytest.skip("Chromium not installed (CI installs it: apt-get install chromium)")
-    check = report.browser_check(page, tmp_path / "study.png")
+    check = browser_check(page, tmp_path / "study.png")
     assert check.errors == []
     assert check.figures == check.rendered == plotly_outputs(notebook) == 3

@@ -5,11 +5,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sppd_lib.config import SamplerConfig
 from sppd_lib.data import load_problems
 from sppd_lib.engines import SamplingSettings
 from sppd_lib.engines.transformers_engine import TransformersEngine
 from sppd_lib.prompts import has_final_answer, prompt_token_ids
-from sppd_lib.sampler import SamplerConfig, sample_trees
+from sppd_lib.sampler import sample_trees
 from sppd_lib.tree import StepTree
 
 

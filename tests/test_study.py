@@ -14,11 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sppd_lib.config import ConfigError
+from sppd_lib.config import ConfigError, StudyConfig, TrainConfig, load_study_config, resolve_arms
 from sppd_lib.metrics import mcnemar_exact, paired_bootstrap, seed_interval
-from sppd_lib.study import StudyConfig, load_study_config, resolve_arms, run_study
+from sppd_lib.study import run_study
 from sppd_lib.study_results import Study, arm_summary, compare_arms, study_table
-from sppd_lib.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "study_smoke.yaml"

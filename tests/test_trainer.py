@@ -14,21 +14,21 @@ import pytest
 import torch
 
 from sppd_lib.cli import main
-from sppd_lib.config import ConfigError
+from sppd_lib.config import ConfigError, PairConfig, SamplerConfig, TrainConfig
 from sppd_lib.data import load_problems
 from sppd_lib.engines.transformers_engine import TransformersEngine
 from sppd_lib.models import attach_lora, build_tiny_model, load_model
 from sppd_lib.packing import pack_sequences, pad_sequences, sequence_logps
-from sppd_lib.pairs import PairConfig, build_pairs
-from sppd_lib.sampler import SamplerConfig, sample_trees
-from sppd_lib.trainer import (
-    PreferenceDataset,
-    TrainConfig,
-    compute_reference_logps,
-    read_log,
-    train,
-    training_order,
-)
+from sppd_lib.pairs import build_pairs
+from sppd_lib.rundir import TrainDir
+from sppd_lib.sampler import sample_trees
+from sppd_lib.train_data import PreferenceDataset, compute_reference_logps, training_order
+from sppd_lib.trainer import train
+
+
+def read_log(out_dir):
+    return TrainDir(out_dir).read_log()
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

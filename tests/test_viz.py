@@ -16,6 +16,7 @@ import yaml
 from sppd_lib import viz
 from sppd_lib.data import Problem
 from sppd_lib.tree import StepTree
+from sppd_lib.viz.notebook import _OfflineRenderer
 from tests.run_fixture import fixture_runs
 
 RUN_FIGURES = [
@@ -278,7 +279,7 @@ def test_explorer_view_is_a_note_for_static_exports(run, bare_run) -> None:
 
 def test_offline_renderer(capsys) -> None:
     viz.setup_notebook()
-    bundle = viz._OfflineRenderer().to_mimebundle(viz.empty_figure("t", "m").to_dict())
+    bundle = _OfflineRenderer().to_mimebundle(viz.empty_figure("t", "m").to_dict())
     assert "application/vnd.plotly.v1+json" in bundle
     assert "plotly-graph-div" in bundle["text/html"] and "cdn" not in bundle["text/html"]
     assert len(capsys.readouterr().out) < 1000  # outside IPython: only the repr is printed

@@ -3,7 +3,7 @@
 Contract: given prefixes (token ids), sample ``n`` continuations of each that stop at the step
 delimiter or EOS, and return for every continuation its token ids, text, finish reason and the
 RAW per-token log-probs of the model (before temperature and top-p). Raw log-probs are the
-reference log-probs of SPPD's loss (SPPD_METHOD.md §2), so training needs no reference pass.
+reference log-probs of SPPD's loss (arXiv 2502.13516), so training needs no reference pass.
 """
 
 from __future__ import annotations

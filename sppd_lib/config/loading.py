@@ -1,31 +1,41 @@
-"""Dataclass configs (one per phase, every field with help text) and strict YAML/dict loading.
+"""Strict loading of the dataclass configs: YAML, ``--set`` overrides, dicts to dataclasses.
 
-Unknown keys and values of the wrong type fail at load time with the dotted key named, so a
-typo in a config file never silently falls back to a default.
+Unknown keys, values of the wrong type and values outside a ``Literal`` field's choices fail
+at load time with the dotted key named, so a typo in a config file never silently falls back
+to a default. The same ``Literal`` declaration gives the choices of the CLI flag
+(``config.flags``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
-from sppd_lib.prompts import SYSTEM_PROMPT
-
 __all__ = [
     "ConfigError",
-    "EvalConfig",
+    "apply_overrides",
+    "check_choices",
     "check_ranges",
+    "choices_of",
     "config_from_dict",
     "config_to_dict",
+    "load_config",
     "load_yaml",
+    "migrate_margin_keys",
+    "option",
     "parse_yaml",
+    "type_matches",
 ]
+
+logger = logging.getLogger(__name__)
 
 _C = TypeVar("_C")
 
@@ -41,72 +51,33 @@ def option(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-@dataclass
-class EvalConfig:
-    """Evaluation of a model on benchmarks (SPPD_METHOD.md §6).
+def choices_of(annotation: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation;
+    ``None`` for any other annotation."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = choices_of(arg)
+            if found is not None:
+                return found
+        return None
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
 
-    Greedy pass@1 always; with ``num_samples`` N > 0 also N sampled responses per problem,
-    scored as maj@N (plain majority), vote@N (weight-summed vote) and best@N (the answer of
-    the highest-weighted response).
-    """
 
-    benchmarks: list[str] = option(
-        ["gsm8k"], "Benchmarks to evaluate: gsm8k, math500, math, ocw, arith, svamp, ..."
-    )
-    split: str = option("test", "Split of each benchmark.")
-    limit: int | None = option(32, "Problems per benchmark (the first N); null for all.")
-    limits: dict[str, int] = option({}, "Per-benchmark limits overriding limit, e.g. {arith: 100}.")
-    max_new_tokens: int = option(
-        512, "Generation budget per response (the paper uses 2048 on GPUs)."
-    )
-    batch_size: int = option(
-        16, "Prompts generated together (HF generate: one left-padded batch; engine: one call)."
-    )
-    system_prompt: str = option(SYSTEM_PROMPT, "System message of the chat prompt.")
-    arith_seed: int = option(0, "Seed of the generated arithmetic problems.")
-    arith: dict[str, Any] = option(
-        {},
-        "Options of the generated arithmetic problems (data.generate_arithmetic): max_terms, ...",
-    )
-    num_samples: int = option(
-        0,
-        "Sampled responses per problem for maj@N, vote@N and best@N (paper: 64); 0 = greedy only.",
-    )
-    sample_temperature: float = option(0.7, "Temperature of the sampled responses (> 0).")
-    sample_top_p: float = option(1.0, "Top-p of the sampled responses, in (0, 1].")
-    seed: int = option(0, "Seed of the sampled responses.")
-    prm_model: str | None = option(
-        None,
-        "PRM (hub id or directory) whose last-step score weights vote@N and best@N; null: "
-        "the policy's own confidence exp(mean token log-prob) (a self-confidence weight, "
-        "not a PRM).",
-    )
+@functools.cache
+def _field_choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    hints = typing.get_type_hints(cls)
+    found = {f.name: choices_of(hints[f.name]) for f in dataclasses.fields(cls)}
+    return {name: choices for name, choices in found.items() if choices is not None}
 
-    def __post_init__(self) -> None:
-        # config_from_dict has checked the types; these are the value ranges.
-        check_ranges(
-            self,
-            "",
-            {
-                "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
-                "batch_size": (self.batch_size >= 1, ">= 1"),
-                "limit": (self.limit is None or self.limit >= 0, ">= 0 or null"),
-                "num_samples": (self.num_samples >= 0, ">= 0"),
-                "sample_temperature": (self.sample_temperature > 0, "> 0"),
-                "sample_top_p": (0 < self.sample_top_p <= 1, "in (0, 1]"),
-                "benchmarks": (bool(self.benchmarks), "a non-empty list"),
-            },
-        )
-        names = [b.partition("=")[0] if "=" in b else Path(b).stem for b in self.benchmarks]
-        duplicate = next((n for n in names if names.count(n) > 1), None)
-        if duplicate is not None:
-            raise ConfigError(
-                f"benchmarks names {duplicate!r} twice: give each one a distinct name "
-                "(name=FILE.jsonl)"
-            )
-        for name, limit in self.limits.items():
-            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-                raise ConfigError(f"limits.{name} must be an integer >= 0, got {limit!r}")
+
+def check_choices(config: Any, where: str) -> None:
+    """Raise :class:`ConfigError` for the first ``Literal`` field of ``config`` whose value
+    is not one of its choices, naming ``where.key`` and the choices (``__post_init__`` calls
+    it, so a dataclass built in Python is checked as one loaded from YAML)."""
+    for name, choices in _field_choices(type(config)).items():
+        value = getattr(config, name)
+        if value is not None and value not in choices:
+            raise ConfigError(f"{where}{name} must be one of {choices}, not {value!r}")
 
 
 def check_ranges(config: Any, where: str, rules: dict[str, tuple[bool, str]]) -> None:
@@ -117,17 +88,28 @@ def check_ranges(config: Any, where: str, rules: dict[str, tuple[bool, str]]) ->
             raise ConfigError(f"{where}{key} must be {rule}, got {getattr(config, key)!r}")
 
 
-def _type_matches(value: Any, annotation: Any) -> bool:
+def type_matches(value: Any, annotation: Any, *, deep: bool = True) -> bool:
+    """``value`` fits ``annotation`` (``X | None``, ``list[X]``, ``dict``, ``Literal``, scalar
+    types; a bool is not an int). ``deep=False`` checks a list's type, not its items (fast,
+    for big records such as tree nodes); a Literal's choices are checked with ``deep``."""
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return True
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if not deep:
+            return value in choices
+        # The loader names the choices itself (check_choices), with a better message.
+        return any(isinstance(value, type(choice)) for choice in choices)
     if origin in (typing.Union, types.UnionType):
-        return any(_type_matches(value, arg) for arg in typing.get_args(annotation))
+        return any(type_matches(value, arg, deep=deep) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
     if origin in (list, tuple):
         (item_type, *_) = typing.get_args(annotation) or (Any,)
-        return isinstance(value, list | tuple) and all(_type_matches(v, item_type) for v in value)
+        if not isinstance(value, list | tuple):
+            return False
+        return not deep or all(type_matches(v, item_type) for v in value)
     if origin is dict:
         return isinstance(value, dict)
     if annotation is float:
@@ -162,13 +144,13 @@ def config_from_dict(cls: type[_C], data: dict[str, Any] | None, where: str = ""
                 raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
             values[name] = config_from_dict(annotation, value, f"{key}.")  # type: ignore[arg-type]
             continue
-        if not _type_matches(value, annotation):
+        if not type_matches(value, annotation):
             shown = getattr(annotation, "__name__", str(annotation))
             raise ConfigError(f"{key} must be {shown}, got {value!r} ({type(value).__name__})")
         values[name] = float(value) if annotation is float else value
     try:
         return cls(**values)
-    except ValueError as exc:  # a range check of __post_init__: name the section too
+    except ConfigError as exc:  # a check of __post_init__: name the section too
         message = str(exc)
         section = where.rstrip(".").rpartition(".")[2]
         if where and not message.startswith((where, f"{section}.")):
@@ -233,3 +215,66 @@ def load_yaml(path: str | Path, *, allow_empty: bool = False) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a config mapping in place."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set wants key=value, got {override!r}")
+        target = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {key}: {parent} is not a section")
+        try:
+            target[leaf] = parse_yaml(raw)
+        except Exception as exc:  # yaml.YAMLError or a duplicate key
+            raise ConfigError(f"--set {override}: not a YAML value ({exc})") from None
+    return data
+
+
+#: Keys that moved from the ``pairs`` section to ``train`` when the margin became a training
+#: setting (so one pairs file serves every margin variant).
+MOVED_MARGIN_KEYS = ("margin", "gamma", "fixed_margin")
+
+
+def migrate_margin_keys(data: dict[str, Any], where: str) -> None:
+    """Move ``pairs.margin`` / ``gamma`` / ``fixed_margin`` of an older config to ``train``
+    (in place), with a warning; a key given in both sections is an error."""
+    pairs = data.get("pairs")
+    if not isinstance(pairs, dict):
+        return
+    moved = [key for key in MOVED_MARGIN_KEYS if key in pairs]
+    if not moved:
+        return
+    train = data.setdefault("train", {})
+    if not isinstance(train, dict):
+        return
+    for key in moved:
+        if key in train:
+            raise ConfigError(f"{where}: pairs.{key} and train.{key} both given; keep train.{key}")
+        train[key] = pairs.pop(key)
+    logger.warning(
+        "%s: pairs.%s moved to train.%s (the margin is a training setting now)",
+        where,
+        "/".join(moved),
+        "/".join(moved),
+    )
+
+
+def load_config(cls: type[_C], path: str | Path, overrides: list[str] | None = None) -> _C:
+    """A ``cls`` (a run or study config) from YAML with ``key.sub=value`` overrides (values
+    parsed as YAML); old ``pairs.margin`` keys are moved to ``train``.
+
+    Raises:
+        ConfigError: missing file, unknown key, wrong type or value, naming file and key.
+    """
+    data = apply_overrides(load_yaml(path), overrides or [])
+    migrate_margin_keys(data, str(path))
+    try:
+        return config_from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

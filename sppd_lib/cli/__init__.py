@@ -1,0 +1,103 @@
+"""The ``sppd`` command. Each subcommand is a thin layer over the library: the phase commands
+(``cli.phase_commands``: eval, sample, merge-trees, pairs, train) and the run commands
+(``cli.run_commands``: run, study, report, sweep).
+
+Config flags are generated from the dataclass configs (``sppd_lib.config.flags``), so every
+knob has its help text, default and choices in ``--help``; ``--config FILE`` loads a YAML file
+of the same fields and flags given on the command line override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from sppd_lib.cli import phase_commands, run_commands
+from sppd_lib.config import ConfigError
+from sppd_lib.data import DataError
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("sppd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sppd",
+        description="SPPD workbench: step-level self-training of LLM math reasoners.",
+    )
+    _global_flags(parser, False)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    phase, runs = phase_commands, run_commands
+    for add in (phase.add_eval, phase.add_sample, phase.add_merge, phase.add_pairs,
+                runs.add_report, runs.add_sweep, phase.add_train, runs.add_run,
+                runs.add_study):  # fmt: skip
+        add(subparsers)
+    # The global flags work after the command too (`sppd run ... -v`).
+    for sub in subparsers.choices.values():
+        _global_flags(sub, argparse.SUPPRESS)
+    return parser
+
+
+def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="debug logging and, on an "
+        "error, the traceback"
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        default=default,
+        help="let hub ids be downloaded from the Hugging Face hub (default: offline, a hub id "
+        "must be in the local cache; HF_HUB_OFFLINE=0 does the same)",
+    )
+
+
+#: What an interrupted command keeps, for the hint printed after Ctrl-C.
+_RESUME_HINTS = {
+    "run": "finished phases are kept: rerun the same command to resume",
+    "sample": "finished batches are kept in <out>.partial.jsonl: rerun the same command to resume",
+    "train": "nothing was written to --out: rerun the same command to start the phase again",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if args.allow_download:
+        os.environ["SPPD_ALLOW_DOWNLOAD"] = "1"  # read by models / data; children inherit it
+    from sppd_lib.files import LockedError
+    from sppd_lib.models import ModelError
+
+    prefix = f"sppd {args.command}"
+    try:
+        return args.run(args)
+    except (ConfigError, DataError, ModelError, LockedError, OSError) as exc:
+        # A user's error (a key, a file, a model, a busy or unwritable directory): one line.
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = _RESUME_HINTS.get(args.command, "outputs are written atomically, none is half-made")
+        print(f"\n{prefix}: interrupted; {hint}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours: still one line, the traceback behind -v
+        if args.verbose:
+            traceback.print_exc()
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"{prefix}: unexpected error: {type(exc).__name__}: {message} (rerun with -v for "
+            "the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,210 @@
+"""The subcommands over whole runs: ``sppd run`` (the loop), ``study`` (the margin study),
+``report`` and ``sweep`` (notebooks to HTML)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from sppd_lib.cli.common import set_flag
+from sppd_lib.config import ConfigError, load_run_config, load_study_config
+
+__all__ = ["add_report", "add_run", "add_study", "add_sweep"]
+
+
+def add_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="HTML report of a run (or a comparison of runs)",
+        description=(
+            "Execute the notebooks of notebooks/ (papermill) against a run directory and "
+            "export them as offline HTML with an index.html: the run's report_dir, else "
+            "<run_dir>/../reports/<run_dir name>/ by default. "
+            "--compare draws several runs side by side (reports/compare/ by default); "
+            "--study-dir renders a margin study (<study_dir>/../reports/<study name>/)."
+        ),
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--run-dir", type=Path, help="run directory (runs/<run_id>)")
+    target.add_argument("--study-dir", type=Path, help="study directory (studies/<study_id>)")
+    target.add_argument("--compare", type=Path, nargs="+", help="run directories to compare")
+    parser.add_argument("--out", type=Path, default=None, help="output directory")
+    parser.add_argument("--metric", default="pass@1", help="metric of the --compare figure")
+    parser.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from sppd_lib.report import (
+        ReportError,
+        render_compare_report,
+        render_run_report,
+        render_study_report,
+    )
+
+    if args.out is not None:
+        from sppd_lib.files import check_writable
+
+        check_writable(args.out, directory=True)
+    try:
+        if args.compare:
+            report = render_compare_report(args.compare, args.out, metric=args.metric)
+        elif args.study_dir:
+            report = render_study_report(args.study_dir, args.out)
+        else:
+            report = render_run_report(args.run_dir, args.out)
+    except ReportError as exc:
+        print(f"sppd report: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"report written to {report.index} ({report.seconds:.0f} s)")
+    return 0
+
+
+def add_sweep(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="execute a notebook over a grid of parameters",
+        description=(
+            "Execute one notebook (a path, or a name in notebooks/) once per combination of "
+            "--param values, each as .ipynb and offline .html, with an index.html."
+        ),
+    )
+    parser.add_argument("--notebook", required=True, help="notebook path or name (margins)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a parameter and its values (repeatable; values read as YAML)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("reports/sweep"), help="output dir")
+    parser.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from sppd_lib.report import ReportError, parse_grid, sweep
+
+    try:
+        report = sweep(args.notebook, parse_grid(args.param), args.out)
+    except ReportError as exc:
+        print(f"sppd sweep: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(report.html)} notebooks written, index: {report.index}")
+    return 0
+
+
+def add_run(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="the whole SPPD self-training loop (sample, values, pairs, train, eval; repeat)",
+        description=(
+            "Run the self-training loop of a run config (configs/demo.yaml, configs/smoke.yaml, "
+            "configs/paper_qwen2.5_7b.yaml). Every phase writes its artifact into "
+            "runs/<run_id>/iter_<k>/; rerunning the same command resumes after the last "
+            "finished phase. Every field of sppd_lib.config.RunConfig (and its sections data, "
+            "sampler, pairs, train, eval) can be overridden with --set section.key=value."
+        ),
+    )
+    parser.add_argument("--config", type=Path, required=True, help="run config (YAML)")
+    parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<run_id>")
+    set_flag(parser, "--set sampler.k=16 --set iterations=3")
+    parser.set_defaults(run=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from sppd_lib.files import check_writable
+    from sppd_lib.loop import run
+    from sppd_lib.metrics import accuracy_by_iteration
+    from sppd_lib.report import run_report_dir
+    from sppd_lib.rundir import RunDir
+
+    config = load_run_config(args.config, args.set)
+    run_dir = args.run_dir or Path("runs") / config.run_id
+    report_dir = run_report_dir(run_dir, config.report_dir)
+    if config.report:  # a report that cannot be written should fail now, not after the run
+        try:
+            check_writable(report_dir, directory=True)
+        except OSError as exc:
+            raise ConfigError(f"report_dir: {exc} (or set report_dir, or report: false)") from None
+    started = time.perf_counter()
+    summary = run(config, run_dir)
+    print(f"\nrun {run_dir} finished in {(time.perf_counter() - started) / 60:.1f} min")
+    for metric in dict.fromkeys(summary["metric"]):
+        table = accuracy_by_iteration(summary, metric)
+        print(f"\n{metric} by iteration:\n" + table.to_string(float_format=lambda x: f"{x:.3f}"))
+    change = RunDir(run_dir).change_since_start()
+    if len(change):
+        print(
+            f"\npass@1 change from iteration 0 to {change['iteration'].iloc[0]}, problem by problem"
+            " (gained: wrong -> right, lost: right -> wrong; p: exact McNemar test):\n"
+            + change.drop(columns="iteration").to_string(
+                index=False, float_format=lambda x: f"{x:.3f}"
+            )
+        )
+    if config.report:
+        from sppd_lib.report import ReportError, render_run_report
+
+        try:
+            written = render_run_report(run_dir, report_dir)
+        except ReportError as exc:  # the run itself is complete; only a page failed
+            print(f"sppd run: report failed: {exc}", file=sys.stderr)
+            return 1
+        print(f"\nreports: {written.index}")
+    return 0
+
+
+def add_study(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "study",
+        help="the margin study: arms (sft, dpo, step_dpo, fixed, dynamic × γ, yours) × seeds",
+        description=(
+            "Train every arm of a study config (configs/study_demo.yaml, configs/study_smoke."
+            "yaml; fields: sppd_lib.config.StudyConfig) from one starting model on the same "
+            "trees and pairs, with several training seeds, evaluate each on the same held-out "
+            "problems, and print per-arm intervals and paired comparisons. Everything lands in "
+            "studies/<study_id>/ (study.parquet, arms.parquet, comparisons.parquet); rerunning "
+            "the same command resumes a killed study."
+        ),
+    )
+    parser.add_argument("--config", type=Path, required=True, help="study config (YAML)")
+    parser.add_argument("--study-dir", type=Path, default=None, help="default: studies/<id>")
+    parser.add_argument(
+        "--from-run",
+        type=Path,
+        default=None,
+        help="take the trees of iteration 1 of this run (same starting model) instead of sampling",
+    )
+    set_flag(parser, "--set seeds=[0,1] --set train.epochs=2")
+    parser.set_defaults(run=_run_study)
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from sppd_lib.study import run_study
+    from sppd_lib.study_results import format_arm_table
+
+    config = load_study_config(args.config, args.set)
+    study_dir = args.study_dir or Path("studies") / config.study_id
+    started = time.perf_counter()
+    study = run_study(config, study_dir, from_run=args.from_run)
+    print(f"\nstudy {study_dir} finished in {(time.perf_counter() - started) / 60:.1f} min")
+    seeds = ", ".join(map(str, config.seeds))
+    print(f"\ngreedy pass@1 per arm, mean over seeds {seeds} [95% t interval across seeds]:")
+    print(format_arm_table(study.arms).to_string())
+    if len(study.comparisons):
+        shown = study.comparisons[study.comparisons["other"] != "start"]
+        print(
+            "\npaired comparisons (difference of mean accuracy with a 95% paired bootstrap "
+            "interval; gained/lost: problems that flip on the majority over seeds; p: exact "
+            "McNemar):\n" + shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")
+        )
+    if config.report:
+        from sppd_lib.report import ReportError, render_study_report
+
+        try:
+            written = render_study_report(study_dir)
+        except ReportError as exc:
+            print(f"sppd study: report failed: {exc}", file=sys.stderr)
+            return 1
+        print(f"\nreport: {written.index}")
+    return 0

@@ -1,0 +1,145 @@
+"""The run config: model, curriculum, engine and the config of every phase (a section each)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sppd_lib.config.loading import (
+    ConfigError,
+    check_choices,
+    check_ranges,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    option,
+)
+from sppd_lib.config.phases import (
+    PAPER,
+    PHASES,
+    EvalConfig,
+    PairConfig,
+    Phase,
+    SamplerConfig,
+    TrainConfig,
+    generator_options,
+)
+from sppd_lib.data import DataError, check_data_name
+
+__all__ = ["DataConfig", "RunConfig", "load_run_config"]
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+
+@dataclass
+class DataConfig:
+    """Training prompts of the loop."""
+
+    name: str = option("arith", "Data set of the training prompts: arith, gsm8k, math, ...")
+    split: str = option("train", "Split of the training prompts.")
+    prompts_per_iteration: int = option(
+        32, f"Problems sampled into trees per iteration ({PAPER}: 10k prompts)."
+    )
+    fresh_prompts: bool = option(
+        True, "Each iteration takes the next prompts (true) or reuses the same ones (false)."
+    )
+    mix: dict[str, float] = option(
+        {}, f"Mix of data sets by share, e.g. {{gsm8k: 0.4, math: 0.6}} ({PAPER}); overrides name."
+    )
+    arith: dict[str, Any] = option(
+        {}, "Options of generated arithmetic (data.generate_arithmetic): max_terms, digits, ..."
+    )
+    arith_seed: int = option(0, "Seed of the generated arithmetic training problems.")
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, "data.", {"prompts_per_iteration": (self.prompts_per_iteration >= 1, ">= 1")}
+        )
+        for name, share in self.mix.items():
+            if not (isinstance(share, int | float) and 0 < share < math.inf):
+                raise ConfigError(f"data.mix.{name} must be a share > 0, got {share!r}")
+
+    def problem_options(self, name: str) -> dict[str, Any]:
+        """Keyword options of ``load_problems`` for data set ``name``."""
+        return generator_options(name, self.arith_seed, self.arith)
+
+
+@dataclass
+class RunConfig:
+    """A whole SPPD run: model, curriculum and the config of every phase."""
+
+    run_id: str = option("sppd", "Name of the run; its directory is runs/<run_id>.")
+    model: str = option(
+        "smollm2-135m-instruct", "Starting policy (alias, directory, .gguf, hub id)."
+    )
+    device: str | None = option(None, "cpu or cuda (default: cuda if present).")
+    iterations: int = option(
+        2, f"Self-training iterations after iteration 0 (evaluation only); {PAPER}: 2 stages."
+    )
+    phases: list[Phase] = option(["sppd"], "Training phases of every iteration, in order.")
+    first_phases: list[Phase] | None = option(
+        None,
+        f"Phases of iteration 1 if different, e.g. [sft, dpo, sppd] for a base model ({PAPER} "
+        "stage 1).",
+    )
+    phase_train: dict[str, dict[str, Any]] = option(
+        {}, "Train settings per phase over `train`, e.g. {sft: {optimizer: adamw, ...}}."
+    )
+    engine: Literal["transformers", "vllm"] = option(
+        "transformers", "Sampling engine: 'transformers' or 'vllm'."
+    )
+    sft_per_problem: int = option(4, "τ+ paths per problem for the sft phase.")
+    report: bool = option(True, "`sppd run` ends by writing HTML reports (see report_dir).")
+    report_dir: str | None = option(
+        None, "Where `sppd run` writes its reports; null: <run_dir>/../reports/<run_dir name>."
+    )
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training prompts."})
+    sampler: SamplerConfig = field(default_factory=SamplerConfig, metadata={"help": "Sampler."})
+    pairs: PairConfig = field(default_factory=PairConfig, metadata={"help": "Values, pairs."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+
+    def __post_init__(self) -> None:
+        check_choices(self, "")
+        if self.iterations < 0:
+            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+        if self.sft_per_problem < 1:
+            raise ConfigError(f"sft_per_problem must be >= 1, got {self.sft_per_problem}")
+        if self.device is not None and not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device must be cpu, cuda, cuda:N, mps or null, not {self.device!r}")
+        for key in ("phases", "first_phases"):
+            for phase in getattr(self, key) or []:
+                if phase not in PHASES:
+                    raise ConfigError(f"{key}: unknown phase {phase!r} (choose from {PHASES})")
+        if not self.phases:
+            raise ConfigError("phases must name at least one phase")
+        for phase, settings in self.phase_train.items():
+            if phase not in PHASES:
+                raise ConfigError(f"phase_train: unknown phase {phase!r} (choose from {PHASES})")
+            settings = {**config_to_dict(self.train), **settings, "phase": phase}
+            config_from_dict(TrainConfig, settings, f"phase_train.{phase}.")
+        for key, names in (
+            ("eval.benchmarks", self.eval.benchmarks),
+            ("data.name", [] if self.data.mix else [self.data.name]),
+            ("data.mix", list(self.data.mix)),
+        ):
+            for name in names:
+                try:
+                    check_data_name(name)
+                except DataError as exc:
+                    raise ConfigError(f"{key}: {exc}") from None
+
+    def phases_of(self, iteration: int) -> list[str]:
+        return list(self.first_phases or self.phases) if iteration == 1 else list(self.phases)
+
+
+def load_run_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
+    """A ``RunConfig`` from YAML, with ``key.sub=value`` overrides (values parsed as YAML).
+
+    Raises:
+        ConfigError: missing file, unknown key or wrong type, naming the key.
+    """
+    return load_config(RunConfig, path, overrides)

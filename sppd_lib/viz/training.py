@@ -1,0 +1,282 @@
+"""Figures of pairs, margins and training: Δv and margin histograms, pairs by depth, β·h against
+the value margin, training curves of every phase, tree statistics per iteration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from sppd_lib.viz.run import Run
+from sppd_lib.viz.style import (
+    CHOSEN_COLOUR,
+    PHASE_COLOURS,
+    REJECTED_COLOUR,
+    TRAINING_PANELS,
+    empty_figure,
+    note_panel,
+    series_colour,
+    style_figure,
+    subsample,
+)
+
+__all__ = [
+    "margin_histograms",
+    "pairs_by_depth",
+    "reward_vs_value_margin",
+    "training_curves",
+    "tree_stats_figure",
+]
+
+
+def margin_histograms(run: Run) -> go.Figure:
+    """Histograms of Δv = v_w − v_l of the pairs and of the loss margin the trainer used
+    (γ·Δv, fixed or 0: a training setting, read from ``pair_log.parquet``) per iteration."""
+    pairs = run.stacked("pairs")
+    title = "Value gap and margin of the pairs"
+    if pairs is None:
+        return empty_figure(title, f"Run {run.run_id} has no pairs yet (no pairs.parquet).")
+    figure = make_subplots(
+        rows=1, cols=2, subplot_titles=("Δv = v(chosen) − v(rejected)", "loss margin (trained)")
+    )
+    pair_log = run.stacked("pair_log")
+    margins = None
+    if pair_log is not None and "value_margin" in pair_log.columns:
+        trained = pair_log[pair_log.get("phase", "sppd") == "sppd"]
+        margins = trained.drop_duplicates(["iteration", "pair_index"])
+    panels = ((1, pairs, "delta_value"), (2, margins, "value_margin"))
+    for col, frame, column in panels:
+        if frame is None or not len(frame):
+            note_panel(figure, "not trained yet (no pair_log.parquet)", 1, col)
+            continue
+        for index, (k, group) in enumerate(frame.groupby("iteration")):
+            figure.add_trace(
+                go.Histogram(
+                    x=group[column],
+                    name=f"iteration {k} ({len(group)} pairs)",
+                    legendgroup=str(k),
+                    showlegend=col == 1,
+                    marker_color=series_colour(index),
+                    # 0.05 bins for the usual Δv in (0.5, 1]; automatic for tiny gaps
+                    xbins={"size": 0.05} if np.ptp(frame[column]) > 0.2 else None,
+                ),
+                row=1,
+                col=col,
+            )
+    figure.update_layout(barmode="group", bargap=0.1)
+    figure.update_yaxes(title_text="pairs", col=1)
+    return style_figure(figure, title)
+
+
+def pairs_by_depth(run: Run) -> go.Figure:
+    """Pairs per depth of the branching step, one bar group per iteration, and their mean Δv."""
+    pairs = run.stacked("pairs")
+    title = "Pairs by depth of the branching step"
+    if pairs is None:
+        return empty_figure(title, f"Run {run.run_id} has no pairs yet (no pairs.parquet).")
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("pairs", "mean Δv"))
+    for index, (k, group) in enumerate(pairs.groupby("iteration")):
+        by_depth = group.groupby("depth")["delta_value"].agg(["size", "mean"]).reset_index()
+        common = {"legendgroup": str(k), "marker_color": series_colour(index)}
+        figure.add_trace(
+            go.Bar(x=by_depth["depth"], y=by_depth["size"], name=f"iteration {k}", **common),
+            row=1,
+            col=1,
+        )
+        figure.add_trace(
+            go.Bar(x=by_depth["depth"], y=by_depth["mean"], showlegend=False, **common),
+            row=1,
+            col=2,
+        )
+    figure.update_xaxes(title_text="depth", dtick=1)
+    figure.update_layout(barmode="group")
+    return style_figure(figure, title)
+
+
+def reward_vs_value_margin(run: Run) -> go.Figure:
+    """Left: per trained pair, the implicit reward margin β·h against the loss margin; a pair
+    above the diagonal has a positive loss argument. Right: both margins (means over the
+    batch) over the optimizer steps of the training log."""
+    title = "Implicit reward margin β·h against the value margin"
+    pair_log, log = run.stacked("pair_log"), run.stacked("train_log")
+    if pair_log is None and log is None:
+        return empty_figure(title, f"Run {run.run_id} has no training log yet.")
+    figure = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("per pair (every time it was trained on)", "batch means over steps"),
+        horizontal_spacing=0.12,
+    )
+    _pair_scatter(figure, pair_log)
+    _margin_lines(figure, log)
+    return style_figure(figure, title, height=460)
+
+
+def _pair_scatter(figure: go.Figure, pair_log: pd.DataFrame | None) -> None:
+    if pair_log is None:
+        note_panel(figure, "no pair_log.parquet", 1, 1)
+        return
+    points = subsample(pair_log)
+    for index, (k, group) in enumerate(points.groupby("iteration")):
+        figure.add_trace(
+            go.Scatter(
+                x=group["value_margin"],
+                y=group["reward_margin"],
+                mode="markers",
+                name=f"iteration {k} pairs",
+                marker={"color": series_colour(index), "size": 5, "opacity": 0.5},
+                customdata=group[["step", "pair_index", "delta_value"]].to_numpy(),
+                hovertemplate="step %{customdata[0]} · pair %{customdata[1]}<br>"
+                "Δv %{customdata[2]:.2f}<br>value margin %{x:.3f}<br>β·h %{y:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    low = float(min(points["value_margin"].min(), points["reward_margin"].min(), 0.0))
+    high = float(max(points["value_margin"].max(), points["reward_margin"].max(), 0.0))
+    figure.add_trace(
+        go.Scatter(
+            x=[low, high],
+            y=[low, high],
+            mode="lines",
+            name="β·h = margin",
+            line={"color": "#999", "dash": "dot"},
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=1,
+    )
+    figure.update_xaxes(title_text="value margin (loss margin)", row=1, col=1)
+    figure.update_yaxes(title_text="β·h", row=1, col=1)
+
+
+def _training_x(log: pd.DataFrame) -> pd.DataFrame:
+    """A run-wide x: steps of each consecutive (iteration, phase) segment laid end to end."""
+    log = log.copy()
+    segment = (log[["iteration", "phase"]] != log[["iteration", "phase"]].shift()).any(axis=1)
+    log["segment"] = segment.cumsum()
+    offset, x = 0.0, []
+    for _, group in log.groupby("segment", sort=True):
+        steps = group["step"].astype(float)
+        x.extend(offset + steps - steps.min() + 1)
+        offset += steps.max() - steps.min() + 1
+    log["x"] = x
+    return log
+
+
+def _margin_lines(figure: go.Figure, log: pd.DataFrame | None) -> None:
+    columns = {"reward_margin", "value_margin"}
+    if log is None or not columns <= set(log.columns) or log[list(columns)].isna().all().all():
+        note_panel(figure, "no reward margins in log.jsonl", 1, 2)
+        return
+    log = _training_x(log)
+    log = log[log["phase"] != "sft"]
+    for column, name, dash in (
+        ("reward_margin", "β·h", "solid"),
+        ("value_margin", "margin", "dot"),
+    ):
+        for (k, phase), group in log.groupby(["iteration", "phase"], sort=False):
+            figure.add_trace(
+                go.Scatter(
+                    x=group["x"],
+                    y=group[column],
+                    mode="lines",
+                    name=f"{name} · iter {k} {phase}",
+                    line={"color": PHASE_COLOURS.get(phase, "#444"), "dash": dash},
+                ),
+                row=1,
+                col=2,
+            )
+    figure.update_xaxes(title_text="optimizer step (run-wide)", row=1, col=2)
+
+
+def training_curves(run: Run) -> go.Figure:
+    """Loss, reward accuracy, margins, rewards, gradient norm and learning rate over the
+    optimizer steps of every iteration and phase (SFT, DPO, SPPD), laid end to end."""
+    title = "Training curves"
+    log = run.stacked("train_log")
+    if log is None or "step" not in log.columns:
+        return empty_figure(title, f"Run {run.run_id} has no training log yet (train/log.jsonl).")
+    if "phase" not in log.columns:
+        log["phase"] = "train"
+    log = _training_x(log)
+    figure = make_subplots(
+        rows=2, cols=3, subplot_titles=[t for t, _ in TRAINING_PANELS], vertical_spacing=0.16
+    )
+    seen: set[str] = set()
+    for index, (_, columns) in enumerate(TRAINING_PANELS):
+        row, col = divmod(index, 3)
+        present = [c for c in columns if c in log.columns and log[c].notna().any()]
+        if not present:
+            note_panel(figure, "not logged", row + 1, col + 1)
+        for column, dash in zip(present, ("solid", "dot"), strict=False):
+            for (k, phase), group in log.groupby(["iteration", "phase"], sort=False):
+                name = f"iter {k} {phase}"
+                figure.add_trace(
+                    go.Scatter(
+                        x=group["x"],
+                        y=group[column],
+                        mode="lines",
+                        name=name,
+                        legendgroup=name,
+                        showlegend=name not in seen,
+                        line={"color": PHASE_COLOURS.get(phase, "#444"), "dash": dash},
+                        hovertemplate=f"{column}: %{{y:.4g}}<br>{name} step %{{x}}<extra></extra>",
+                    ),
+                    row=row + 1,
+                    col=col + 1,
+                )
+                seen.add(name)
+    for _, group in log.groupby("iteration"):
+        figure.add_vline(x=group["x"].min() - 0.5, line={"color": "#ccc", "dash": "dot"})
+    return style_figure(figure, title, height=620)
+
+
+def tree_stats_figure(run: Run) -> go.Figure:
+    """Per iteration: complete paths per tree (correct and wrong), pairs and trees with pairs,
+    and tokens generated by the tree sampler against a flat sampler for the same paths."""
+    title = "Self-sampled trees per iteration"
+    rows = []
+    for k in run.tree_iterations():
+        stats = run.tree_stats(k)
+        rows.append(
+            {
+                "iteration": k,
+                "trees": len(stats),
+                "correct paths": stats["correct_paths"].sum() / max(len(stats), 1),
+                "wrong paths": (stats["complete_paths"] - stats["correct_paths"]).sum()
+                / max(len(stats), 1),
+                "pairs": int(stats["pairs"].sum()),
+                "trees with pairs": int((stats["pairs"] > 0).sum()),
+                "tree tokens": int(stats["tokens_generated"].sum()),
+                "flat tokens": int(stats["flat_tokens"].sum()),
+            }
+        )
+    if not rows:
+        return empty_figure(title, f"Run {run.run_id} has no trees yet (trees.jsonl.gz).")
+    table = pd.DataFrame(rows)
+    x = [f"iter {k}" for k in table["iteration"]]
+    figure = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=("complete paths per tree", "pairs", "tokens (tree vs flat sampling)"),
+    )
+    bars = [
+        (1, "correct paths", CHOSEN_COLOUR),
+        (1, "wrong paths", REJECTED_COLOUR),
+        (2, "pairs", series_colour(0)),
+        (2, "trees with pairs", series_colour(1)),
+        (3, "tree tokens", series_colour(2)),
+        (3, "flat tokens", series_colour(4)),
+    ]
+    for col, column, colour in bars:
+        figure.add_trace(
+            go.Bar(x=x, y=table[column], name=column, marker_color=colour), row=1, col=col
+        )
+    figure.update_layout(barmode="group")
+    figure.update_traces(selector={"name": "correct paths"}, offsetgroup="paths")
+    figure.update_traces(
+        selector={"name": "wrong paths"}, offsetgroup="paths", base=table["correct paths"]
+    )
+    return style_figure(figure, title)
