@@ -69,6 +69,8 @@ class Run:
     summary: pd.DataFrame
     #: The ``iter_<k>`` folders found, in order.
     iterations: list[int]
+    #: How the run was found when no ``run_dir`` was given (pages say it); "" when given.
+    picked: str = ""
     _cache: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
     def iter_dir(self, iteration: int) -> Path:
@@ -110,6 +112,15 @@ class Run:
     def eval(self, iteration: int) -> pd.DataFrame | None:
         path = self.iter_dir(iteration) / "eval.parquet"
         return self._cached("eval", iteration, lambda: _read_parquet(path))
+
+    def pairs_summary(self, iteration: int) -> dict[str, Any] | None:
+        """``pairs_summary.json``: pair counts and why trees gave no pair (``None`` if absent)."""
+        path = self.iter_dir(iteration) / "pairs_summary.json"
+
+        def load() -> dict[str, Any] | None:
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+        return self._cached("pairs_summary", iteration, load)
 
     def eval_samples(self, iteration: int) -> pd.DataFrame | None:
         path = self.iter_dir(iteration) / "eval_samples.parquet"
@@ -203,9 +214,18 @@ def summary_from_evals(run_path: Path, iterations: Iterable[int]) -> pd.DataFram
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
+#: How to choose a run, for every error that says none was found.
+HOW_TO_SET = (
+    "set run_dir in the notebook's parameters cell (the first code cell), e.g. "
+    'run_dir = "/path/to/runs/<run_id>", or pass it: '
+    "sppd report --run-dir DIR, papermill -p run_dir DIR"
+)
+
+
 def resolve_run_dir(run_dir: str | os.PathLike[str] | None) -> Path:
     """``run_dir`` itself, or for ``None`` the most recently changed run under ``runs/`` or
-    ``../runs/`` (so a notebook opened in ``notebooks/`` finds the latest run)."""
+    ``../runs/`` (so a notebook opened in ``notebooks/`` finds the latest run); the page then
+    says which run it picked (:attr:`Run.picked`)."""
     if run_dir is not None:
         return Path(run_dir)
     for root in (Path("runs"), Path("../runs")):
@@ -213,7 +233,10 @@ def resolve_run_dir(run_dir: str | os.PathLike[str] | None) -> Path:
             candidates = [p for p in root.iterdir() if (p / "config.yaml").is_file()]
             if candidates:
                 return max(candidates, key=lambda p: p.stat().st_mtime)
-    raise RunNotFoundError("no run directory given and none with a config.yaml under runs/")
+    raise RunNotFoundError(
+        f"run_dir is None and there is no run (a folder with config.yaml) under runs/ or "
+        f"../runs/ of {Path.cwd()}: {HOW_TO_SET}"
+    )
 
 
 def load_run(run_dir: str | os.PathLike[str] | None) -> Run:
@@ -225,12 +248,13 @@ def load_run(run_dir: str | os.PathLike[str] | None) -> Run:
     """
     path = resolve_run_dir(run_dir)
     if not path.is_dir():
-        raise RunNotFoundError(f"run directory not found: {path}")
+        raise RunNotFoundError(f"run directory not found: {path.absolute()}; {HOW_TO_SET}")
     iterations = _iterations(path)
     config_path, summary_path = path / "config.yaml", path / "summary.parquet"
     if not (iterations or config_path.is_file() or summary_path.is_file()):
         raise RunNotFoundError(
-            f"{path} is not a run directory (no config.yaml, summary.parquet or iter_<k>/)"
+            f"{path} is not a run directory (no config.yaml, summary.parquet or iter_<k>/); "
+            f"{HOW_TO_SET}"
         )
     config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
     summary = _read_parquet(summary_path)
@@ -238,4 +262,11 @@ def load_run(run_dir: str | os.PathLike[str] | None) -> Run:
         summary = summary_from_evals(path, iterations)
     iterations = sorted(set(iterations) | {int(k) for k in summary["iteration"]})
     run_id = str(config.get("run_id") or path.resolve().name)
-    return Run(path, run_id, config, summary, iterations)
+    picked = ""
+    if run_dir is None:
+        picked = (
+            f"run_dir = None: showing the most recently changed run under "
+            f"{path.parent.resolve()}; to choose another, {HOW_TO_SET}"
+        )
+        print(picked)  # a notebook must never silently show some run
+    return Run(path, run_id, config, summary, iterations, picked=picked)
