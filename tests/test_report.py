@@ -150,7 +150,7 @@ def test_run_report(rendered, run_dirs) -> None:
     assert "Why trees gave no pair" in pages["margins"]
     assert "sppdTable(" in pages["pairs"] and "β·h after" in pages["pairs"]
     assert "sppd-explorer" in pages["tree_explorer"]
-    assert "Pick an iteration" not in pages["tree_explorer"]  # no text without controls
+    assert "Pick an iteration and a problem" not in pages["tree_explorer"]  # no dead text
     nb = nbformat.read(run_report.out_dir / "tree_explorer.ipynb", as_version=4)
     assert "widgets" not in nb.metadata  # no widget state (5 MB of JavaScript) in exports
 
@@ -265,8 +265,8 @@ print(json.dumps({{"seen": seen, "second": explorer.problem.options[1][1]}}))
         manager.shutdown_kernel(now=True)
     assert reply["content"]["status"] == "ok", reply["content"]
     printed = [m["content"]["text"] for m in outputs if m["msg_type"] == "stream"]
-    views = [m for m in outputs if m["msg_type"] == "display_data"]
-    assert views and "application/vnd.jupyter.widget-view+json" in views[0]["content"]["data"]
+    views = [m["content"]["data"] for m in outputs if m["msg_type"] == "display_data"]
+    assert any("application/vnd.jupyter.widget-view+json" in data for data in views)
     result = json.loads(printed[-1])
     first_title, first_nodes, second_title, shallow_nodes = result["seen"]
     assert second_title != first_title and result["second"] in second_title

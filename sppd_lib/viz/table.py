@@ -96,6 +96,7 @@ _CSS = """
 .sppd-table mark { background: #ffe08a; padding: 0 2px; }
 .sppd-table mark.right { background: #b9dcf5; } .sppd-table mark.wrong { background: #f7c9a9; }
 .sppd-table details summary { cursor: pointer; color: #0b5394; }
+.sppd-table details { max-width: 18em; } .sppd-table details[open] { max-width: 40em; }
 .sppd-table details pre { min-width: 24em; }
 """
 
@@ -127,6 +128,7 @@ if (!window.sppdTable) {
       controls.insertBefore(select, count);
     });
     var head = root.querySelector('thead tr');
+    head.innerHTML = '';  // the page's static header and first rows are redrawn live
     cols.forEach(function (c, i) {
       if (c.hidden) return;
       var th = document.createElement('th'); th.dataset.col = i; th.textContent = c.label;
@@ -177,6 +179,23 @@ def _json_script(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, default=str).replace("</", "<\\/")
 
 
+NUM_TD = '<td class="num">'
+
+
+def _sort_key(index: int, descending: bool) -> Any:
+    """Python's order of the JavaScript one: missing values last, numbers by value."""
+
+    def key(row: Sequence[Cell]) -> tuple[int, Any]:
+        value = row[index].sort
+        if value is None:
+            return (1, 0)
+        if isinstance(value, (int, float)):
+            return (0, -value if descending else value)
+        return (0, value)
+
+    return key
+
+
 def interactive_table(
     columns: Sequence[Column],
     rows: Sequence[Sequence[Cell]],
@@ -216,12 +235,24 @@ def interactive_table(
         "dir": -1 if descending else 1,
         "page": page_size,
     }
+    # The header and the first page of rows are in the HTML itself, so the table reads even
+    # where scripts do not run (an untrusted notebook); the script then redraws it live.
+    shown = [(i, c) for i, c in enumerate(columns) if not c.hidden]
+    first = sorted(rows, key=_sort_key(keys.index(sort), descending)) if sort in keys else rows
+    header = "".join(f"<th>{html.escape(c.label)}</th>" for _, c in shown)
+    body = "".join(
+        "<tr>"
+        + "".join(f"{NUM_TD if c.numeric else '<td>'}{r[i].html}</td>" for i, c in shown)
+        + "</tr>"
+        for r in first[:page_size]
+    )
     markup = (
         f"<style>{_CSS}</style>"
         f'<div class="sppd-table" id="{table_id}">{heading}{note_html}'
         '<div class="controls"><input type="search" placeholder="filter rows (any text)">'
-        '<span class="count"></span></div>'
-        '<div class="scroll"><table><thead><tr></tr></thead><tbody></tbody></table></div>'
+        f'<span class="count">{min(page_size, len(rows))} of {len(rows)} rows shown</span></div>'
+        f'<div class="scroll"><table><thead><tr>{header}</tr></thead><tbody>{body}</tbody>'
+        "</table></div>"
         '<button class="more" type="button">show more</button>'
         f'<script type="application/json">{_json_script(spec)}</script>'
         f"<script>{_JS}\nsppdTable({json.dumps(table_id)});</script></div>"
