@@ -53,15 +53,6 @@ viz.summary_table(run)
 viz.changes_table(run)
 
 # %% [markdown]
-# ## Problems gained and lost
-# The gold answer and both greedy responses side by side, the extracted answer marked (blue:
-# right, orange: wrong). In JupyterLab pick any two iterations; the HTML page shows first →
-# last and each consecutive step. Filter by benchmark or change, or type any text.
-
-# %%
-viz.responses_view(run, interactive)
-
-# %% [markdown]
 # ## Response length
 
 # %%
@@ -74,3 +65,12 @@ viz.response_length_figure(run)
 
 # %%
 viz.grader_status_table(run)
+
+# %% [markdown]
+# ## Problems gained and lost
+# The gold answer and both greedy responses side by side, the extracted answer marked (blue:
+# right, orange: wrong). In JupyterLab pick any two iterations; the HTML page shows first →
+# last and each consecutive step. Filter by benchmark or change, or type any text.
+
+# %%
+viz.responses_view(run, interactive)

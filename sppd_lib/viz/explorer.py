@@ -151,12 +151,11 @@ class TreeExplorer:
 
     def _draw(self) -> None:
         new = self._figure()
-        with self.figure.batch_update():
-            self.figure.data = ()
-            self.figure.layout = {}
-            self.figure.add_traces(list(new.data))
-            self.figure.layout = new.layout
-            self.figure.layout.width = FIGURE_WIDTH
+        self.figure.data = ()
+        self.figure.layout = {}
+        self.figure.add_traces(list(new.data))
+        self.figure.layout = new.layout
+        self.figure.layout.width = FIGURE_WIDTH
         self._draw_pairs()
 
     def pairs_html(self) -> str:

@@ -79,7 +79,7 @@ def style_figure(figure: go.Figure, title: str, height: int = 420) -> go.Figure:
         margin={
             "l": 60,
             "r": 30,
-            "t": 80 if figure.layout.title.subtitle.text is None else 100,
+            "t": 80 if figure.layout.title.subtitle.text is None else 115,
             "b": 50,
         },
         hoverlabel={"align": "left"},

@@ -281,7 +281,7 @@ def training_curves(run: Run) -> go.Figure:
         figure.add_vline(x=start, line={"color": "#bbb", "dash": "dot"})
         figure.add_annotation(
             x=start,
-            y=1.0,
+            y=0.0,
             xref="x",
             yref="y domain",
             text=f"{k}·{phase}",
@@ -292,7 +292,8 @@ def training_curves(run: Run) -> go.Figure:
         )
     figure.update_layout(
         title_subtitle_text="colour: iteration · grey dotted lines: a new iteration·phase "
-        "starts (named above the loss panel) · two lines in a panel: solid and dotted as titled"
+        "starts (named at the foot of the loss panel) · two lines in a panel: solid and "
+        "dotted as titled"
     )
     return style_figure(figure, title, height=680)
 
