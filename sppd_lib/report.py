@@ -63,11 +63,16 @@ KERNEL_NAME = "sppd"
 
 #: Notebook stem -> (title, description, extra parameters) of a single-run report.
 RUN_NOTEBOOKS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "accuracy": ("Accuracy", "accuracy per iteration and benchmark, all scores", {}),
+    "accuracy": (
+        "Accuracy",
+        "accuracy per iteration and benchmark (95% CI), all scores, changes per step, the "
+        "problems gained and lost with both responses, response length, grader status",
+        {},
+    ),
     "margins": (
         "Pairs, margins and training",
-        "trees and pairs per iteration, Δv and margin histograms, β·h against the value "
-        "margin, training curves",
+        "trees by correct paths, pairs and why trees gave none, Δv and margin histograms, "
+        "pairs by depth, β·h against the value margin, training curves",
         {},
     ),
     "pairs": (
