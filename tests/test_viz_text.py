@@ -222,8 +222,8 @@ def test_offline_explorer_offers_every_tree(run) -> None:
     assert all("template" not in t["figure"]["layout"] for t in data["trees"])  # one shared
     assert "plotly-graph-div" in markup and "sppdTables" in markup and data["left_out"] == 0
     few = json.loads(re.search(r"class='trees' type='application/json'>(.*?)</script>",
-                               viz.offline_explorer(run, limit=2).html).group(1))  # fmt: skip
-    assert len(few["trees"]) == 2 and few["left_out"] == 6
+                               viz.offline_explorer(run, 1, limit=2).html).group(1))  # fmt: skip
+    assert len(few["trees"]) == 2 and few["left_out"] == 6 and few["start"] == 1
 
 
 def test_explorer_search_sort_and_depth_memory(run) -> None:

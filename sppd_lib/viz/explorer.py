@@ -236,4 +236,4 @@ def explorer_view(run: Run, iteration: int | None = None, interactive: bool = Tr
         return TreeExplorer(run, iteration).widget
     from sppd_lib.viz.explorer_html import offline_explorer
 
-    return offline_explorer(run)
+    return offline_explorer(run, iteration)

@@ -35,7 +35,7 @@ _JS = r"""
   var count = root.querySelector('.count'), plot = root.querySelector('.plotly-graph-div');
   data.iterations.forEach(function (k) { var o = document.createElement('option');
     o.value = k; o.textContent = 'iteration ' + k; it.appendChild(o); });
-  it.value = data.iterations[data.iterations.length - 1];
+  it.value = data.start;
   var orders = {pairs: function (a, b) { return b.pairs - a.pairs; },
     correct: function (a, b) { return b.correct - a.correct; },
     fewest: function (a, b) { return a.correct - b.correct; },
@@ -117,9 +117,10 @@ def _tree_entries(run: Run, limit: int) -> tuple[list[dict[str, Any]], int]:
     return entries, left_out
 
 
-def offline_explorer(run: Run, limit: int = MAX_TREES) -> HTMLBlock:
-    """The explorer of a static page: pick an iteration, search and sort the problems (by
-    pairs, correct paths or id), pick one to draw its tree; its pairs are listed below."""
+def offline_explorer(run: Run, iteration: int | None = None, limit: int = MAX_TREES) -> HTMLBlock:
+    """The explorer of a static page: pick an iteration (``iteration`` first, else the last),
+    search and sort the problems (by pairs, correct paths or id), pick one to draw its tree;
+    its pairs are listed below."""
     entries, left_out = _tree_entries(run, limit)
     if not entries:
         return HTMLBlock(f"<p>Run {html.escape(run.run_id)} has no trees yet.</p>")
@@ -128,6 +129,7 @@ def offline_explorer(run: Run, limit: int = MAX_TREES) -> HTMLBlock:
     template = pio.templates[TEMPLATE].to_plotly_json()
     data = {
         "iterations": run.tree_iterations(),
+        "start": iteration if iteration in run.tree_iterations() else run.tree_iterations()[-1],
         "trees": entries,
         "pairs": pairs_id,
         "left_out": left_out,
