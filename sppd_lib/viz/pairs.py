@@ -41,11 +41,18 @@ PAIR_COLUMNS = [
 MAX_HTML_ROWS = 3000
 
 
+_MARGIN_KEYS = ("margin", "gamma", "fixed_margin")
+
+
 def train_settings(run: Run, phase: str = "sppd") -> dict[str, Any]:
     """The run's train config for ``phase``: the ``train`` section with ``phase_train``'s
     overrides, as the loop applies them (margin mode, γ, fixed margin, β)."""
     config = run.config
-    return {**(config.get("train") or {}), **((config.get("phase_train") or {}).get(phase) or {})}
+    # Runs made before the margin moved to the train config keep it under pairs:.
+    legacy = {k: v for k, v in (config.get("pairs") or {}).items() if k in _MARGIN_KEYS}
+    train = config.get("train") or {}
+    phase_train = (config.get("phase_train") or {}).get(phase) or {}
+    return {**legacy, **train, **phase_train}
 
 
 def _margins(delta_value: pd.Series, settings: dict[str, Any]) -> np.ndarray:
