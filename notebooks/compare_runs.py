@@ -24,10 +24,12 @@ from sppd_lib import viz
 # %% tags=["parameters"]
 run_dirs = []  # run directories to compare
 metric = "pass@1"  # the metric of the figure
+interactive = True  # False in HTML exports (sppd report): a link back to the index
 
 # %%
 viz.setup_notebook()
 runs = [viz.load_run(path) for path in run_dirs]
+viz.runs_header(runs, "Comparing runs", index_link=not interactive)
 
 # %%
 viz.compare_runs_figure(runs, metric)

@@ -15,27 +15,39 @@
 
 # %% [markdown]
 # # Pairs, margins and training
-#
-# SPPD trains on sibling steps whose values differ by Δv = v(chosen) − v(rejected) > 0.5, with
-# the loss −log σ(β·h − γ·Δv): the implicit reward margin β·h has to exceed the value margin.
 
 # %%
 from sppd_lib import viz
 
 # %% tags=["parameters"]
-run_dir = None  # a run directory; None: the latest run under runs/
+run_dir = None  # a run directory, e.g. "../runs/demo"; None: the newest under runs/ (it says which)
+interactive = True  # False in HTML exports (sppd report): no widgets, a link back to the index
 
 # %%
 viz.setup_notebook()
 run = viz.load_run(run_dir)
+viz.run_header(run, "Pairs, margins and training", index_link=not interactive)
+
+# %% [markdown]
+# SPPD trains on sibling steps whose values differ by Δv = v(chosen) − v(rejected) > the
+# threshold, with the loss −log σ(β·h − margin), margin γ·Δv (dynamic), a constant (fixed)
+# or 0 (Step-DPO): the implicit reward margin β·h has to exceed the value margin. The pairs
+# themselves, as text, are on the "Pairs as text" page.
 
 # %% [markdown]
 # ## Trees and pairs per iteration
-# Complete paths per tree, pairs found, and the tokens the tree sampler generated against
-# a flat sampler writing the same complete paths in full.
+# How many trees have 0, 1, 2, ... correct complete paths, pairs found, and the tokens the
+# tree sampler generated against a flat sampler writing the same complete paths in full.
 
 # %%
 viz.tree_stats_figure(run)
+
+# %% [markdown]
+# ## Why trees gave no pair
+# Per iteration, from pairs_summary.json.
+
+# %%
+viz.no_pair_reasons(run)
 
 # %%
 viz.margin_histograms(run)
@@ -52,7 +64,9 @@ viz.reward_vs_value_margin(run)
 
 # %% [markdown]
 # ## Training curves
-# Every iteration's phases (SFT, DPO, SPPD) laid end to end; dotted lines mark iterations.
+# Every iteration's phases (SFT, DPO, SPPD) laid end to end; colour is the iteration, grey
+# dotted lines start each iteration·phase, and a panel with two lines draws the first solid
+# and the second dotted (as its title says).
 
 # %%
 viz.training_curves(run)

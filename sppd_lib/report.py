@@ -2,10 +2,11 @@
 
 ``render_run_report(run_dir)`` writes the run's report directory (:func:`run_report_dir`:
 ``<run_dir>/../reports/<run_dir name>/`` unless the run sets ``report_dir``) with every run
-notebook as an
-executed ``.ipynb`` and a self-contained ``.html`` (inputs hidden, plotly.js embedded, no CDN),
-plus an ``index.html`` linking them. ``render_compare_report`` does the same for several runs,
-and ``sweep`` executes one notebook over a grid of parameters.
+notebook as an offline ``.html`` (inputs hidden, no CDN), one shared ``plotly-<version>.min.js``
+the pages load from their own folder, and an ``index.html`` linking them; the executed
+``.ipynb`` copies (5 MB each) are kept only with ``keep_notebooks=True``.
+``render_compare_report`` does the same for several runs, and ``sweep`` executes one notebook
+over a grid of parameters.
 
 (About 430 lines: kernel, papermill execution, HTML export and the index page are one flow
 that the run, comparison, study and sweep reports share.)
@@ -31,21 +32,25 @@ import yaml
 from sppd_lib import viz
 from sppd_lib.config import config_to_dict as config_dict
 from sppd_lib.config import parse_yaml
+from sppd_lib.viz.identity import run_started
 
 __all__ = [
     "NOTEBOOKS_DIR",
     "RUN_NOTEBOOKS",
     "Report",
     "ReportError",
+    "config_yaml",
     "ensure_kernel",
     "execute_notebook",
     "export_html",
     "find_notebook",
     "parse_grid",
+    "plotly_js_name",
     "render_compare_report",
     "render_run_report",
     "render_study_report",
     "run_report_dir",
+    "share_plotly_js",
     "sweep",
 ]
 
@@ -56,19 +61,32 @@ KERNEL_NAME = "sppd"
 
 #: Notebook stem -> (title, description, extra parameters) of a single-run report.
 RUN_NOTEBOOKS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "accuracy": ("Accuracy", "accuracy per iteration and benchmark, all scores", {}),
+    "accuracy": (
+        "Accuracy",
+        "accuracy per iteration and benchmark (95% CI), all scores, changes per step, the "
+        "problems gained and lost with both responses, response length, grader status",
+        {},
+    ),
     "margins": (
         "Pairs, margins and training",
-        "trees and pairs per iteration, Δv and margin histograms, β·h against the value "
-        "margin, training curves",
+        "trees by correct paths, pairs and why trees gave none, Δv and margin histograms, "
+        "pairs by depth, β·h against the value margin, training curves",
+        {},
+    ),
+    "pairs": (
+        "Pairs as text",
+        "every step pair: prefix, chosen and rejected step, values, Δv, margin, β·h before and "
+        "after training, learned or not (sortable, filterable)",
         {},
     ),
     "tree_explorer": (
         "Step trees",
-        "selected step trees with their values and pairs",
-        {"interactive": False},
+        "every step tree of every iteration (search, sort), with its values and pairs",
+        {},
     ),
 }
+#: Parameters every run notebook gets in a report: no widgets, a link back to the index.
+STATIC_PARAMETERS = {"interactive": False}
 
 # nbconvert's lab template without anything fetched from a CDN (require.js, MathJax,
 # mermaid, the widget manager): the report must open offline.
@@ -189,19 +207,58 @@ def export_html(
     body, _ = exporter.from_notebook_node(nb)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(body, encoding="utf-8")
+    out.write_text(share_plotly_js(body, out.parent), encoding="utf-8")
     return out
 
 
+def plotly_js_name() -> str:
+    """The shared plotly.js of a report folder, named by version (pages of two plotly
+    versions in one folder each load their own)."""
+    import plotly
+
+    return f"plotly-{plotly.__version__}.min.js"
+
+
+def share_plotly_js(page: str, folder: Path) -> str:
+    """``page`` with the plotly.js that :func:`sppd_lib.viz.setup_notebook` embeds replaced
+    by ``<script src="plotly-<version>.min.js">``, written once into ``folder``: every page of
+    a report folder shares one 4.6 MB copy and still opens offline from the folder."""
+    from sppd_lib.viz.notebook import plotly_script
+
+    embedded = plotly_script()
+    if embedded not in page:
+        return page
+    name = plotly_js_name()
+    shared = folder / name
+    if not shared.is_file():
+        from plotly.offline import get_plotlyjs
+
+        temporary = shared.with_suffix(".tmp")
+        temporary.write_text(get_plotlyjs(), encoding="utf-8")
+        temporary.replace(shared)  # atomic: a page never loads half a file
+    return page.replace(embedded, f'<script type="text/javascript" src="{name}"></script>')
+
+
 def _render(
-    stem: str, parameters: Mapping[str, Any], out_dir: Path, title: str, report: Report
+    stem: str,
+    parameters: Mapping[str, Any],
+    out_dir: Path,
+    title: str,
+    report: Report,
+    keep_notebooks: bool = False,
+    source: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Execute one notebook and export it, recording the outcome in ``report``."""
-    notebook = out_dir / f"{stem}.ipynb"
+    """Execute one notebook and export it, recording the outcome in ``report``; the executed
+    ``.ipynb`` is kept beside the HTML only with ``keep_notebooks``."""
+    import tempfile
+
     started = time.perf_counter()
-    error = execute_notebook(stem, notebook, parameters)
-    report.notebooks.append(notebook)
-    report.html.append(export_html(notebook, out_dir / f"{stem}.html", title))
+    with tempfile.TemporaryDirectory(prefix="sppd-report-") as scratch:
+        notebook = (out_dir if keep_notebooks else Path(scratch)) / f"{stem}.ipynb"
+        error = execute_notebook(source or stem, notebook, parameters)
+        if keep_notebooks:
+            report.notebooks.append(notebook)
+        report.html.append(export_html(notebook, out_dir / f"{stem}.html", title))
     if error:
         report.failed[stem] = error
         logger.error("%s failed: %s", stem, error)
@@ -262,6 +319,26 @@ def _scores_html(runs: Sequence[viz.Run]) -> str:
     return table.to_html(index=False, formatters=formats, border=0)
 
 
+class _ConfigDumper(yaml.SafeDumper):
+    """YAML for reading: a string with a newline or surrounding spaces (the step delimiter
+    ``"\\n\\n"``) is written double-quoted with escapes, not as a quote broken over lines."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if ("\n" in value or value != value.strip()) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ConfigDumper.add_representer(str, _represent_str)
+
+
+def config_yaml(config: Mapping[str, Any]) -> str:
+    """A config as YAML for a page, in file order, special strings quoted and escaped."""
+    return yaml.dump(
+        dict(config), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True, width=100
+    )
+
+
 def _generated() -> str:
     return f"generated {datetime.now().isoformat(timespec='seconds')}"
 
@@ -287,9 +364,11 @@ def render_run_report(
     run_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str] | None = None,
     notebooks: Sequence[str] | None = None,
+    keep_notebooks: bool = False,
 ) -> Report:
     """Execute the run notebooks against ``run_dir`` into ``out_dir`` (default
-    :func:`run_report_dir` of the run) as .ipynb + .html, and write ``index.html``.
+    :func:`run_report_dir` of the run) as .html (and the executed .ipynb with
+    ``keep_notebooks``), and write ``index.html``.
 
     Raises :class:`viz.RunNotFoundError` for a missing run directory and
     :class:`ReportError` when a notebook fails (after writing everything else).
@@ -306,10 +385,10 @@ def render_run_report(
     report = Report(out_dir=out, index=out / "index.html")
     for stem in stems:
         title, _, extra = RUN_NOTEBOOKS.get(stem, (stem, "", {}))
-        parameters = {"run_dir": str(run.path.resolve()), **extra}
-        _render(stem, parameters, out, f"{run.run_id} · {title}", report)
+        parameters = {"run_dir": str(run.path.resolve()), **STATIC_PARAMETERS, **extra}
+        _render(stem, parameters, out, f"{run.run_id} · {title}", report, keep_notebooks)
     entries = [(s, *RUN_NOTEBOOKS.get(s, (s, "", {}))[:2]) for s in stems]
-    config = html.escape(yaml.safe_dump(run.config, sort_keys=False))
+    config = html.escape(config_yaml(run.config))
     iterations = ", ".join(map(str, run.iterations)) or "none yet"
     body = (
         _links(report, entries)
@@ -317,7 +396,13 @@ def render_run_report(
         + _scores_html([run])
         + f"<h2>Config</h2><pre>{config}</pre>"
     )
-    meta = f"run directory {html.escape(str(run.path))} · iterations {iterations} · {_generated()}"
+    run_start = run_started(run)
+    meta = (
+        f"run directory {html.escape(str(run.path.resolve()))} · model "
+        f"{html.escape(str(run.config.get('model', 'unknown')))} · started "
+        f"{run_start.isoformat(timespec='minutes') if run_start else 'unknown'} · iterations "
+        f"{iterations} · {_generated()}"
+    )
     _write_index(out, f"SPPD run {run.run_id}", meta, body)
     report.seconds = time.perf_counter() - started
     _raise_if_failed(report)
@@ -328,6 +413,7 @@ def render_compare_report(
     run_dirs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str] | None = None,
     metric: str = "pass@1",
+    keep_notebooks: bool = False,
 ) -> Report:
     """Execute ``compare_runs`` over ``run_dirs`` into ``out_dir`` (default
     ``reports/compare``) with an ``index.html``."""
@@ -336,9 +422,13 @@ def render_compare_report(
     out = Path(out_dir) if out_dir is not None else Path("reports") / "compare"
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out_dir=out, index=out / "index.html")
-    parameters = {"run_dirs": [str(r.path.resolve()) for r in runs], "metric": metric}
+    parameters = {
+        "run_dirs": [str(r.path.resolve()) for r in runs],
+        "metric": metric,
+        **STATIC_PARAMETERS,
+    }
     names = ", ".join(r.run_id for r in runs)
-    _render("compare_runs", parameters, out, f"Comparing {names}", report)
+    _render("compare_runs", parameters, out, f"Comparing {names}", report, keep_notebooks)
     entries = [("compare_runs", "Comparing runs", f"{metric} per iteration, final scores")]
     body = _links(report, entries) + "<h2>Final scores</h2>" + _scores_html(runs)
     _write_index(out, f"SPPD runs: {names}", _generated(), body)
@@ -348,7 +438,9 @@ def render_compare_report(
 
 
 def render_study_report(
-    study_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None
+    study_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    keep_notebooks: bool = False,
 ) -> Report:
     """Execute the ``study`` notebook against ``study_dir`` into ``out_dir`` (default
     ``<study_dir>/../reports/<study name>``, the rule of :func:`run_report_dir`) with an
@@ -361,13 +453,13 @@ def render_study_report(
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out_dir=out, index=out / "index.html")
     parameters = {"study_dir": str(study.path.resolve()), "compare": study.config.compare or None}
-    _render("study", parameters, out, f"{study.study_id} · margin study", report)
+    _render("study", parameters, out, f"{study.study_id} · margin study", report, keep_notebooks)
     entries = [
         ("study", "The margin study", "arms × seeds, γ curve, paired comparisons, Δv, flips")
     ]
     table = format_arm_table(study.arms)
     scores = table.to_html(border=0) if len(table) else "<p>No arm evaluated yet.</p>"
-    config = html.escape(yaml.safe_dump(config_dict(study.config), sort_keys=False))
+    config = html.escape(config_yaml(config_dict(study.config)))
     body = (
         _links(report, entries)
         + "<h2>Greedy pass@1 per arm (mean over seeds [95% interval])</h2>"
@@ -391,9 +483,11 @@ def sweep(
     grid: Mapping[str, Sequence[Any]],
     out_dir: str | os.PathLike[str],
     parameters: Mapping[str, Any] | None = None,
+    keep_notebooks: bool = False,
 ) -> Report:
     """Execute ``notebook`` once per combination of the ``grid`` values (plus the fixed
-    ``parameters``), as ``<stem>-key=value-....ipynb`` / ``.html`` with an ``index.html``."""
+    ``parameters``), as ``<stem>-key=value-....html`` (and ``.ipynb`` with
+    ``keep_notebooks``) with an ``index.html``."""
     started = time.perf_counter()
     source = find_notebook(notebook)
     out = Path(out_dir)
@@ -404,13 +498,9 @@ def sweep(
     for values in itertools.product(*(grid[key] for key in keys)):
         combination = dict(zip(keys, values, strict=True))
         stem = f"{source.stem}-{_slug(combination)}"
-        notebook_out = out / f"{stem}.ipynb"
-        error = execute_notebook(source, notebook_out, {**(parameters or {}), **combination})
-        report.notebooks.append(notebook_out)
         label = ", ".join(f"{k} = {v}" for k, v in combination.items())
-        report.html.append(export_html(notebook_out, out / f"{stem}.html", label))
-        if error:
-            report.failed[stem] = error
+        merged = {**(parameters or {}), **combination}
+        _render(stem, merged, out, label, report, keep_notebooks, source=source)
         entries.append((stem, label, ""))
     _write_index(out, f"Sweep of {source.name}", _generated(), _links(report, entries))
     report.seconds = time.perf_counter() - started

@@ -182,6 +182,9 @@ class PhaseDir:
     def read_pairs(self) -> pd.DataFrame | None:
         return read_parquet(self.pairs)
 
+    def read_pairs_summary(self) -> dict[str, Any] | None:
+        return read_json(self.pairs_summary)
+
     def evaluated(self, with_samples: bool) -> bool:
         """The evaluation is done (and its samples, when ``with_samples``)."""
         return self.eval.exists() and (self.eval_samples.exists() or not with_samples)

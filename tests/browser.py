@@ -36,6 +36,8 @@ class BrowserCheck:
     #: Uncaught exceptions, ``console.error`` calls and failed loads, as text.
     errors: list[str]
     screenshot: Path | None = None
+    #: What the ``probe`` expression returned (after every figure was drawn), if one was given.
+    probe: Any = None
 
 
 def find_chromium() -> str | None:
@@ -112,7 +114,7 @@ def _devtools_url(profile: Path, deadline: float) -> str:
 
 
 def _inspect_page(
-    tools: _DevTools, url: str, screenshot: Path | None, deadline: float
+    tools: _DevTools, url: str, screenshot: Path | None, deadline: float, probe: str | None = None
 ) -> BrowserCheck:
 
     for domain in ("Runtime", "Log", "Page"):
@@ -127,13 +129,14 @@ def _inspect_page(
     while rendered < figures and time.monotonic() < deadline:
         time.sleep(0.2)
         figures, rendered = tools.evaluate(_COUNT_JS)
+    probed = tools.evaluate(probe) if probe else None
     if screenshot is not None:
         height = int(tools.evaluate("document.documentElement.scrollHeight"))
         clip = {"x": 0, "y": 0, "width": 1280, "height": min(height, 16000), "scale": 1}
         shot = tools.call("Page.captureScreenshot", clip=clip, captureBeyondViewport=True)
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         screenshot.write_bytes(base64.b64decode(shot["data"]))
-    return BrowserCheck(figures, rendered, tools.errors(), screenshot)
+    return BrowserCheck(figures, rendered, tools.errors(), screenshot, probed)
 
 
 def _end_process_group(process: subprocess.Popen[bytes]) -> None:
@@ -152,9 +155,12 @@ def browser_check(
     page: str | os.PathLike[str],
     screenshot: str | os.PathLike[str] | None = None,
     timeout: float = 90.0,
+    probe: str | None = None,
 ) -> BrowserCheck:
     """Open an HTML file in headless Chromium (a fresh profile), wait until plotly has drawn
-    every figure, collect JavaScript errors and optionally save a full-page PNG."""
+    every figure, collect JavaScript errors and optionally save a full-page PNG. ``probe``,
+    a JavaScript expression, runs before the screenshot (e.g. to pick a tree in the offline
+    explorer) and its value comes back as :attr:`BrowserCheck.probe`."""
 
     chromium = find_chromium()
     if chromium is None:
@@ -180,6 +186,6 @@ def browser_check(
             tools = _DevTools(_devtools_url(Path(profile), deadline), timeout)
             url = Path(page).resolve().as_uri()
             shot = Path(screenshot) if screenshot is not None else None
-            return _inspect_page(tools, url, shot, deadline)
+            return _inspect_page(tools, url, shot, deadline, probe)
         finally:
             _end_process_group(process)

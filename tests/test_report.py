@@ -35,6 +35,7 @@ def test_every_notebook_is_paired_and_parameterized() -> None:
         "accuracy",
         "compare_runs",
         "margins",
+        "pairs",
         "study",
         "tree_explorer",
     }
@@ -98,41 +99,68 @@ def plotly_outputs(notebook_path) -> int:
 def rendered(run_dirs, tmp_path_factory):
     """Every report kind, rendered once: run, comparison (by the CLI) and a sweep."""
     out = tmp_path_factory.mktemp("reports")
-    run_report = report.render_run_report(run_dirs[0], out / "run")
+    run_report = report.render_run_report(run_dirs[0], out / "run", keep_notebooks=True)
     runs = [str(p) for p in run_dirs]
-    assert main(["report", "--compare", *runs, "--out", str(out / "compare")]) == 0
+    compare_out = str(out / "compare")
+    assert main(["report", "--compare", *runs, "--out", compare_out, "--keep-notebooks"]) == 0
     compare = report.Report(
         out / "compare",
         out / "compare" / "index.html",
         [out / "compare" / "compare_runs.ipynb"],
         [out / "compare" / "compare_runs.html"],
     )
-    swept = report.sweep("accuracy", {"run_dir": runs}, out / "sweep")
+    swept = report.sweep("accuracy", {"run_dir": runs}, out / "sweep", keep_notebooks=True)
     return run_report, compare, swept
 
 
 @pytest.mark.slow
-def test_run_report(rendered) -> None:
+def test_run_report(rendered, run_dirs) -> None:
     run_report, _, _ = rendered
     assert not run_report.failed
     assert sorted(p.name for p in run_report.html) == [
         "accuracy.html",
         "margins.html",
+        "pairs.html",
         "tree_explorer.html",
     ]
     index = run_report.index.read_text()
     assert all(f'href="{p.name}"' in index for p in run_report.html) and "pass@1" in index
+    assert "final 95% CI" in index and "model tiny-llama" in index
+    assert "step_delimiter: &quot;\\n\\n&quot;" in index  # not a quote broken over lines
+    shared = run_report.out_dir / report.plotly_js_name()
+    assert shared.stat().st_size > 1_000_000  # one plotly.js for the folder
     for notebook, page in zip(run_report.notebooks, run_report.html, strict=True):
         expected = plotly_outputs(notebook)
-        assert expected >= 1
+        assert expected >= (0 if page.stem == "pairs" else 1)
         text = page.read_text()
-        assert text.count('class="plotly-graph-div"') == expected
+        assert (
+            text.count('class="plotly-graph-div"') + text.count("class='plotly-graph-div'")
+            == expected
+        )
         assert not re.search(r"<script[^>]+src=\"https?:", text)  # nothing from a CDN
-        assert "Plotly.newPlot" in text and "window.PlotlyConfig" in text
+        assert f'src="{shared.name}"' in text and "window.PlotlyConfig" in text
+        assert page.stat().st_size < 1_500_000  # plotly.js is not embedded again
         assert "run_dir" not in text  # inputs hidden
         assert "Traceback" not in text
+        # every page says which run it shows and links back to the index
+        assert "run <b>smoke</b>" in text and str(run_dirs[0].resolve()) in text
+        assert 'href="index.html"' in text
+    pages = {p.stem: p.read_text() for p in run_report.html}
+    assert "Problems gained and lost" in pages["accuracy"] and "no_answer" in pages["accuracy"]
+    assert "Response length" in pages["accuracy"]
+    assert "Why trees gave no pair" in pages["margins"]
+    assert "sppdTable(" in pages["pairs"] and "β·h after" in pages["pairs"]
+    assert "sppd-explorer" in pages["tree_explorer"]
+    assert "Pick an iteration and a problem" not in pages["tree_explorer"]  # no dead text
     nb = nbformat.read(run_report.out_dir / "tree_explorer.ipynb", as_version=4)
     assert "widgets" not in nb.metadata  # no widget state (5 MB of JavaScript) in exports
+
+
+@pytest.mark.slow
+def test_executed_notebooks_are_optional(run_dirs, tmp_path) -> None:
+    written = report.render_run_report(run_dirs[0], tmp_path / "out", notebooks=["pairs"])
+    assert written.notebooks == [] and not list((tmp_path / "out").glob("*.ipynb"))
+    assert [p.name for p in written.html] == ["pairs.html"]
 
 
 @pytest.mark.slow
@@ -161,6 +189,21 @@ def test_failed_notebook_is_reported(tmp_path) -> None:
     assert (tmp_path / "out" / "broken-x=1.html").is_file()
 
 
+#: JavaScript run in Chromium after the figures are drawn: what a reader would do.
+PROBES = {
+    # the pairs table drew its rows, and sorting by a header works
+    "pairs": "(() => { const t = document.querySelector('.sppd-table');"
+    " t.querySelectorAll('th')[1].click(); return t.querySelectorAll('tbody tr').length; })()",
+    # pick another tree in the offline explorer: the figure and the pairs below follow it
+    "tree_explorer": "(() => { const l = document.querySelector('select.problem');"
+    " const before = document.querySelector('.sppd-explorer .plotly-graph-div').layout.title.text;"
+    " l.selectedIndex = 1; l.dispatchEvent(new Event('change'));"
+    " const after = document.querySelector('.sppd-explorer .plotly-graph-div').layout.title.text;"
+    " return [l.options.length, before !== after,"
+    " document.querySelectorAll('.sppd-explorer .sppd-table tbody tr').length]; })()",
+}
+
+
 @pytest.mark.slow
 def test_pages_render_in_chromium(rendered, tmp_path) -> None:
     if find_chromium() is None:
@@ -170,11 +213,18 @@ def test_pages_render_in_chromium(rendered, tmp_path) -> None:
     pages += [(compare.notebooks[0], compare.html[0]), (swept.notebooks[0], swept.html[0])]
     for notebook, page in pages:
         shot = tmp_path / f"{page.parent.name}-{page.stem}.png"
-        check = browser_check(page, shot)
+        probe = PROBES.get(page.stem) if page.parent == run_report.out_dir else None
+        check = browser_check(page, shot, probe=probe)
         expected = plotly_outputs(notebook)
         assert check.errors == [], (page.name, check.errors)
         assert check.figures == check.rendered == expected, page.name
         assert shot.stat().st_size > 10_000
+        if page.stem == "pairs" and probe:
+            assert check.probe > 0
+        if page.stem == "tree_explorer" and probe:
+            options, redrawn, pair_rows = check.probe
+            assert options == 4 and redrawn  # every tree of the smoke run offered
+            assert pair_rows >= 0
     check = browser_check(run_report.index)
     assert check.errors == [] and check.figures == 0
     print(json.dumps({"screenshots": str(tmp_path)}))
@@ -185,7 +235,7 @@ def test_report_of_a_run_that_just_started(tmp_path) -> None:
     (tmp_path / "run" / "iter_0").mkdir(parents=True)
     (tmp_path / "run" / "config.yaml").write_text("run_id: fresh\n")
     fresh = report.render_run_report(tmp_path / "run", tmp_path / "out")
-    assert not fresh.failed and len(fresh.html) == 3
+    assert not fresh.failed and len(fresh.html) == 4
     assert "no pairs yet" in (tmp_path / "out" / "margins.html").read_text()
 
 
@@ -216,8 +266,8 @@ print(json.dumps({{"seen": seen, "second": explorer.problem.options[1][1]}}))
         manager.shutdown_kernel(now=True)
     assert reply["content"]["status"] == "ok", reply["content"]
     printed = [m["content"]["text"] for m in outputs if m["msg_type"] == "stream"]
-    views = [m for m in outputs if m["msg_type"] == "display_data"]
-    assert views and "application/vnd.jupyter.widget-view+json" in views[0]["content"]["data"]
+    views = [m["content"]["data"] for m in outputs if m["msg_type"] == "display_data"]
+    assert any("application/vnd.jupyter.widget-view+json" in data for data in views)
     result = json.loads(printed[-1])
     first_title, first_nodes, second_title, shallow_nodes = result["seen"]
     assert second_title != first_title and result["second"] in second_title
@@ -232,7 +282,7 @@ def test_study_report_renders_in_chromium(tmp_path) -> None:
     config = load_study_config(report.NOTEBOOKS_DIR.parent / "configs" / "study_smoke.yaml")
     study_dir = tmp_path / "studies" / "study_smoke"
     run_study(config, study_dir)
-    assert main(["report", "--study-dir", str(study_dir)]) == 0
+    assert main(["report", "--study-dir", str(study_dir), "--keep-notebooks"]) == 0
     out = tmp_path / "studies" / "reports" / "study_smoke"  # beside the study, one rule
     page, notebook = out / "study.html", out / "study.ipynb"
     text = page.read_text()

@@ -114,9 +114,9 @@ def test_tree_figure_shows_nodes_values_and_pairs(run) -> None:
     tree = next(t for t in run.trees(1) if t.problem.id in set(pairs["tree_id"]))
     figure = viz.tree_figure(tree, pairs)
     names = {trace.name for trace in figure.data}
-    assert {"chosen step", "rejected step", "problem", "step"} <= names
+    assert {"chosen step (solid)", "rejected step (dashed)", "problem", "step"} <= names
     assert node_count(figure) == len(tree.nodes)
-    chosen = next(t for t in figure.data if t.name == "chosen step")
+    chosen = next(t for t in figure.data if t.name.startswith("chosen step"))
     tree_pairs = pairs[pairs["tree_id"] == tree.problem.id]
     assert (
         list(chosen.x).count(None)
@@ -267,11 +267,12 @@ def test_tree_explorer_is_driven_by_its_controls(run) -> None:
 
     explorer.problem.value = explorer.problem.options[2][1]  # as a user would
     assert explorer.problem.options[2][1] in explorer.figure.layout.title.text
-    assert explorer.min_value.value == 0.99 and explorer.widget.children[-1] is explorer.figure
+    assert explorer.min_value.value == 0.99
+    assert explorer.figure in explorer.widget.children[3].children  # in its scroll box
 
 
-def test_explorer_view_is_a_note_for_static_exports(run, bare_run) -> None:
-    assert "Jupyter" in viz.explorer_view(run, interactive=False).data
+def test_explorer_view_is_the_offline_explorer_for_static_exports(run, bare_run) -> None:
+    assert "sppd-explorer" in viz.explorer_view(run, interactive=False).html
     pytest.importorskip("anywidget")
     explorer = viz.TreeExplorer(bare_run)
     assert viz.is_empty_figure(explorer.figure) and explorer.problem.options == ()

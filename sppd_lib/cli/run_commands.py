@@ -13,6 +13,8 @@ from sppd_lib.config import ConfigError, load_run_config, load_study_config
 
 __all__ = ["add_report", "add_run", "add_study", "add_sweep"]
 
+KEEP_NOTEBOOKS_HELP = "also keep the executed .ipynb beside each page (about 5 MB each)"
+
 
 def add_report(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -32,6 +34,7 @@ def add_report(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument("--compare", type=Path, nargs="+", help="run directories to compare")
     parser.add_argument("--out", type=Path, default=None, help="output directory")
     parser.add_argument("--metric", default="pass@1", help="metric of the --compare figure")
+    parser.add_argument("--keep-notebooks", action="store_true", help=KEEP_NOTEBOOKS_HELP)
     parser.set_defaults(run=_run_report)
 
 
@@ -48,12 +51,13 @@ def _run_report(args: argparse.Namespace) -> int:
 
         check_writable(args.out, directory=True)
     try:
+        keep = args.keep_notebooks
         if args.compare:
-            report = render_compare_report(args.compare, args.out, metric=args.metric)
+            report = render_compare_report(args.compare, args.out, args.metric, keep)
         elif args.study_dir:
-            report = render_study_report(args.study_dir, args.out)
+            report = render_study_report(args.study_dir, args.out, keep)
         else:
-            report = render_run_report(args.run_dir, args.out)
+            report = render_run_report(args.run_dir, args.out, keep_notebooks=keep)
     except ReportError as exc:
         print(f"sppd report: error: {exc}", file=sys.stderr)
         return 1
@@ -79,6 +83,7 @@ def add_sweep(subparsers: argparse._SubParsersAction) -> None:
         help="a parameter and its values (repeatable; values read as YAML)",
     )
     parser.add_argument("--out", type=Path, default=Path("reports/sweep"), help="output dir")
+    parser.add_argument("--keep-notebooks", action="store_true", help=KEEP_NOTEBOOKS_HELP)
     parser.set_defaults(run=_run_sweep)
 
 
@@ -86,7 +91,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from sppd_lib.report import ReportError, parse_grid, sweep
 
     try:
-        report = sweep(args.notebook, parse_grid(args.param), args.out)
+        grid = parse_grid(args.param)
+        report = sweep(args.notebook, grid, args.out, keep_notebooks=args.keep_notebooks)
     except ReportError as exc:
         print(f"sppd sweep: error: {exc}", file=sys.stderr)
         return 1

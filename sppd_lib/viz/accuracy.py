@@ -12,7 +12,13 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sppd_lib.viz.run import Run
-from sppd_lib.viz.style import empty_figure, metric_order, series_colour, style_figure
+from sppd_lib.viz.style import (
+    empty_figure,
+    metric_order,
+    series_colour,
+    series_symbol,
+    style_figure,
+)
 
 __all__ = [
     "accuracy_figure",
@@ -25,11 +31,24 @@ __all__ = [
 ]
 
 
-def _facets(benchmarks: Sequence[str], height: int = 380) -> tuple[go.Figure, int]:
+def _facets(
+    benchmarks: Sequence[str], height: int = 380, titles: Sequence[str] | None = None
+) -> tuple[go.Figure, int]:
     cols = min(3, len(benchmarks))
     rows = math.ceil(len(benchmarks) / cols)
-    figure = make_subplots(rows=rows, cols=cols, subplot_titles=list(benchmarks), shared_yaxes=True)
+    figure = make_subplots(
+        rows=rows, cols=cols, subplot_titles=list(titles or benchmarks), shared_yaxes=True
+    )
     return figure, rows * height
+
+
+def _panel_title(summary: pd.DataFrame, benchmark: str) -> str:
+    """``gsm8k (n = 8)``: the problems behind the panel (a range if iterations differ)."""
+    n = summary.loc[summary["benchmark"] == benchmark, "n"]
+    if not len(n):
+        return benchmark
+    low, high = int(n.min()), int(n.max())
+    return f"{benchmark} (n = {low})" if low == high else f"{benchmark} (n = {low}–{high})"
 
 
 def _dodge(index: int, count: int, width: float = 0.06) -> float:
@@ -38,7 +57,12 @@ def _dodge(index: int, count: int, width: float = 0.06) -> float:
 
 
 def _accuracy_trace(
-    frame: pd.DataFrame, name: str, colour: str, show: bool, offset: float = 0.0
+    frame: pd.DataFrame,
+    name: str,
+    colour: str,
+    show: bool,
+    offset: float = 0.0,
+    symbol: str = "circle",
 ) -> go.Scatter:
     frame = frame.sort_values("iteration")
     return go.Scatter(
@@ -49,6 +73,7 @@ def _accuracy_trace(
         legendgroup=name,
         showlegend=show,
         line={"color": colour},
+        marker={"symbol": symbol, "size": 8},
         error_y={
             "type": "data",
             "symmetric": False,
@@ -78,16 +103,24 @@ def _accuracy_lines(
 ) -> go.Figure:
     """One panel per benchmark, one line per value of ``line_column`` (a metric or a run)."""
     benchmarks = list(dict.fromkeys(summary["benchmark"]))
-    figure, height = _facets(benchmarks)
+    figure, height = _facets(benchmarks, titles=[_panel_title(summary, b) for b in benchmarks])
     for b_index, benchmark in enumerate(benchmarks):
         row, col = divmod(b_index, min(3, len(benchmarks)))
         for l_index, line in enumerate(lines):
             frame = summary[(summary["benchmark"] == benchmark) & (summary[line_column] == line)]
             if len(frame):
                 offset = _dodge(l_index, len(lines))
-                trace = _accuracy_trace(frame, line, series_colour(l_index), b_index == 0, offset)
+                trace = _accuracy_trace(
+                    frame,
+                    line,
+                    series_colour(l_index),
+                    b_index == 0,
+                    offset,
+                    series_symbol(l_index),
+                )
                 figure.add_trace(trace, row=row + 1, col=col + 1)
     figure.update_yaxes(tickformat=".0%", rangemode="tozero")
+    figure.update_yaxes(title_text="accuracy", col=1)
     figure.update_xaxes(dtick=1, title_text="iteration")
     return style_figure(figure, title, height=height + 60)
 
@@ -151,7 +184,7 @@ def compare_runs_figure(runs: Sequence[Run], metric: str = "pass@1") -> go.Figur
 
 def final_scores_table(runs: Sequence[Run]) -> pd.DataFrame:
     """Per run, benchmark and metric: the first and last evaluated iteration's score and the
-    change, with the last one's 95% interval."""
+    change, with the 95% interval and the problems of the last one (``final iteration``)."""
     rows = []
     for run in runs:
         for (benchmark, metric), group in run.summary.groupby(["benchmark", "metric"]):
@@ -166,13 +199,14 @@ def final_scores_table(runs: Sequence[Run]) -> pd.DataFrame:
                     "final": last["value"],
                     "change": last["value"] - first["value"],
                     "final iteration": int(last["iteration"]),
-                    "ci95": f"{last['ci95_low']:.1%}–{last['ci95_high']:.1%}",
+                    "final 95% CI": f"iteration {int(last['iteration'])}: "
+                    f"{last['ci95_low']:.1%}–{last['ci95_high']:.1%}",
                     "n": int(last["n"]),
                 }
             )
     columns = ["run", "benchmark", "metric", "start", "final", "change", "final iteration"]
     if not rows:
-        return pd.DataFrame(columns=[*columns, "ci95", "n"])
+        return pd.DataFrame(columns=[*columns, "final 95% CI", "n"])
     table = pd.DataFrame(rows)
     table["metric_rank"] = [metric_order(table["metric"]).index(m) for m in table["metric"]]
     table = table.sort_values(["benchmark", "metric_rank", "run"]).drop(columns="metric_rank")

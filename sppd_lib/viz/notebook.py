@@ -8,7 +8,7 @@ import plotly.io as pio
 
 from sppd_lib.viz.style import TEMPLATE
 
-__all__ = ["setup_notebook"]
+__all__ = ["plotly_script", "setup_notebook"]
 
 
 class _OfflineRenderer(pio.base_renderers.MimetypeRenderer):
@@ -29,6 +29,14 @@ class _OfflineRenderer(pio.base_renderers.MimetypeRenderer):
         return {**bundle.to_mimebundle(fig_dict), "text/html": html_snippet}
 
 
+def plotly_script() -> str:
+    """The ``<script>`` holding plotly.js that :func:`setup_notebook` outputs, exactly; a
+    report swaps it for one shared file (:func:`sppd_lib.report.share_plotly_js`)."""
+    from plotly.offline import get_plotlyjs
+
+    return f'<script type="text/javascript">{get_plotlyjs()}</script>'
+
+
 def setup_notebook() -> None:
     """Make figures render in JupyterLab and in offline HTML exports of the notebook.
 
@@ -36,10 +44,11 @@ def setup_notebook() -> None:
     invisible ``<script>``), so nbconvert's HTML holds everything it needs.
     """
     from IPython.display import HTML, display
-    from plotly.offline import get_plotlyjs
 
     pio.renderers["sppd"] = _OfflineRenderer()
     pio.renderers.default = "sppd"
     pio.templates.default = TEMPLATE
-    script = "window.PlotlyConfig = {MathJaxConfig: 'local'};\n" + get_plotlyjs()
-    display(HTML(f'<script type="text/javascript">{script}</script>'))
+    config = (
+        "<script type=\"text/javascript\">window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
+    )
+    display(HTML(config + plotly_script()))

@@ -46,6 +46,8 @@ class Run:
     summary: pd.DataFrame
     #: The ``iter_<k>`` folders found, in order.
     iterations: list[int]
+    #: How the run was found when no ``run_dir`` was given (pages say it); "" when given.
+    picked: str = ""
     _cache: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -88,6 +90,10 @@ class Run:
 
     def eval(self, iteration: int) -> pd.DataFrame | None:
         return self._cached("eval", iteration, self.iter_dir(iteration).read_eval)
+
+    def pairs_summary(self, iteration: int) -> dict[str, Any] | None:
+        """``pairs_summary.json``: pair counts and why trees gave no pair (``None`` if absent)."""
+        return self._cached("pairs_summary", iteration, self.iter_dir(iteration).read_pairs_summary)
 
     def eval_samples(self, iteration: int) -> pd.DataFrame | None:
         return self._cached("eval_samples", iteration, self.iter_dir(iteration).read_eval_samples)
@@ -152,9 +158,18 @@ def _ensure_values(tree: StepTree, config: dict[str, Any]) -> StepTree:
     )
 
 
+#: How to choose a run, for every error that says none was found.
+HOW_TO_SET = (
+    "set run_dir in the notebook's parameters cell (the first code cell), e.g. "
+    'run_dir = "/path/to/runs/<run_id>", or pass it: '
+    "sppd report --run-dir DIR, papermill -p run_dir DIR"
+)
+
+
 def resolve_run_dir(run_dir: str | os.PathLike[str] | None) -> Path:
     """``run_dir`` itself, or for ``None`` the most recently changed run under ``runs/`` or
-    ``../runs/`` (so a notebook opened in ``notebooks/`` finds the latest run)."""
+    ``../runs/`` (so a notebook opened in ``notebooks/`` finds the latest run); the page then
+    says which run it picked (:attr:`Run.picked`)."""
     if run_dir is not None:
         return Path(run_dir)
     for root in (Path("runs"), Path("../runs")):
@@ -162,7 +177,10 @@ def resolve_run_dir(run_dir: str | os.PathLike[str] | None) -> Path:
             candidates = [p for p in root.iterdir() if RunDir(p).config.is_file()]
             if candidates:
                 return max(candidates, key=lambda p: p.stat().st_mtime)
-    raise RunNotFoundError("no run directory given and none with a config.yaml under runs/")
+    raise RunNotFoundError(
+        f"run_dir is None and there is no run (a folder with config.yaml) under runs/ or "
+        f"../runs/ of {Path.cwd()}: {HOW_TO_SET}"
+    )
 
 
 def load_run(run_dir: str | os.PathLike[str] | None) -> Run:
@@ -174,12 +192,13 @@ def load_run(run_dir: str | os.PathLike[str] | None) -> Run:
     """
     path = resolve_run_dir(run_dir)
     if not path.is_dir():
-        raise RunNotFoundError(f"run directory not found: {path}")
+        raise RunNotFoundError(f"run directory not found: {path.absolute()}; {HOW_TO_SET}")
     directory = RunDir(path)
     iterations = directory.iterations()
     if not (iterations or directory.config.is_file() or directory.summary.is_file()):
         raise RunNotFoundError(
-            f"{path} is not a run directory (no config.yaml, summary.parquet or iter_<k>/)"
+            f"{path} is not a run directory (no config.yaml, summary.parquet or iter_<k>/); "
+            f"{HOW_TO_SET}"
         )
     config = directory.read_config()
     summary = directory.read_summary()
@@ -187,4 +206,11 @@ def load_run(run_dir: str | os.PathLike[str] | None) -> Run:
         summary = directory.summary_table()
     iterations = sorted(set(iterations) | {int(k) for k in summary["iteration"]})
     run_id = str(config.get("run_id") or path.resolve().name)
-    return Run(path, run_id, config, summary, iterations)
+    picked = ""
+    if run_dir is None:
+        picked = (
+            f"run_dir = None: showing the most recently changed run under "
+            f"{path.parent.resolve()}; to choose another, {HOW_TO_SET}"
+        )
+        print(picked)  # a notebook must never silently show some run
+    return Run(path, run_id, config, summary, iterations, picked=picked)

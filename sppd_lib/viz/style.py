@@ -9,7 +9,6 @@ from collections.abc import Iterable
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 
 __all__ = [
     "CHOSEN_COLOUR",
@@ -23,14 +22,21 @@ __all__ = [
     "metric_order",
     "note_panel",
     "series_colour",
+    "series_symbol",
+    "single_value_note",
     "style_figure",
     "subsample",
 ]
 
 METRIC_ORDER = ["pass@1", "maj@8", "vote@8", "best@8"]
-PHASE_COLOURS = {"sft": "#636efa", "dpo": "#ab63fa", "sppd": "#00a08a"}
-CHOSEN_COLOUR, REJECTED_COLOUR = "#1a9850", "#d73027"
-COLOURS = qualitative.Plotly
+#: Okabe & Ito's colour-blind-safe palette (Color Universal Design): distinct under the common
+#: colour-vision deficiencies, so iterations and metrics stay apart for every reader.
+COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"]
+PHASE_COLOURS = {"sft": "#56B4E9", "dpo": "#CC79A7", "sppd": "#009E73"}
+#: Chosen blue, rejected vermillion (not green vs red); figures add a shape or dash as well.
+CHOSEN_COLOUR, REJECTED_COLOUR = "#0072B2", "#D55E00"
+#: Marker symbols cycled with the colours, so a series is told apart without colour too.
+SYMBOLS = ["circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon"]
 TEMPLATE = "plotly_white"
 #: Points drawn at most in a scatter of per-pair rows (a deterministic subsample beyond).
 MAX_POINTS = 4000
@@ -67,10 +73,15 @@ def is_empty_figure(figure: go.Figure) -> bool:
 def style_figure(figure: go.Figure, title: str, height: int = 420) -> go.Figure:
     """The common layout: title, template, margins, left-aligned hover labels."""
     figure.update_layout(
-        title=title,
+        title_text=title,  # not title=: that would drop a subtitle set before
         template=TEMPLATE,
         height=height,
-        margin={"l": 60, "r": 30, "t": 80, "b": 50},
+        margin={
+            "l": 60,
+            "r": 30,
+            "t": 80 if figure.layout.title.subtitle.text is None else 115,
+            "b": 50,
+        },
         hoverlabel={"align": "left"},
     )
     return figure
@@ -88,6 +99,20 @@ def note_panel(figure: go.Figure, text: str, row: int, col: int) -> None:
 def series_colour(index: int) -> str:
     """The ``index``-th colour of the qualitative palette (cycled)."""
     return COLOURS[index % len(COLOURS)]
+
+
+def series_symbol(index: int) -> str:
+    """The ``index``-th marker symbol (cycled), paired with :func:`series_colour`."""
+    return SYMBOLS[index % len(SYMBOLS)]
+
+
+def single_value_note(values: pd.Series, what: str, unit: str = "pairs") -> str | None:
+    """A sentence for a distribution that holds one value (``None`` otherwise): one bar says
+    nothing, so the figure says it in words instead (e.g. Δv of 0/1 values is always 1)."""
+    values = pd.Series(values).dropna()
+    if not len(values) or values.nunique() > 1:
+        return None
+    return f"all {len(values)} {unit} have {what} = {values.iloc[0]:.3g}: a single value"
 
 
 def hover_html(text: str, limit: int = 400, width: int = 80) -> str:
@@ -121,8 +146,8 @@ def metric_order(metrics: Iterable[str]) -> list[str]:
 TRAINING_PANELS = [
     ("loss", ["loss"]),
     ("reward accuracy", ["reward_accuracy"]),
-    ("margins: β·h and loss margin", ["reward_margin", "value_margin"]),
-    ("chosen / rejected reward", ["chosen_reward", "rejected_reward"]),
+    ("β·h (solid) and loss margin (dotted)", ["reward_margin", "value_margin"]),
+    ("chosen (solid) / rejected (dotted) reward", ["chosen_reward", "rejected_reward"]),
     ("gradient norm", ["grad_norm"]),
     ("learning rate", ["learning_rate"]),
 ]

@@ -10,13 +10,11 @@ from plotly.subplots import make_subplots
 
 from sppd_lib.viz.run import Run
 from sppd_lib.viz.style import (
-    CHOSEN_COLOUR,
-    PHASE_COLOURS,
-    REJECTED_COLOUR,
     TRAINING_PANELS,
     empty_figure,
     note_panel,
     series_colour,
+    single_value_note,
     style_figure,
     subsample,
 )
@@ -45,10 +43,14 @@ def margin_histograms(run: Run) -> go.Figure:
     if pair_log is not None and "value_margin" in pair_log.columns:
         trained = pair_log[pair_log.get("phase", "sppd") == "sppd"]
         margins = trained.drop_duplicates(["iteration", "pair_index"])
-    panels = ((1, pairs, "delta_value"), (2, margins, "value_margin"))
-    for col, frame, column in panels:
+    panels = ((1, pairs, "delta_value", "Δv"), (2, margins, "value_margin", "margin"))
+    for col, frame, column, what in panels:
         if frame is None or not len(frame):
             note_panel(figure, "not trained yet (no pair_log.parquet)", 1, col)
+            continue
+        single = single_value_note(frame[column], what)
+        if single:  # one bar says nothing: say it in words
+            note_panel(figure, _wrap(single + _why_single(what)), 1, col)
             continue
         for index, (k, group) in enumerate(frame.groupby("iteration")):
             figure.add_trace(
@@ -64,9 +66,23 @@ def margin_histograms(run: Run) -> go.Figure:
                 row=1,
                 col=col,
             )
+        figure.update_xaxes(title_text=what, row=1, col=col)
+        figure.update_yaxes(title_text="pairs", row=1, col=col)
     figure.update_layout(barmode="group", bargap=0.1)
-    figure.update_yaxes(title_text="pairs", col=1)
     return style_figure(figure, title)
+
+
+def _why_single(what: str) -> str:
+    if what == "Δv":
+        return " (0/1 values, e.g. bellman or mc with one rollout, make every gap 1)"
+    return " (the margin of every pair is the same: fixed, none, or γ·Δv of one Δv)"
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    """Plotly annotations do not wrap: break a sentence into ``<br>``-joined lines."""
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(text, width))
 
 
 def pairs_by_depth(run: Run) -> go.Figure:
@@ -76,6 +92,7 @@ def pairs_by_depth(run: Run) -> go.Figure:
     if pairs is None:
         return empty_figure(title, f"Run {run.run_id} has no pairs yet (no pairs.parquet).")
     figure = make_subplots(rows=1, cols=2, subplot_titles=("pairs", "mean Δv"))
+    single = single_value_note(pairs["delta_value"], "Δv")
     for index, (k, group) in enumerate(pairs.groupby("iteration")):
         by_depth = group.groupby("depth")["delta_value"].agg(["size", "mean"]).reset_index()
         common = {"legendgroup": str(k), "marker_color": series_colour(index)}
@@ -84,12 +101,19 @@ def pairs_by_depth(run: Run) -> go.Figure:
             row=1,
             col=1,
         )
-        figure.add_trace(
-            go.Bar(x=by_depth["depth"], y=by_depth["mean"], showlegend=False, **common),
-            row=1,
-            col=2,
-        )
-    figure.update_xaxes(title_text="depth", dtick=1)
+        if not single:
+            figure.add_trace(
+                go.Bar(x=by_depth["depth"], y=by_depth["mean"], showlegend=False, **common),
+                row=1,
+                col=2,
+            )
+    if single:  # a flat line of one value at every depth says nothing
+        note_panel(figure, _wrap(f"{single}, so its mean is the same at every depth"), 1, 2)
+    else:
+        figure.update_xaxes(title_text="depth of the branching step", dtick=1, row=1, col=2)
+        figure.update_yaxes(title_text="mean Δv", row=1, col=2)
+    figure.update_xaxes(title_text="depth of the branching step", dtick=1, row=1, col=1)
+    figure.update_yaxes(title_text="pairs", row=1, col=1)
     figure.update_layout(barmode="group")
     return style_figure(figure, title)
 
@@ -149,6 +173,21 @@ def _pair_scatter(figure: go.Figure, pair_log: pd.DataFrame | None) -> None:
     )
     figure.update_xaxes(title_text="value margin (loss margin)", row=1, col=1)
     figure.update_yaxes(title_text="β·h", row=1, col=1)
+    single = single_value_note(points["value_margin"], "margin", "pair rows")
+    if single:  # the points form a vertical stripe: say why
+        figure.add_annotation(
+            text=_wrap(f"{single}: the points differ only in β·h", 60),
+            xref="x domain",
+            yref="y domain",
+            x=0.02,
+            y=0.98,
+            showarrow=False,
+            xanchor="left",
+            yanchor="top",
+            align="left",
+            font={"color": "#555"},
+            bgcolor="rgba(255,255,255,0.8)",
+        )
 
 
 def _training_x(log: pd.DataFrame) -> pd.DataFrame:
@@ -172,9 +211,10 @@ def _margin_lines(figure: go.Figure, log: pd.DataFrame | None) -> None:
         return
     log = _training_x(log)
     log = log[log["phase"] != "sft"]
+    iterations = sorted(log["iteration"].unique())
     for column, name, dash in (
-        ("reward_margin", "β·h", "solid"),
-        ("value_margin", "margin", "dot"),
+        ("reward_margin", "β·h (solid)", "solid"),
+        ("value_margin", "margin (dotted)", "dot"),
     ):
         for (k, phase), group in log.groupby(["iteration", "phase"], sort=False):
             figure.add_trace(
@@ -183,12 +223,13 @@ def _margin_lines(figure: go.Figure, log: pd.DataFrame | None) -> None:
                     y=group[column],
                     mode="lines",
                     name=f"{name} · iter {k} {phase}",
-                    line={"color": PHASE_COLOURS.get(phase, "#444"), "dash": dash},
+                    line={"color": series_colour(iterations.index(k)), "dash": dash},
                 ),
                 row=1,
                 col=2,
             )
     figure.update_xaxes(title_text="optimizer step (run-wide)", row=1, col=2)
+    figure.update_yaxes(title_text="batch mean", row=1, col=2)
 
 
 def training_curves(run: Run) -> go.Figure:
@@ -204,15 +245,18 @@ def training_curves(run: Run) -> go.Figure:
     figure = make_subplots(
         rows=2, cols=3, subplot_titles=[t for t, _ in TRAINING_PANELS], vertical_spacing=0.16
     )
+    iterations = sorted(log["iteration"].unique())
     seen: set[str] = set()
-    for index, (_, columns) in enumerate(TRAINING_PANELS):
+    for index, (panel, columns) in enumerate(TRAINING_PANELS):
         row, col = divmod(index, 3)
         present = [c for c in columns if c in log.columns and log[c].notna().any()]
         if not present:
             note_panel(figure, "not logged", row + 1, col + 1)
+            continue
+        # Colour = iteration; dash = which of the panel's two columns (its title says).
         for column, dash in zip(present, ("solid", "dot"), strict=False):
             for (k, phase), group in log.groupby(["iteration", "phase"], sort=False):
-                name = f"iter {k} {phase}"
+                name = f"iteration {k}"
                 figure.add_trace(
                     go.Scatter(
                         x=group["x"],
@@ -221,62 +265,117 @@ def training_curves(run: Run) -> go.Figure:
                         name=name,
                         legendgroup=name,
                         showlegend=name not in seen,
-                        line={"color": PHASE_COLOURS.get(phase, "#444"), "dash": dash},
-                        hovertemplate=f"{column}: %{{y:.4g}}<br>{name} step %{{x}}<extra></extra>",
+                        line={"color": series_colour(iterations.index(k)), "dash": dash},
+                        hovertemplate=f"{column}: %{{y:.4g}}<br>iteration {k} {phase} "
+                        "step %{x}<extra></extra>",
                     ),
                     row=row + 1,
                     col=col + 1,
                 )
                 seen.add(name)
-    for _, group in log.groupby("iteration"):
-        figure.add_vline(x=group["x"].min() - 0.5, line={"color": "#ccc", "dash": "dot"})
-    return style_figure(figure, title, height=620)
+        figure.update_xaxes(title_text="optimizer step (run-wide)", row=row + 1, col=col + 1)
+        figure.update_yaxes(title_text=_Y_TITLES.get(panel, panel), row=row + 1, col=col + 1)
+    # Grey dotted lines start each (iteration, phase) segment; its name is written on top.
+    for (k, phase), group in log.groupby(["iteration", "phase"], sort=False):
+        start = group["x"].min() - 0.5
+        figure.add_vline(x=start, line={"color": "#bbb", "dash": "dot"})
+        figure.add_annotation(
+            x=start,
+            y=0.0,
+            xref="x",
+            yref="y domain",
+            text=f"{k}·{phase}",
+            showarrow=False,
+            xanchor="left",
+            yanchor="bottom",
+            font={"size": 10, "color": "#666"},
+        )
+    figure.update_layout(
+        title_subtitle_text="colour: iteration · grey dotted lines: a new iteration·phase "
+        "starts (named at the foot of the loss panel) · two lines in a panel: solid and "
+        "dotted as titled"
+    )
+    return style_figure(figure, title, height=680)
+
+
+_Y_TITLES = {  # panel title -> y axis title (the panel titles explain the line styles)
+    "reward accuracy": "share of pairs with β·h > 0",
+    "β·h (solid) and loss margin (dotted)": "β·h, margin",
+    "chosen (solid) / rejected (dotted) reward": "reward",
+    "gradient norm": "norm",
+}
 
 
 def tree_stats_figure(run: Run) -> go.Figure:
-    """Per iteration: complete paths per tree (correct and wrong), pairs and trees with pairs,
+    """Per iteration: how many trees have 0, 1, 2, ... correct complete paths (the
+    distribution, not a mean that hides the trees without any), pairs and trees with pairs,
     and tokens generated by the tree sampler against a flat sampler for the same paths."""
     title = "Self-sampled trees per iteration"
-    rows = []
-    for k in run.tree_iterations():
-        stats = run.tree_stats(k)
-        rows.append(
-            {
-                "iteration": k,
-                "trees": len(stats),
-                "correct paths": stats["correct_paths"].sum() / max(len(stats), 1),
-                "wrong paths": (stats["complete_paths"] - stats["correct_paths"]).sum()
-                / max(len(stats), 1),
-                "pairs": int(stats["pairs"].sum()),
-                "trees with pairs": int((stats["pairs"] > 0).sum()),
-                "tree tokens": int(stats["tokens_generated"].sum()),
-                "flat tokens": int(stats["flat_tokens"].sum()),
-            }
-        )
-    if not rows:
+    iterations = run.tree_iterations()
+    stats = {k: run.tree_stats(k) for k in iterations}
+    stats = {k: s for k, s in stats.items() if len(s)}
+    if not stats:
         return empty_figure(title, f"Run {run.run_id} has no trees yet (trees.jsonl.gz).")
-    table = pd.DataFrame(rows)
-    x = [f"iter {k}" for k in table["iteration"]]
     figure = make_subplots(
         rows=1,
         cols=3,
-        subplot_titles=("complete paths per tree", "pairs", "tokens (tree vs flat sampling)"),
+        subplot_titles=(
+            "trees by correct complete paths",
+            "pairs and trees with pairs",
+            "tokens (tree vs flat sampling)",
+        ),
     )
-    bars = [
-        (1, "correct paths", CHOSEN_COLOUR),
-        (1, "wrong paths", REJECTED_COLOUR),
-        (2, "pairs", series_colour(0)),
-        (2, "trees with pairs", series_colour(1)),
-        (3, "tree tokens", series_colour(2)),
-        (3, "flat tokens", series_colour(4)),
-    ]
-    for col, column, colour in bars:
+    x = [f"iter {k}" for k in stats]
+    none = []
+    for index, (k, table) in enumerate(stats.items()):
+        counts = table["correct_paths"].value_counts().sort_index()
         figure.add_trace(
-            go.Bar(x=x, y=table[column], name=column, marker_color=colour), row=1, col=col
+            go.Bar(
+                x=counts.index,
+                y=counts.to_numpy(),
+                name=f"iteration {k} ({len(table)} trees)",
+                marker_color=series_colour(index),
+                hovertemplate=f"iteration {k}: %{{y}} trees with %{{x}} correct paths"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=1,
         )
-    figure.update_layout(barmode="group")
-    figure.update_traces(selector={"name": "correct paths"}, offsetgroup="paths")
-    figure.update_traces(
-        selector={"name": "wrong paths"}, offsetgroup="paths", base=table["correct paths"]
+        none.append(f"iter {k}: {int((table['correct_paths'] == 0).sum())} of {len(table)}")
+    totals = pd.DataFrame(
+        {
+            "pairs": [int(t["pairs"].sum()) for t in stats.values()],
+            "trees with pairs": [int((t["pairs"] > 0).sum()) for t in stats.values()],
+            "tree tokens": [int(t["tokens_generated"].sum()) for t in stats.values()],
+            "flat tokens": [int(t["flat_tokens"].sum()) for t in stats.values()],
+        }
     )
-    return style_figure(figure, title)
+    for col, column, colour, pattern in (
+        # greys: the iteration colours of the first panel keep their meaning
+        (2, "pairs", "#555555", ""),
+        (2, "trees with pairs", "#aaaaaa", "/"),
+        (3, "tree tokens", "#555555", ""),
+        (3, "flat tokens", "#aaaaaa", "/"),
+    ):
+        figure.add_trace(
+            go.Bar(
+                x=x,
+                y=totals[column],
+                name=column,
+                marker_color=colour,
+                marker_pattern_shape=pattern,
+            ),
+            row=1,
+            col=col,
+        )
+    figure.update_xaxes(title_text="correct complete paths in a tree", dtick=1, row=1, col=1)
+    figure.update_yaxes(title_text="trees", row=1, col=1)
+    figure.update_xaxes(title_text="iteration", row=1, col=2)
+    figure.update_yaxes(title_text="count", row=1, col=2)
+    figure.update_xaxes(title_text="iteration", row=1, col=3)
+    figure.update_yaxes(title_text="tokens generated", row=1, col=3)
+    figure.update_layout(
+        barmode="group",
+        title_subtitle_text="trees without any correct path: " + "; ".join(none),
+    )
+    return style_figure(figure, title, height=440)

@@ -22,6 +22,9 @@ from sppd_lib.viz.style import (
 
 __all__ = ["NODE_STYLE", "featured_tree_figures", "featured_trees", "tree_figure"]
 
+#: Pixels per leaf row and above the plot (title, subtitle, a two-line legend).
+ROW_PX, TOP_PX = 22, 130
+
 
 @dataclass
 class _Layout:
@@ -150,18 +153,22 @@ def _pair_edges(tree: StepTree, pairs: pd.DataFrame | None, layout: _Layout) -> 
         return []
     shown = {n.id for n in layout.nodes}
     traces = []
-    for column, name, colour in (
-        ("chosen_node", "chosen step", CHOSEN_COLOUR),
-        ("rejected_node", "rejected step", REJECTED_COLOUR),
+    # Colour and dash both tell chosen from rejected (colour-blind safe): blue solid, orange
+    # dashed. An edge is drawn only when both its ends are shown.
+    for column, name, colour, dash in (
+        ("chosen_node", "chosen step (solid)", CHOSEN_COLOUR, "solid"),
+        ("rejected_node", "rejected step (dashed)", REJECTED_COLOUR, "dash"),
     ):
         edges = [
             (int(parent), int(node))
             for parent, node in zip(pairs["parent_node"], pairs[column], strict=True)
-            if int(node) in shown
+            if int(node) in shown and int(parent) in shown
         ]
         if edges:
             traces.append(
-                _edge_trace(layout, sorted(set(edges)), name, skip=1, color=colour, width=3.5)
+                _edge_trace(
+                    layout, sorted(set(edges)), name, skip=1, color=colour, width=3.5, dash=dash
+                )
             )
     return traces
 
@@ -184,7 +191,7 @@ def _node_traces(tree: StepTree, layout: _Layout, roles: dict[int, list[str]]) -
             marker.update(color=[n.value for n in nodes], coloraxis="coloraxis")
         else:
             marker["color"] = "#cccccc"
-        answers = [str(n.answer)[:12] if n.is_complete else "" for n in nodes]
+        answers = [_answer_label(n) for n in nodes]
         traces.append(
             go.Scatter(
                 x=[layout.x[n.id] for n in nodes],
@@ -193,6 +200,7 @@ def _node_traces(tree: StepTree, layout: _Layout, roles: dict[int, list[str]]) -
                 text=answers,
                 textposition="middle right",
                 textfont={"size": 10, "color": "#555"},
+                cliponaxis=False,  # answer labels right of the deepest leaves stay whole
                 name=kind if valued else f"{kind} (no value)",
                 marker=marker,
                 hovertext=[_node_hover(tree, n, roles.get(n.id, [])) for n in nodes],
@@ -202,12 +210,26 @@ def _node_traces(tree: StepTree, layout: _Layout, roles: dict[int, list[str]]) -
     return traces
 
 
-def _tree_title(tree: StepTree, pairs: pd.DataFrame | None) -> tuple[str, str]:
+def _answer_label(node: StepNode) -> str:
+    if not node.is_complete:
+        return ""
+    answer = "no answer" if node.answer is None else str(node.answer)
+    return answer if len(answer) <= 14 else answer[:13] + "…"
+
+
+def _tree_title(
+    tree: StepTree, pairs: pd.DataFrame | None, shown: int | None = None
+) -> tuple[str, str]:
     stats = tree.stats()
     question = tree.problem.question.replace("\n", " ")
     question = question if len(question) <= 90 else question[:90] + " …"
+    steps = (
+        f"{stats.nodes} steps"
+        if shown in (None, stats.nodes)
+        else (f"{shown} of {stats.nodes} steps shown")
+    )
     subtitle = (
-        f"{stats.nodes} steps · {stats.complete_paths} complete paths "
+        f"{steps} · {stats.complete_paths} complete paths "
         f"({stats.correct_paths} correct) · {0 if pairs is None else len(pairs)} pairs "
         f"· gold {tree.problem.answer}"
     )
@@ -225,9 +247,10 @@ def tree_figure(
     Node colour is the value; the symbol tells the kind (diamond problem, circle step, star
     correct answer, x wrong answer, square a path that ended without an answer); the hover
     shows the step text, mean log-prob, value and the pairs the step is in. Edges from a
-    prefix to the chosen / rejected step of a pair are green / red. ``pairs_df`` may hold the
-    pairs of many trees (those of this tree are picked); ``max_depth`` and ``min_value`` hide
-    deeper steps and steps (with their subtrees) of lower value.
+    prefix to the chosen / rejected step of a pair are blue solid / orange dashed.
+    ``pairs_df`` may hold the pairs of many trees (those of this tree are picked);
+    ``max_depth`` and ``min_value`` hide deeper steps and steps (with their subtrees) of lower
+    value; the subtitle says how many steps are shown.
     """
     if pairs_df is not None and len(pairs_df):
         pairs_df = pairs_df[pairs_df["tree_id"] == tree.problem.id]
@@ -241,23 +264,51 @@ def tree_figure(
         ]
     )
     figure.data[0].showlegend = False
-    title, subtitle = _tree_title(tree, pairs_df)
-    style_figure(figure, title, height=int(min(2000, max(420, 24 * layout.leaves + 200))))
+    title, subtitle = _tree_title(tree, pairs_df, len(layout.nodes) - 1)  # without the root
+    # No height cap: a tree of 512 steps gets the rows it needs and the page scrolls. The
+    # title, subtitle and legend are placed in pixels from the top, so they never overlap
+    # whatever the height (fractions of the height moved with it).
+    height = max(420, ROW_PX * layout.leaves + TOP_PX + 60)
+    deepest = max((layout.x[n.id] for n in layout.nodes), default=0.0)
+    style_figure(figure, title, height=int(height))
     figure.update_layout(
-        title={"text": title, "subtitle": {"text": subtitle}},
+        title={
+            "text": title,
+            "subtitle": {"text": subtitle},
+            "x": 0.01,
+            "xanchor": "left",
+            "yref": "container",
+            "y": 1 - 12 / height,
+            "yanchor": "top",
+        },
         coloraxis={
             "colorscale": "Viridis",
             "cmin": 0.0,
             "cmax": 1.0,
-            "colorbar": {"title": {"text": "value"}, "thickness": 14, "len": 0.8},
+            "colorbar": {
+                "title": {"text": "value"},
+                "thickness": 14,
+                "len": min(1.0, 400 / height),
+                "y": 1.0,
+                "yanchor": "top",
+            },
         },
-        xaxis={"title": {"text": "depth (step)"}, "dtick": 1, "zeroline": False},
+        xaxis={
+            "title": {"text": "depth (step)"},
+            "dtick": 1,
+            "zeroline": False,
+            "range": [-0.3, deepest + 0.9],  # room for the answer labels
+        },
         yaxis={"visible": False, "autorange": "reversed"},
-        title_y=0.98,
-        title_yanchor="top",
-        title_yref="container",
-        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
-        margin={"t": 120, "b": 50},
+        legend={
+            "orientation": "h",
+            "x": 0,
+            "xanchor": "left",
+            "yref": "container",
+            "y": 1 - 62 / height,
+            "yanchor": "top",
+        },
+        margin={"t": TOP_PX, "b": 50, "r": 90},
     )
     return figure
 
