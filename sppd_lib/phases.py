@@ -38,10 +38,18 @@ logger = logging.getLogger(__name__)
 
 
 class Policy:
-    """The current policy, loaded once and shared by sampling and evaluation."""
+    """The current policy and the run's one sampling engine, shared by every phase.
 
-    def __init__(self, device: str | None) -> None:
-        self.device, self.path, self.model, self.tokenizer = device, None, None, None
+    Transformers weights are loaded once per model directory (:meth:`load`). A vLLM engine
+    is started once per run (about 2 min on a CPU) and handed each new policy's weights
+    (:meth:`~sppd_lib.engines.vllm_engine.VLLMEngine.load_weights`, which also drops its
+    prefix cache); :meth:`close` stops it.
+    """
+
+    def __init__(self, device: str | None, engine: str = "transformers", seed: int = 0) -> None:
+        self.device, self.engine_kind, self.seed = device, engine, seed
+        self.path, self.model, self.tokenizer = None, None, None
+        self._vllm: Any = None
 
     def load(self, path: str) -> tuple[Any, Any]:
         if self.path != path:
@@ -51,6 +59,27 @@ class Policy:
             self.model, self.tokenizer = load_model(path, device=self.device)
             self.path = path
         return self.model, self.tokenizer
+
+    def engine(self, path: str) -> tuple[Any, Any]:
+        """``(engine, tokenizer)`` sampling from the policy at ``path``."""
+        if self.engine_kind != "vllm":
+            return make_engine(self.engine_kind, path, policy=self)
+        if self._vllm is None:
+            self._vllm, _ = make_engine("vllm", path, seed=self.seed)
+        else:
+            self._vllm.load_weights(path)
+        return self._vllm, self._vllm.tokenizer
+
+    def close(self) -> None:
+        if self._vllm is not None:
+            self._vllm.close()
+            self._vllm = None
+
+    def __enter__(self) -> Policy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def make_engine(
@@ -82,11 +111,6 @@ def make_engine(
     return TransformersEngine(loaded, tokenizer, max_batch_rows=max_batch_rows), tokenizer
 
 
-def _close(engine: Any) -> None:
-    if hasattr(engine, "close"):
-        engine.close()
-
-
 def sample_phase(
     config: RunConfig,
     policy: Policy,
@@ -103,14 +127,8 @@ def sample_phase(
     logger.info("iteration %d: sampling trees for %d problems", iteration, len(problems))
     # Each iteration draws its own random stream.
     sampler = SamplerConfig(**{**vars(config.sampler), "seed": config.sampler.seed + iteration})
-    engine, tokenizer = make_engine(
-        config.engine, model_path, policy=policy, seed=config.sampler.seed
-    )
-    try:
-        meta = {"iteration": iteration}
-        sample_to_file(engine, tokenizer, problems, sampler, out.trees, meta=meta)
-    finally:
-        _close(engine)
+    engine, tokenizer = policy.engine(model_path)
+    sample_to_file(engine, tokenizer, problems, sampler, out.trees, meta={"iteration": iteration})
 
 
 def add_rollouts(config: RunConfig, trees: list[StepTree], engine: Any, seed: int) -> int:
@@ -131,25 +149,14 @@ def add_rollouts(config: RunConfig, trees: list[StepTree], engine: Any, seed: in
     return sampled
 
 
-def rollouts_with(
-    config: RunConfig, trees: list[StepTree], engine_for: Callable[[], Any], seed: int
-) -> int:
-    """:func:`add_rollouts` with an engine made by ``engine_for()`` and closed after."""
-    engine, _ = engine_for()
-    try:
-        return add_rollouts(config, trees, engine, seed)
-    finally:
-        _close(engine)
-
-
 def pairs_phase(
     config: RunConfig,
     out: PhaseDir,
     iteration: int,
-    engine_for: Callable[[], Any] | None = None,
+    engine_for: Callable[[], tuple[Any, Any]] | None = None,
 ) -> None:
-    """Values and step pairs of ``out``'s trees. ``engine_for()`` gives the sampling engine,
-    needed only for ``pairs.rollouts``."""
+    """Values and step pairs of ``out``'s trees. ``engine_for()`` gives ``(engine,
+    tokenizer)`` of the model that sampled them, needed only for ``pairs.rollouts``."""
     from sppd_lib.pairs import build_pairs, summarize_pairs, write_pairs
     from sppd_lib.tree import read_trees, write_trees
 
@@ -160,7 +167,8 @@ def pairs_phase(
         if engine_for is None:
             raise ConfigError("pairs.rollouts needs the engine of the model that sampled")
         # Nodes that already have enough outcomes (a resumed phase) get none.
-        sampled = rollouts_with(config, trees, engine_for, config.sampler.seed + iteration)
+        engine, _ = engine_for()
+        sampled = add_rollouts(config, trees, engine, config.sampler.seed + iteration)
         logger.info("iteration %d: %d MC rollouts under thin steps", iteration, sampled)
     pairs, reasons = build_pairs(trees, config.pairs)
     # Values live on the nodes too, for the notebooks; the pairs file marks the phase done.
@@ -282,20 +290,8 @@ def eval_phase(
     if out.evaluated(with_samples=bool(config.eval.num_samples)):
         return
     logger.info("iteration %d: evaluating %s", iteration, ", ".join(config.eval.benchmarks))
-    engine, tokenizer = make_engine(
-        config.engine, model_path, policy=policy, seed=config.sampler.seed
-    )
-    try:
-        if config.eval.num_samples and not out.eval_samples.exists():
-            samples = evaluate_samples(engine, tokenizer, config.eval)
-            write_parquet_atomic(samples, out.eval_samples)
-        if not out.eval.exists():
-            # Greedy: vLLM through its engine, transformers through `generate` (measured
-            # faster here than our step engine, which is built for short tree steps).
-            model = None if config.engine == "vllm" else policy.load(model_path)[0]
-            greedy = evaluate(
-                model, tokenizer, config.eval, engine=engine if model is None else None
-            )
-            write_parquet_atomic(greedy, out.eval)
-    finally:
-        _close(engine)
+    engine, tokenizer = policy.engine(model_path)
+    if config.eval.num_samples and not out.eval_samples.exists():
+        write_parquet_atomic(evaluate_samples(engine, tokenizer, config.eval), out.eval_samples)
+    if not out.eval.exists():
+        write_parquet_atomic(evaluate(None, tokenizer, config.eval, engine=engine), out.eval)

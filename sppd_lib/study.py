@@ -101,7 +101,7 @@ def _build_values(
         summarize_pairs,
         write_pairs,
     )
-    from sppd_lib.phases import rollouts_with
+    from sppd_lib.phases import add_rollouts
     from sppd_lib.tree import read_trees, write_trees
 
     out = study.values(name)
@@ -111,7 +111,7 @@ def _build_values(
     trees = list(read_trees(study.trees))
     if pair_config.rollouts:
         run_config = dataclasses.replace(config.run_config(["sppd"]), pairs=pair_config)
-        sampled = rollouts_with(run_config, trees, engine_for, config.sampler.seed)
+        sampled = add_rollouts(run_config, trees, engine_for()[0], config.sampler.seed)
         logger.info("values %s: %d MC rollouts under thin steps", name, sampled)
     if pair_config.value == "prm" and pair_config.prm_model == "own":
         pair_config = dataclasses.replace(pair_config, prm_model=str(_own_prm(config, trees, out)))
@@ -215,7 +215,7 @@ def run_study(
     from sppd_lib.files import RunLock
     from sppd_lib.loop import check_run, training_problems
     from sppd_lib.models import resolve_model
-    from sppd_lib.phases import Policy, eval_phase, make_engine, sample_phase
+    from sppd_lib.phases import Policy, eval_phase, sample_phase
     from sppd_lib.study_results import load_study
 
     root = Path(study_dir) if study_dir is not None else Path("studies") / config.study_id
@@ -229,9 +229,12 @@ def run_study(
     if source is not None and not source.iteration(1).trees.is_file():
         raise ConfigError(f"--from-run {from_run}: no {source.iteration(1).trees} there")
     model_path = resolve_model(config.model)
-    with RunLock(root, f"study directory {root}"):
+    # One engine for the whole study (see loop.run).
+    with (
+        RunLock(root, f"study directory {root}"),
+        Policy(config.device, base.engine, base.sampler.seed) as policy,
+    ):
         study.start(config_to_dict(config), _GROWABLE)
-        policy = Policy(config.device)
         started = time.perf_counter()
         if not study.trees.exists():
             if source is not None:
@@ -244,7 +247,7 @@ def run_study(
         estimators = config.estimators
 
         def engine_for() -> tuple[Any, Any]:
-            return make_engine(base.engine, model_path, policy=policy, seed=base.sampler.seed)
+            return policy.engine(model_path)  # the model that sampled the trees
 
         arms = resolve_arms(config)
         # An estimator is built when its first arm needs it; the others (only shown in the

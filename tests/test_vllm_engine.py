@@ -7,6 +7,8 @@ import pytest
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
+import copy  # noqa: E402
+
 import torch  # noqa: E402
 
 from sppd_lib.data import load_problems  # noqa: E402
@@ -96,3 +98,38 @@ def test_many_long_seeded_prefixes(vllm_engine, reference) -> None:
     prefixes = [prompt_token_ids(tokenizer, f"{i}. {long_question}") for i in range(32)]
     out = vllm_engine.sample(prefixes, 2, SamplingSettings(max_tokens=8, temperature=0.7))
     assert len(out) == 32 and all(len(c) == 2 for c in out)
+
+
+def _greedy_logprobs(model, prefix: list[int], token_ids: list[int]) -> torch.Tensor:
+    ids = torch.tensor([prefix + token_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0].float()
+    fresh = torch.log_softmax(logits[len(prefix) - 1 : -1], -1)
+    return fresh.gather(1, torch.tensor(token_ids)[:, None]).squeeze(1)
+
+
+def test_load_weights_swaps_the_policy_in_place(vllm_engine, reference, tmp_path) -> None:
+    """The loop's one engine: after load_weights the engine samples from the new weights
+    (raw log-probs equal a fresh forward of the new model), and back again."""
+    model, tokenizer = reference
+    base_path = vllm_engine.model_path
+    changed = copy.deepcopy(model)
+    with torch.no_grad():  # a visibly different policy of the same architecture
+        for parameter in changed.model.layers[-1].mlp.parameters():
+            parameter.mul_(1.5)
+    changed.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    prefix = prompt_token_ids(tokenizer, "Calculate 8 + 5 * 2.")
+    greedy = SamplingSettings(max_tokens=16, temperature=0.0, stop=None)
+    before = vllm_engine.sample([prefix], 1, greedy)[0][0]
+    try:
+        vllm_engine.load_weights(str(tmp_path))
+        after = vllm_engine.sample([prefix], 1, greedy)[0][0]
+        fresh = _greedy_logprobs(changed, prefix, after.token_ids)
+        assert torch.allclose(fresh, torch.tensor(after.logprobs), atol=1e-4)
+        assert after.logprobs != before.logprobs
+    finally:
+        vllm_engine.load_weights(base_path)
+    again = vllm_engine.sample([prefix], 1, greedy)[0][0]
+    assert again.token_ids == before.token_ids
+    assert torch.allclose(torch.tensor(again.logprobs), torch.tensor(before.logprobs), atol=1e-5)
