@@ -160,6 +160,7 @@ def _loop(config: RunConfig, directory: RunDir) -> pd.DataFrame:
                     return policy.engine(path)
 
                 pairs_phase(config, out, iteration, engine_for)
+                policy.make_room_for_training()
                 model_path = train_phase(config, model_path, out, iteration)
             eval_phase(config, policy, model_path, out, iteration)
             summary = directory.summary_table()

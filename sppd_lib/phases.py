@@ -70,6 +70,15 @@ class Policy:
             self._vllm.load_weights(path)
         return self._vllm, self._vllm.tokenizer
 
+    def make_room_for_training(self) -> None:
+        """On a GPU, stop the vLLM engine before training (its KV reservation, 90% of the
+        GPU by default, would starve the trainer); the next :meth:`engine` call starts it
+        again. On a CPU it stays: RAM is plentiful and a start costs about 2 min."""
+        import torch
+
+        if self._vllm is not None and torch.cuda.is_available():
+            self.close()
+
     def close(self) -> None:
         if self._vllm is not None:
             self._vllm.close()

@@ -171,6 +171,7 @@ def _run_arm(
         "arm %s, seed %d: %s on values %s", arm.name, seed, "+".join(arm.phases), arm.values
     )
     started = time.perf_counter()
+    policy.make_room_for_training()
     final = train_phase(
         run_config, model_path, arm_dir, 1, lambda phase: pd.read_parquet(files[phase])
     )

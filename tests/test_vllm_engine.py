@@ -1,4 +1,4 @@
-"""The vLLM engine, for real: run in the vLLM virtualenv (`make test-vllm`, part of CI)."""
+"""The vLLM engine, for real (`make test-vllm`, part of CI)."""
 
 from __future__ import annotations
 

@@ -25,6 +25,36 @@ from sppd_lib.data import DataError
 __all__ = ["add_eval", "add_merge", "add_pairs", "add_sample", "add_train"]
 
 
+def engine_flags(parser: argparse.ArgumentParser) -> None:
+    """The engine that decodes (``sppd sample``, ``sppd eval``)."""
+    parser.add_argument(
+        "--engine",
+        choices=typing.get_args(typing.get_type_hints(RunConfig)["engine"]),
+        default="transformers",
+        help="decoding engine",
+    )
+    parser.add_argument("--lora", default=None, help="LoRA adapter dir (vLLM engine)")
+    parser.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="GPUs per model (vLLM engine)"
+    )
+    parser.add_argument(
+        "--max-batch-rows", type=int, default=64, help="rows decoded together (transformers)"
+    )
+
+
+def _engine_of(args: argparse.Namespace, name: str, device: str | None) -> tuple:
+    from sppd_lib.phases import make_engine
+
+    return make_engine(
+        args.engine,
+        name,
+        device=device,
+        lora=args.lora,
+        tensor_parallel_size=args.tensor_parallel_size,
+        max_batch_rows=args.max_batch_rows,
+    )
+
+
 def add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
@@ -35,6 +65,7 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="parquet file for the responses (default: none)"
     )
+    engine_flags(parser)
     add_config_flags(parser, EvalConfig)
     parser.set_defaults(run=_run_eval)
 
@@ -43,7 +74,6 @@ def _run_eval(args: argparse.Namespace) -> int:
     from sppd_lib.evaluate import benchmark_problems, evaluate
     from sppd_lib.files import write_parquet_atomic
     from sppd_lib.metrics import accuracy_table
-    from sppd_lib.models import load_model
 
     config = config_from_args(EvalConfig, args, section="eval")
     name, device = model_of(args)
@@ -51,8 +81,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         benchmark_problems(config, benchmark)
     check_out(args.out)
     started = time.perf_counter()
-    model, tokenizer = load_model(name, device=device)
-    results = evaluate(model, tokenizer, config)
+    engine, tokenizer = _engine_of(args, name, device)
+    try:
+        results = evaluate(None, tokenizer, config, engine=engine)
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
     if args.out is not None:
         write_parquet_atomic(results, args.out)
         print(f"responses written to {args.out}")
@@ -85,26 +119,13 @@ def add_sample(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--arith-seed", type=int, default=0, help="seed of generated problems")
     parser.add_argument("--out", type=Path, required=True, help="trees file (.jsonl.gz)")
     parser.add_argument("--shard", default=None, help="i/n: sample shard i of n")
-    parser.add_argument(
-        "--engine",
-        choices=typing.get_args(typing.get_type_hints(RunConfig)["engine"]),
-        default="transformers",
-        help="sampler engine",
-    )
-    parser.add_argument("--lora", default=None, help="LoRA adapter dir (vLLM engine)")
-    parser.add_argument(
-        "--tensor-parallel-size", type=int, default=1, help="GPUs per model (vLLM engine)"
-    )
-    parser.add_argument(
-        "--max-batch-rows", type=int, default=64, help="rows decoded together (transformers)"
-    )
+    engine_flags(parser)
     add_config_flags(parser, SamplerConfig)
     parser.set_defaults(run=_run_sample)
 
 
 def _run_sample(args: argparse.Namespace) -> int:
     from sppd_lib.data import load_problems
-    from sppd_lib.phases import make_engine
     from sppd_lib.rundir import file_lock
     from sppd_lib.sampler import sample_to_file, shard
 
@@ -122,14 +143,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     check_out(args.out)
     meta = {"model": name, "engine": args.engine, "shard": args.shard}
     with file_lock(args.out, "trees file"):
-        engine, tokenizer = make_engine(
-            args.engine,
-            name,
-            device=device,
-            lora=args.lora,
-            tensor_parallel_size=args.tensor_parallel_size,
-            max_batch_rows=args.max_batch_rows,
-        )
+        engine, tokenizer = _engine_of(args, name, device)
         started = time.perf_counter()
         sample_to_file(engine, tokenizer, problems, config, args.out, meta=meta)
     _print_tree_summary(read_trees(args.out), time.perf_counter() - started)
