@@ -9,7 +9,9 @@ marker exists, so a killed run resumes after its last finished phase.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,8 @@ class Policy:
         self.device, self.engine_kind, self.seed = device, engine, seed
         self.path, self.model, self.tokenizer = None, None, None
         self._vllm: Any = None
+        #: Seconds spent starting engines and swapping weights in (for the phase timings).
+        self.engine_seconds = 0.0
 
     def load(self, path: str) -> tuple[Any, Any]:
         if self.path != path:
@@ -62,13 +66,17 @@ class Policy:
 
     def engine(self, path: str) -> tuple[Any, Any]:
         """``(engine, tokenizer)`` sampling from the policy at ``path``."""
-        if self.engine_kind != "vllm":
-            return make_engine(self.engine_kind, path, policy=self)
-        if self._vllm is None:
-            self._vllm, _ = make_engine("vllm", path, seed=self.seed)
-        else:
-            self._vllm.load_weights(path)
-        return self._vllm, self._vllm.tokenizer
+        started = time.perf_counter()
+        try:
+            if self.engine_kind != "vllm":
+                return make_engine(self.engine_kind, path, policy=self)
+            if self._vllm is None:
+                self._vllm, _ = make_engine("vllm", path, seed=self.seed)
+            else:
+                self._vllm.load_weights(path)
+            return self._vllm, self._vllm.tokenizer
+        finally:
+            self.engine_seconds += time.perf_counter() - started
 
     def make_room_for_training(self) -> None:
         """On a GPU, stop the vLLM engine before training (its KV reservation, 90% of the
@@ -89,6 +97,20 @@ class Policy:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@contextmanager
+def _timed(out: PhaseDir, phase: str, policy: Policy | None = None) -> Iterator[None]:
+    """Record how long ``phase`` took in ``out`` (and, with ``policy``, how much of it went
+    to starting the engine or loading the policy into it)."""
+    started = time.perf_counter()
+    engine_before = policy.engine_seconds if policy is not None else 0.0
+    yield
+    record: dict[str, Any] = {"phase": phase, "seconds": round(time.perf_counter() - started, 2)}
+    if policy is not None:
+        record["engine"] = policy.engine_kind
+        record["engine_start_seconds"] = round(policy.engine_seconds - engine_before, 2)
+    out.record_phase_time(record)
 
 
 def make_engine(
@@ -136,8 +158,10 @@ def sample_phase(
     logger.info("iteration %d: sampling trees for %d problems", iteration, len(problems))
     # Each iteration draws its own random stream.
     sampler = SamplerConfig(**{**vars(config.sampler), "seed": config.sampler.seed + iteration})
-    engine, tokenizer = policy.engine(model_path)
-    sample_to_file(engine, tokenizer, problems, sampler, out.trees, meta={"iteration": iteration})
+    with _timed(out, "sample", policy):
+        engine, tokenizer = policy.engine(model_path)
+        meta = {"iteration": iteration}
+        sample_to_file(engine, tokenizer, problems, sampler, out.trees, meta=meta)
 
 
 def add_rollouts(config: RunConfig, trees: list[StepTree], engine: Any, seed: int) -> int:
@@ -171,28 +195,29 @@ def pairs_phase(
 
     if out.pairs.exists():
         return
-    trees = list(read_trees(out.trees))
-    if config.pairs.rollouts:
-        if engine_for is None:
-            raise ConfigError("pairs.rollouts needs the engine of the model that sampled")
-        # Nodes that already have enough outcomes (a resumed phase) get none.
-        engine, _ = engine_for()
-        sampled = add_rollouts(config, trees, engine, config.sampler.seed + iteration)
-        logger.info("iteration %d: %d MC rollouts under thin steps", iteration, sampled)
-    pairs, reasons = build_pairs(trees, config.pairs)
-    # Values live on the nodes too, for the notebooks; the pairs file marks the phase done.
-    write_trees(out.trees, trees)
-    write_json(out.pairs_summary, summarize_pairs(pairs, len(trees), reasons))
-    write_pairs(pairs, out.pairs)
-    stats = [t.stats() for t in trees]
-    logger.info(
-        "iteration %d: %d trees, %d complete paths (%d correct), %d pairs",
-        iteration,
-        len(trees),
-        sum(s.complete_paths for s in stats),
-        sum(s.correct_paths for s in stats),
-        len(pairs),
-    )
+    with _timed(out, "pairs"):
+        trees = list(read_trees(out.trees))
+        if config.pairs.rollouts:
+            if engine_for is None:
+                raise ConfigError("pairs.rollouts needs the engine of the model that sampled")
+            # Nodes that already have enough outcomes (a resumed phase) get none.
+            engine, _ = engine_for()
+            sampled = add_rollouts(config, trees, engine, config.sampler.seed + iteration)
+            logger.info("iteration %d: %d MC rollouts under thin steps", iteration, sampled)
+        pairs, reasons = build_pairs(trees, config.pairs)
+        # Values live on the nodes too, for the notebooks; the pairs file marks the phase done.
+        write_trees(out.trees, trees)
+        write_json(out.pairs_summary, summarize_pairs(pairs, len(trees), reasons))
+        write_pairs(pairs, out.pairs)
+        stats = [t.stats() for t in trees]
+        logger.info(
+            "iteration %d: %d trees, %d complete paths (%d correct), %d pairs",
+            iteration,
+            len(trees),
+            sum(s.complete_paths for s in stats),
+            sum(s.correct_paths for s in stats),
+            len(pairs),
+        )
 
 
 def _phase_data(config: RunConfig, phase: str, out: PhaseDir) -> pd.DataFrame:
@@ -261,9 +286,10 @@ def train_phase(
         if not phase_dir.model.exists():
             logger.info("iteration %d: %s on %d examples", iteration, phase, len(data))
             settings = phase_train_config(config, phase, index)
-            model, tokenizer = load_model(current, device=config.device)
-            train(model, tokenizer, data, settings, phase_dir.path)
-            del model
+            with _timed(out, f"train_{phase}"):
+                model, tokenizer = load_model(current, device=config.device)
+                train(model, tokenizer, data, settings, phase_dir.path)
+                del model
         current = str(phase_dir.model)
         logs.append(phase_dir.read_log())
         pair_log = phase_dir.read_pair_log()
@@ -299,8 +325,11 @@ def eval_phase(
     if out.evaluated(with_samples=bool(config.eval.num_samples)):
         return
     logger.info("iteration %d: evaluating %s", iteration, ", ".join(config.eval.benchmarks))
-    engine, tokenizer = policy.engine(model_path)
-    if config.eval.num_samples and not out.eval_samples.exists():
-        write_parquet_atomic(evaluate_samples(engine, tokenizer, config.eval), out.eval_samples)
-    if not out.eval.exists():
-        write_parquet_atomic(evaluate(None, tokenizer, config.eval, engine=engine), out.eval)
+    with _timed(out, "eval", policy):
+        engine, tokenizer = policy.engine(model_path)
+        if config.eval.num_samples and not out.eval_samples.exists():
+            samples = evaluate_samples(engine, tokenizer, config.eval)
+            write_parquet_atomic(samples, out.eval_samples)
+        if not out.eval.exists():
+            greedy = evaluate(None, tokenizer, config.eval, engine=engine)
+            write_parquet_atomic(greedy, out.eval)

@@ -5,7 +5,7 @@ files. Every other module asks these classes for a path.
 
     runs/<run_id>/config.yaml  inputs.json  summary.parquet  final_model.txt  .lock
     runs/<run_id>/iter_<k>/trees.jsonl.gz  pairs.parquet  pairs.trl.parquet  pairs_summary.json
-                           eval.parquet  eval_samples.parquet
+                           eval.parquet  eval_samples.parquet  phase_times.jsonl
                            train/log.jsonl  train/pair_log.parquet  train/done.json
                            train/<phase>/   (a TrainDir: log.jsonl, pair_log.parquet,
                                              config.json, metrics.json, adapter/, model/)
@@ -168,6 +168,8 @@ class PhaseDir:
         self.prm = self.path / "prm"
         #: A study's arm × seed record, written last.
         self.arm_record = self.path / "arm.json"
+        #: One line per phase that ran here: phase, seconds, engine, engine start seconds.
+        self.phase_times = self.path / "phase_times.jsonl"
 
     def phase_data(self, phase: str) -> Path:
         """The stored training data of ``phase``: step pairs, τ+ paths or sentence pairs."""
@@ -184,6 +186,15 @@ class PhaseDir:
 
     def read_pairs_summary(self) -> dict[str, Any] | None:
         return read_json(self.pairs_summary)
+
+    def record_phase_time(self, record: dict[str, Any]) -> None:
+        """Append one phase's timing (a resumed phase appends again: both runs took time)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.phase_times.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def read_phase_times(self) -> pd.DataFrame | None:
+        return read_jsonl(self.phase_times)
 
     def evaluated(self, with_samples: bool) -> bool:
         """The evaluation is done (and its samples, when ``with_samples``)."""
@@ -249,6 +260,15 @@ class RunDir:
         return any(
             p.is_file() for k in self.iterations() for p in self.iteration(k).path.rglob("*")
         )
+
+    def phase_times(self) -> pd.DataFrame:
+        """Every iteration's phase timings, with an ``iteration`` column (empty if none)."""
+        frames = []
+        for iteration in self.iterations():
+            times = self.iteration(iteration).read_phase_times()
+            if times is not None:
+                frames.append(times.assign(iteration=iteration))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def read_config(self) -> dict[str, Any]:
         """The stored config as a mapping; ``{}`` when there is none."""
