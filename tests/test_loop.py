@@ -95,10 +95,16 @@ def test_smoke_run_writes_every_artifact(tmp_path, capsys) -> None:
     assert set(summary["iteration"]) == {0, 1}
     assert {"pass@1", "maj@2", "vote@2", "best@2"} <= set(summary["metric"])
     assert len(pd.read_parquet(run_dir / "iter_1" / "pairs.parquet")) > 0
+    times = RunDir(run_dir).phase_times()
+    assert list(zip(times["iteration"], times["phase"], strict=True)) == [
+        (0, "eval"), (1, "sample"), (1, "pairs"), (1, "train_sppd"), (1, "eval")
+    ]  # fmt: skip
+    assert (times["seconds"] > 0).all() and set(times["engine"].dropna()) == {"transformers"}
     # A finished run reruns as a no-op and the config is kept with it.
     # (`report` only decides whether pages are rendered afterwards: not a change of run.)
     again = run(load_run_config(SMOKE, ["report=true"]), run_dir)
     pd.testing.assert_frame_equal(again, summary)
+    assert len(RunDir(run_dir).phase_times()) == len(times)  # nothing ran again
     # The change since iteration 0, problem by problem, agrees with the summary's counts.
     change = change_since_start(run_dir).set_index("benchmark")
     greedy = summary[summary["metric"] == "pass@1"].set_index(["iteration", "benchmark"])
