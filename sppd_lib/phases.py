@@ -70,6 +70,9 @@ class Policy:
         try:
             if self.engine_kind != "vllm":
                 return make_engine(self.engine_kind, path, policy=self)
+            if self._vllm is not None and not self._vllm.can_load_weights(path):
+                logger.info("%s cannot be reloaded in place: starting a new vLLM engine", path)
+                self.close()
             if self._vllm is None:
                 self._vllm, _ = make_engine("vllm", path, seed=self.seed)
             else:

@@ -122,6 +122,7 @@ def test_load_weights_swaps_the_policy_in_place(vllm_engine, reference, tmp_path
     prefix = prompt_token_ids(tokenizer, "Calculate 8 + 5 * 2.")
     greedy = SamplingSettings(max_tokens=16, temperature=0.0, stop=None)
     before = vllm_engine.sample([prefix], 1, greedy)[0][0]
+    assert vllm_engine.can_load_weights(str(tmp_path))  # tied head, same embeddings
     try:
         vllm_engine.load_weights(str(tmp_path))
         after = vllm_engine.sample([prefix], 1, greedy)[0][0]
@@ -133,3 +134,18 @@ def test_load_weights_swaps_the_policy_in_place(vllm_engine, reference, tmp_path
     again = vllm_engine.sample([prefix], 1, greedy)[0][0]
     assert again.token_ids == before.token_ids
     assert torch.allclose(torch.tensor(again.logprobs), torch.tensor(before.logprobs), atol=1e-5)
+
+
+def test_a_tied_head_with_new_embeddings_is_not_reloaded_in_place(
+    vllm_engine, reference, tmp_path
+) -> None:
+    """vLLM 0.32 would keep the old tensor of SmolLM2's tied LM head: refused, not wrong."""
+    model, tokenizer = reference
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.get_input_embeddings().weight.mul_(1.01)
+    changed.save_pretrained(tmp_path)
+    assert changed.config.tie_word_embeddings
+    assert not vllm_engine.can_load_weights(str(tmp_path))
+    with pytest.raises(ValueError, match="tied LM head"):
+        vllm_engine.load_weights(str(tmp_path))

@@ -7,8 +7,10 @@ builds this engine must do so under ``if __name__ == "__main__":``.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sppd_lib.engines import Continuation, FinishReason, SamplingSettings
@@ -82,13 +84,32 @@ class VLLMEngine:
             self.lora_request = LoRARequest("sppd-adapter", 1, lora_path)
         self.tokens_generated = 0
 
+    def can_load_weights(self, model: str) -> bool:
+        """Can :meth:`load_weights` swap ``model`` in exactly? Not when it ties its LM head
+        to its input embeddings (SmolLM2, Qwen2.5 <= 3B) and those embeddings changed:
+        vLLM 0.32's in-place reload finds no checkpoint tensor for a tied head and keeps the
+        OLD one ("ParallelLMHead: Failed to load weights"). LoRA on the projections leaves
+        the embeddings as they were, so the loop's usual policies do reload in place."""
+        path = resolve_model(model)
+        return (
+            path == self.model_path
+            or not _ties_embeddings(path)
+            or _same_embeddings(self.model_path, path)
+        )
+
     def load_weights(self, model: str) -> None:
         """Swap in the weights of ``model`` (same architecture, e.g. the next iteration's
         merged policy) without restarting vLLM, and drop the prefix cache, whose KV was
-        computed by the old weights. A no-op when ``model`` is already loaded."""
+        computed by the old weights. A no-op when ``model`` is already loaded.
+
+        Raises:
+            ValueError: :meth:`can_load_weights` says no (start a new engine instead).
+        """
         path = resolve_model(model)
         if path == self.model_path:
             return
+        if not self.can_load_weights(path):
+            raise ValueError(f"{path}: a tied LM head with new embeddings; start a new engine")
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
         self.llm.reset_prefix_cache()
         self.model_path = path
@@ -153,3 +174,32 @@ class VLLMEngine:
                 self.tokens_generated += len(token_ids)
             results.append(continuations)
         return results
+
+
+def _ties_embeddings(path: str) -> bool:
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return True  # unknown: assume the case that cannot reload
+    return bool(json.loads(config.read_text(encoding="utf-8")).get("tie_word_embeddings"))
+
+
+def _same_embeddings(old: str, new: str) -> bool:
+    """Are the embedding tensors (names containing ``embed``) of two safetensors checkpoints
+    identical? ``False`` when either has none to compare."""
+    from safetensors import safe_open
+
+    def embeddings(path: str) -> dict[str, Any]:
+        tensors = {}
+        for file in sorted(Path(path).glob("*.safetensors")):
+            with safe_open(file, framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    if "embed" in key:
+                        tensors[key] = handle.get_tensor(key)
+        return tensors
+
+    before, after = embeddings(old), embeddings(new)
+    return (
+        bool(before)
+        and before.keys() == after.keys()
+        and all(before[key].equal(after[key]) for key in before)
+    )
