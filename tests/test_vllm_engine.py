@@ -140,7 +140,7 @@ def test_a_tied_head_with_new_embeddings_is_not_reloaded_in_place(
     vllm_engine, reference, tmp_path
 ) -> None:
     """vLLM 0.32 would keep the old tensor of SmolLM2's tied LM head: refused, not wrong."""
-    model, tokenizer = reference
+    model, _ = reference
     changed = copy.deepcopy(model)
     with torch.no_grad():
         changed.get_input_embeddings().weight.mul_(1.01)
