@@ -22,6 +22,7 @@ from sppd_lib.rundir import PhaseDir, TrainDir, read_json, write_json
 if TYPE_CHECKING:
     from sppd_lib.config import RunConfig
     from sppd_lib.data import Problem
+    from sppd_lib.engines.ray_pool import EnginePool
     from sppd_lib.tree import StepTree
 
 __all__ = [
@@ -38,10 +39,13 @@ logger = logging.getLogger(__name__)
 
 
 class Policy:
-    """The current policy, loaded once and shared by sampling and evaluation."""
+    """The current policy, loaded once and shared by sampling and evaluation; with a
+    ``pool`` (:class:`~sppd_lib.engines.ray_pool.EnginePool`) sampling and evaluation run
+    on its Ray actors instead, which load each new policy."""
 
-    def __init__(self, device: str | None) -> None:
+    def __init__(self, device: str | None, pool: EnginePool | None = None) -> None:
         self.device, self.path, self.model, self.tokenizer = device, None, None, None
+        self.pool = pool
 
     def load(self, path: str) -> tuple[Any, Any]:
         if self.path != path:
@@ -66,7 +70,13 @@ def make_engine(
 ) -> tuple[Any, Any]:
     """``(engine, tokenizer)``: a vLLM engine, or the transformers engine over ``policy``'s
     weights (loaded on ``device`` when no policy is given). ``lora`` and
-    ``tensor_parallel_size`` are vLLM's, ``max_batch_rows`` the transformers engine's."""
+    ``tensor_parallel_size`` are vLLM's, ``max_batch_rows`` the transformers engine's.
+    With ``policy.pool``: the pool's engine, its actors pointed at ``model``."""
+    if policy is not None and policy.pool is not None:
+        if lora:
+            raise ConfigError("--lora is not served by Ray actors; merge it into the model")
+        policy.pool.load(model)
+        return policy.pool.engine(), policy.pool.tokenizer
     if kind == "vllm":
         from sppd_lib.engines.vllm_engine import VLLMEngine
 
@@ -103,11 +113,17 @@ def sample_phase(
     logger.info("iteration %d: sampling trees for %d problems", iteration, len(problems))
     # Each iteration draws its own random stream.
     sampler = SamplerConfig(**{**vars(config.sampler), "seed": config.sampler.seed + iteration})
+    meta = {"iteration": iteration}
+    if policy.pool is not None:  # the same trees, batches spread over the actors
+        from sppd_lib.ray_sampling import sample_to_file_on_pool
+
+        policy.pool.load(model_path)
+        sample_to_file_on_pool(policy.pool, problems, sampler, out.trees, meta=meta)
+        return
     engine, tokenizer = make_engine(
         config.engine, model_path, policy=policy, seed=config.sampler.seed
     )
     try:
-        meta = {"iteration": iteration}
         sample_to_file(engine, tokenizer, problems, sampler, out.trees, meta=meta)
     finally:
         _close(engine)
@@ -292,10 +308,14 @@ def eval_phase(
         if not out.eval.exists():
             # Greedy: vLLM through its engine, transformers through `generate` (measured
             # faster here than our step engine, which is built for short tree steps).
-            model = None if config.engine == "vllm" else policy.load(model_path)[0]
-            greedy = evaluate(
-                model, tokenizer, config.eval, engine=engine if model is None else None
-            )
+            if policy.pool is not None:  # the plain path's decoding, on the actors
+                greedy_engine = policy.pool.greedy_engine(config.eval.batch_size)
+                greedy = evaluate(None, tokenizer, config.eval, engine=greedy_engine)
+            else:
+                model = None if config.engine == "vllm" else policy.load(model_path)[0]
+                greedy = evaluate(
+                    model, tokenizer, config.eval, engine=engine if model is None else None
+                )
             write_parquet_atomic(greedy, out.eval)
     finally:
         _close(engine)
