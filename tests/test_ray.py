@@ -174,6 +174,7 @@ def test_evaluation_on_the_pool_equals_the_plain_one(pool, tiny_llama) -> None:
     pd.testing.assert_frame_equal(sampled, plain, rtol=1e-5)
 
 
+@pytest.mark.slow  # two whole smoke runs (~50 s here): in `make test` and CI
 def test_run_on_two_actors_reproduces_the_plain_smoke_run(cluster, tmp_path) -> None:
     from sppd_lib.loop import run
 
@@ -198,10 +199,36 @@ def test_run_on_two_actors_reproduces_the_plain_smoke_run(cluster, tmp_path) -> 
     pd.testing.assert_frame_equal(again, on_ray)
 
 
+def test_tied_lm_heads_are_found(tmp_path) -> None:
+    from sppd_lib.engines.ray_pool import ties_embeddings
+
+    assert ties_embeddings(resolve_model("tiny-llama"))  # vLLM gets a new engine for these
+    (tmp_path / "config.json").write_text('{"tie_word_embeddings": false}')
+    assert not ties_embeddings(str(tmp_path)) and not ties_embeddings(str(tmp_path / "none"))
+
+
+def _untied_copy(name: str, out: Path) -> str:
+    """``name`` saved with its LM head as a tensor of its own (vLLM reloads such a model in
+    place; a tied head gets a new engine instead)."""
+    import torch
+
+    from sppd_lib.models import load_model
+
+    model, tokenizer = load_model(name, device="cpu")
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.clone())
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
 @pytest.mark.vllm
-def test_vllm_actor_samples_and_reloads_weights(cluster, tmp_path) -> None:
+def test_vllm_actor_samples_and_reloads_weights_in_place(cluster, tmp_path) -> None:
     pytest.importorskip("vllm")
-    model = resolve_model("smollm2-135m-instruct")
+    from sppd_lib.engines.ray_pool import ties_embeddings
+
+    model = _untied_copy("smollm2-135m-instruct", tmp_path / "untied")
+    assert not ties_embeddings(model)
     config = SamplerConfig(k=3, c=2, max_step_tokens=16, max_depth=3, problems_per_batch=1)
     problems = load_problems("arith", "train", limit=2)
     engines = EnginePool(RayConfig(engines=1, address="local", gpus_per_engine=0), "vllm", model)
@@ -219,5 +246,5 @@ def test_vllm_actor_samples_and_reloads_weights(cluster, tmp_path) -> None:
         assert ray.get(engines.actors[0].ping.remote()) == str(tmp_path / "policy")
     finally:
         engines.shutdown()
-    assert_same_trees(trees_of(second), trees_of(first))
     assert sum(len(t["nodes"]) for t in trees_of(first)) > len(problems)
+    assert_same_trees(trees_of(second), trees_of(first))

@@ -23,7 +23,14 @@ from typing import Any
 from sppd_lib.config import RayConfig
 from sppd_lib.engines import Call, Continuation, SamplingSettings
 
-__all__ = ["EngineActor", "EnginePool", "GreedyPoolEngine", "PoolEngine", "Task"]
+__all__ = [
+    "EngineActor",
+    "EnginePool",
+    "GreedyPoolEngine",
+    "PoolEngine",
+    "Task",
+    "ties_embeddings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +66,20 @@ class EngineActor:
         if path == self.path:
             return
         if self.kind == "vllm":
-            if self.engine is None:
-                from sppd_lib.engines.vllm_engine import VLLMEngine
-
-                self.engine = VLLMEngine(
-                    path, tensor_parallel_size=self.tensor_parallel_size, seed=self.seed
-                )
-            else:  # same architecture, new weights: in place, then forget the old KV
+            if self.engine is not None and not ties_embeddings(path):
+                # Same architecture, new weights: in place, then forget the old KV.
                 llm = self.engine.llm
                 llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
                 llm.reset_prefix_cache()
+            else:
+                from sppd_lib.engines.vllm_engine import VLLMEngine
+
+                if self.engine is not None:  # a tied LM head: a new engine (see below)
+                    self.engine.close()
+                    self.engine = None
+                self.engine = VLLMEngine(
+                    path, tensor_parallel_size=self.tensor_parallel_size, seed=self.seed
+                )
             self.tokenizer = self.engine.tokenizer
         else:
             from sppd_lib.engines.transformers_engine import TransformersEngine
@@ -126,6 +137,20 @@ class EngineActor:
             skip_batches=range(batch_index),
         )
         return [json.dumps(tree.to_dict(), ensure_ascii=False) for tree in trees]
+
+
+def ties_embeddings(path: str) -> bool:
+    """Does the model at ``path`` tie its LM head to its input embeddings? vLLM 0.32's
+    in-place ``reload_weights`` finds no checkpoint tensor for a tied head and puts its OLD
+    tensor back (the "ParallelLMHead: Failed to load weights" warning), so such a model
+    (SmolLM2, Qwen2.5 <= 3B) gets a new engine instead of an in-place reload."""
+    import json
+    from pathlib import Path
+
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    return bool(json.loads(config.read_text(encoding="utf-8")).get("tie_word_embeddings"))
 
 
 @dataclass(frozen=True)
