@@ -31,6 +31,9 @@ META = {"iteration": 1}
 def cluster():
     """A local Ray cluster for this module; workers get this process's environment."""
     if not ray.is_initialized():
+        # On a loaded machine the metrics agent may start after the raylet's default wait
+        # (it then aborts, "Timed out waiting for file .../metrics_agent_port"): wait longer.
+        os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
         env = {k: os.environ[k] for k in ("PYTHONPATH", "OMP_NUM_THREADS") if k in os.environ}
         ray.init(
             num_cpus=2,
