@@ -75,7 +75,7 @@ def trees_of(path: Path) -> list[dict]:
     return [tree.to_dict() for tree in read_trees(path)]
 
 
-def assert_same_trees(got: list[dict], want: list[dict]) -> None:
+def assert_same_trees(got: list[dict], want: list[dict], atol: float = 1e-5) -> None:
     """Same problems in the same order, the same nodes, texts and token ids, the same meta;
     log-probs to float rounding (the driver and the actors may run other thread counts)."""
     assert [t["problem"]["id"] for t in got] == [t["problem"]["id"] for t in want]
@@ -86,7 +86,7 @@ def assert_same_trees(got: list[dict], want: list[dict]) -> None:
             assert {k: v for k, v in x.items() if k != "logprobs"} == {
                 k: v for k, v in y.items() if k != "logprobs"
             }
-            assert x["logprobs"] == pytest.approx(y["logprobs"], abs=1e-5)
+            assert x["logprobs"] == pytest.approx(y["logprobs"], abs=atol)
 
 
 def test_trees_do_not_depend_on_the_number_of_actors(
@@ -250,4 +250,6 @@ def test_vllm_actor_samples_and_reloads_weights_in_place(cluster, tmp_path) -> N
     finally:
         engines.shutdown()
     assert sum(len(t["nodes"]) for t in trees_of(first)) > len(problems)
-    assert_same_trees(trees_of(second), trees_of(first))
+    # vLLM's CPU kernels sum in a batch-dependent order (1.3e-5 seen here; tests of the
+    # vLLM engine allow 1e-4): the same tokens, log-probs to that rounding.
+    assert_same_trees(trees_of(second), trees_of(first), atol=1e-4)
