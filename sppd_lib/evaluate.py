@@ -27,7 +27,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import EvalConfig
 from sppd_lib.data import Problem, load_problems, parse_data_spec
-from sppd_lib.engines import Engine, SamplingSettings
+from sppd_lib.engines import Engine, SamplingSettings, sample_calls
 from sppd_lib.engines.generate import GenerateEngine
 from sppd_lib.grading import grade
 from sppd_lib.prm import PRMScorer, load_scorer
@@ -109,23 +109,31 @@ def generate_with_engine(
     ``settings.stop`` should be ``None`` (whole responses, not steps). Prompts go to the
     engine ``batch_size`` at a time; each call's seed is ``settings.seed`` plus the index of
     its first prompt, so different prompts never share a random stream and a rerun with the
-    same seed and batch size draws the same responses.
+    same seed and batch size draws the same responses. A pool of engines
+    (:class:`~sppd_lib.engines.EnginePoolLike`) runs the calls at once, with the same results.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     prefixes = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     results: list[list[Generation]] = []
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
-    for start in range(0, len(prefixes), batch_size):
-        chunk = prefixes[start : start + batch_size]
-        call = SamplingSettings(
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            stop=settings.stop,
-            seed=settings.seed + start,
+    calls = [
+        (
+            prefixes[start : start + batch_size],
+            n,
+            SamplingSettings(
+                max_tokens=settings.max_tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                stop=settings.stop,
+                seed=settings.seed + start,
+            ),
         )
-        for continuations in engine.sample(chunk, n, call):
+        for start in range(0, len(prefixes), batch_size)
+    ]
+    # One call after the other, or all at once on a pool of engines (same results).
+    for (chunk, _, _), outputs in zip(calls, sample_calls(engine, calls), strict=True):
+        for continuations in outputs:
             results.append(
                 [
                     Generation(

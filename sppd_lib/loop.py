@@ -10,7 +10,9 @@ so rerunning the same command resumes a killed run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
 import logging
 import os
 import time
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sppd_lib.config import RunConfig, config_to_dict
+from sppd_lib.config import ConfigError, RayConfig, RunConfig, config_to_dict
 from sppd_lib.data import DataError, Problem, load_problems, parse_data_spec
 from sppd_lib.files import NotWritableError, RunLock, check_writable
 from sppd_lib.metrics import accuracy_by_iteration
@@ -29,8 +31,14 @@ __all__ = ["check_run", "run", "start_run_dir", "training_problems"]
 
 logger = logging.getLogger(__name__)
 
-#: Keys that only decide what happens after the run (reports), not what the run computes.
-_NOT_RUN_KEYS = {"report", "report_dir"}
+#: Keys that do not decide what the run computes: the reports after it, and where it runs
+#: (the Ray layout; see ``sppd_lib.ray_sampling``), so a run may resume on another cluster.
+_NOT_RUN_KEYS = {
+    "report",
+    "report_dir",
+    "ray",
+    *(f"ray.{f.name}" for f in dataclasses.fields(RayConfig)),
+}
 
 
 def training_problems(config: RunConfig, iteration: int) -> list[Problem]:
@@ -86,6 +94,11 @@ def check_run(config: RunConfig, run_dir: str | os.PathLike[str]) -> None:
     from sppd_lib.models import ModelError, check_device, resolve_model
 
     check_device(config.device)
+    if config.ray.address is not None and importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            f"ray.address is {config.ray.address!r} but ray is not installed: "
+            "pip install -e '.[ray]' (or set ray.address: null)"
+        )
     models = {"model": config.model}
     if config.pairs.value == "prm":
         models["pairs.prm_model"] = config.pairs.prm_model
@@ -145,8 +158,8 @@ def _loop(config: RunConfig, directory: RunDir) -> pd.DataFrame:
 
     model_path = resolve_model(config.model)
     started = time.perf_counter()
-    # One engine for the whole run: a vLLM engine starts once and gets each new policy.
-    with Policy(config.device, config.engine, config.sampler.seed) as policy:
+    # One engine (or one pool of Ray actors) for the whole run, given each new policy.
+    with Policy.for_run(config, model_path) as policy:
         for iteration in range(config.iterations + 1):
             out = directory.iteration(iteration)
             out.path.mkdir(parents=True, exist_ok=True)

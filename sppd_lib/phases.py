@@ -24,6 +24,7 @@ from sppd_lib.rundir import PhaseDir, TrainDir, read_json, write_json
 if TYPE_CHECKING:
     from sppd_lib.config import RunConfig
     from sppd_lib.data import Problem
+    from sppd_lib.engines.ray_pool import EnginePool
     from sppd_lib.tree import StepTree
 
 __all__ = [
@@ -40,20 +41,43 @@ logger = logging.getLogger(__name__)
 
 
 class Policy:
-    """The current policy and the run's one sampling engine, shared by every phase.
+    """The current policy and the run's one engine, shared by every phase.
 
     Transformers weights are loaded once per model directory (:meth:`load`). A vLLM engine
     is started once per run (about 2 min on a CPU) and handed each new policy's weights
     (:meth:`~sppd_lib.engines.vllm_engine.VLLMEngine.load_weights`, which also drops its
-    prefix cache); :meth:`close` stops it.
+    prefix cache). With a ``pool`` (:class:`~sppd_lib.engines.ray_pool.EnginePool`) the
+    engines are Ray actors, which load each new policy. :meth:`close` stops them.
     """
 
-    def __init__(self, device: str | None, engine: str = "transformers", seed: int = 0) -> None:
-        self.device, self.engine_kind, self.seed = device, engine, seed
+    def __init__(
+        self,
+        device: str | None,
+        engine: str = "transformers",
+        seed: int = 0,
+        pool: EnginePool | None = None,
+    ) -> None:
+        self.device, self.engine_kind, self.seed, self.pool = device, engine, seed, pool
         self.path, self.model, self.tokenizer = None, None, None
         self._vllm: Any = None
         #: Seconds spent starting engines and swapping weights in (for the phase timings).
         self.engine_seconds = 0.0
+
+    @classmethod
+    def for_run(cls, config: RunConfig, model_path: str) -> Policy:
+        """The policy of a run: on Ray actors when ``config.ray.address`` is set."""
+        pool = None
+        if config.ray.address is not None:  # actors kept for the whole run
+            from sppd_lib.engines.ray_pool import EnginePool
+
+            pool = EnginePool(
+                config.ray,
+                config.engine,
+                model_path,
+                seed=config.sampler.seed,
+                device=config.device,
+            )
+        return cls(config.device, config.engine, config.sampler.seed, pool)
 
     def load(self, path: str) -> tuple[Any, Any]:
         if self.path != path:
@@ -68,11 +92,14 @@ class Policy:
         """``(engine, tokenizer)`` sampling from the policy at ``path``."""
         started = time.perf_counter()
         try:
+            if self.pool is not None:
+                self.pool.load(path)
+                return self.pool.engine(), self.pool.tokenizer
             if self.engine_kind != "vllm":
                 return make_engine(self.engine_kind, path, policy=self)
             if self._vllm is not None and not self._vllm.can_load_weights(path):
                 logger.info("%s cannot be reloaded in place: starting a new vLLM engine", path)
-                self.close()
+                self._close_vllm()
             if self._vllm is None:
                 self._vllm, _ = make_engine("vllm", path, seed=self.seed)
             else:
@@ -88,12 +115,19 @@ class Policy:
         import torch
 
         if self._vllm is not None and torch.cuda.is_available():
-            self.close()
+            self._close_vllm()
 
-    def close(self) -> None:
+    def _close_vllm(self) -> None:
         if self._vllm is not None:
             self._vllm.close()
             self._vllm = None
+
+    def close(self) -> None:
+        """Stop the run's vLLM engine and Ray actors."""
+        self._close_vllm()
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
 
     def __enter__(self) -> Policy:
         return self
@@ -161,9 +195,15 @@ def sample_phase(
     logger.info("iteration %d: sampling trees for %d problems", iteration, len(problems))
     # Each iteration draws its own random stream.
     sampler = SamplerConfig(**{**vars(config.sampler), "seed": config.sampler.seed + iteration})
+    meta = {"iteration": iteration}
     with _timed(out, "sample", policy):
+        if policy.pool is not None:  # the same trees, batches spread over the actors
+            from sppd_lib.ray_sampling import sample_to_file_on_pool
+
+            policy.pool.load(model_path)
+            sample_to_file_on_pool(policy.pool, problems, sampler, out.trees, meta=meta)
+            return
         engine, tokenizer = policy.engine(model_path)
-        meta = {"iteration": iteration}
         sample_to_file(engine, tokenizer, problems, sampler, out.trees, meta=meta)
 
 

@@ -60,3 +60,42 @@ def test_load_yaml_errors(tmp_path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text("limit: 4\nbenchmarks: [arith]\n")
     assert config_from_dict(EvalConfig, load_yaml(good)).limit == 4
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ray.engines=0", r"ray\.engines must be >= 1, got 0"),
+        ("ray.gpus_per_engine=-1", r"ray\.gpus_per_engine must be >= 0"),
+        ("ray.cpus_per_engine=0", r"ray\.cpus_per_engine must be > 0"),
+        ("ray.address=''", r"ray\.address must be null"),
+        ("ray.adress=auto", r"unknown config key ray\.adress"),
+        ("ray.env_vars={A: 1}", r"ray\.env_vars\.A must be a string"),
+    ],
+)
+def test_bad_ray_settings_name_the_key(override: str, message: str) -> None:
+    from pathlib import Path
+
+    from sppd_lib.config import load_run_config
+
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(smoke, [override])
+    assert load_run_config(smoke).ray.address is None  # no Ray unless asked
+
+
+def test_a_ray_run_without_ray_installed_fails_at_start(tmp_path, monkeypatch) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from sppd_lib.config import load_run_config
+    from sppd_lib.loop import check_run
+
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    config = load_run_config(smoke, ["ray.address=auto"])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"ray\.address is 'auto' but ray is not installed"):
+        check_run(config, tmp_path / "run")

@@ -98,3 +98,35 @@ def test_real_model_loads_and_answers(smollm2) -> None:
     output = model.generate(**inputs, max_new_tokens=40, do_sample=False)
     text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "5" in text
+
+
+def test_vllm_reloads_in_place_unless_a_tied_head_gets_new_embeddings(tmp_path) -> None:
+    """vLLM 0.32's in-place reload keeps a tied LM head's old tensor: such a checkpoint
+    with new embeddings must get a new engine (checked without vLLM: configs and tensors)."""
+    import copy
+
+    from sppd_lib.engines.vllm_engine import reloads_in_place
+    from sppd_lib.models import resolve_model
+
+    base = resolve_model("tiny-llama")
+    model, _ = load_model(base, device="cpu")
+    assert model.config.tie_word_embeddings
+
+    def saved(name: str, change) -> str:
+        changed = copy.deepcopy(model)
+        with torch.no_grad():
+            change(changed)
+        changed.save_pretrained(tmp_path / name)
+        return str(tmp_path / name)
+
+    new_mlp = saved("mlp", lambda m: m.model.layers[0].mlp.up_proj.weight.mul_(2))
+    new_embeddings = saved("embed", lambda m: m.get_input_embeddings().weight.mul_(2))
+
+    def untie(m) -> None:
+        m.config.tie_word_embeddings = False
+        m.lm_head.weight = torch.nn.Parameter(m.get_input_embeddings().weight * 2)
+
+    untied = saved("untied", untie)
+    assert reloads_in_place(base, base) and reloads_in_place(base, new_mlp)
+    assert not reloads_in_place(base, new_embeddings)
+    assert reloads_in_place(base, untied)

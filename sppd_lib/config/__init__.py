@@ -28,7 +28,7 @@ from sppd_lib.config.phases import (
     TrainConfig,
     generator_options,
 )
-from sppd_lib.config.run import DataConfig, RunConfig, load_run_config
+from sppd_lib.config.run import DataConfig, RayConfig, RunConfig, load_run_config
 from sppd_lib.config.study import (
     BASELINES,
     START,
@@ -48,6 +48,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "PairConfig",
+    "RayConfig",
     "RunConfig",
     "SamplerConfig",
     "StudyConfig",

@@ -29,7 +29,7 @@ from sppd_lib.config.phases import (
 )
 from sppd_lib.data import DataError, check_data_name
 
-__all__ = ["DataConfig", "RunConfig", "load_run_config"]
+__all__ = ["DataConfig", "RayConfig", "RunConfig", "load_run_config"]
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
 
@@ -68,6 +68,52 @@ class DataConfig:
 
 
 @dataclass
+class RayConfig:
+    """Tree sampling and evaluation on a Ray cluster: ``engines`` actors, each owning one
+    engine (``engine:``), kept alive across iterations; null ``address`` runs without Ray.
+    The layout does not change the results (see ``sppd_lib.ray_sampling``)."""
+
+    address: str | None = option(
+        None,
+        "Ray cluster: null (no Ray), 'local' (start one on this machine), 'auto' (the cluster "
+        "this machine belongs to, after `ray start`) or an address ('HOST:6379', "
+        "'ray://HOST:10001'). Needs the ray extra (pip install -e .[ray]).",
+    )
+    engines: int = option(1, "Engine actors (one engine each, e.g. one per GPU).")
+    gpus_per_engine: int = option(
+        1, "GPUs per actor: the vLLM engine's tensor-parallel size; 0 for CPU actors."
+    )
+    cpus_per_engine: float = option(1.0, "CPUs Ray reserves per actor.")
+    tasks_per_engine: int = option(
+        2, "Tasks queued on an actor at once (one runs, the next waits: no idle gap)."
+    )
+    max_restarts: int = option(
+        3, "Actors that may die per phase: each is replaced and its unfinished work redone."
+    )
+    env_vars: dict[str, str] = option(
+        {}, "Environment of the actors (the driver's PYTHONPATH is passed on too)."
+    )
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            "ray.",
+            {
+                "engines": (self.engines >= 1, ">= 1"),
+                "gpus_per_engine": (self.gpus_per_engine >= 0, ">= 0"),
+                "cpus_per_engine": (self.cpus_per_engine > 0, "> 0"),
+                "tasks_per_engine": (self.tasks_per_engine >= 1, ">= 1"),
+                "max_restarts": (self.max_restarts >= 0, ">= 0"),
+            },
+        )
+        if self.address is not None and not self.address.strip():
+            raise ConfigError("ray.address must be null, 'local', 'auto' or HOST:PORT, not ''")
+        for key, value in self.env_vars.items():
+            if not isinstance(value, str):
+                raise ConfigError(f"ray.env_vars.{key} must be a string, got {value!r}")
+
+
+@dataclass
 class RunConfig:
     """A whole SPPD run: model, curriculum and the config of every phase."""
 
@@ -101,6 +147,9 @@ class RunConfig:
     pairs: PairConfig = field(default_factory=PairConfig, metadata={"help": "Values, pairs."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+    ray: RayConfig = field(
+        default_factory=RayConfig, metadata={"help": "Sampling and evaluation on Ray actors."}
+    )
 
     def __post_init__(self) -> None:
         check_choices(self, "")

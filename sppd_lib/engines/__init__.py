@@ -8,11 +8,11 @@ reference log-probs of SPPD's loss (arXiv 2502.13516), so training needs no refe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["Continuation", "Engine", "SamplingSettings"]
+__all__ = ["Call", "Continuation", "Engine", "EnginePoolLike", "SamplingSettings", "sample_calls"]
 
 FinishReason = Literal["delimiter", "eos", "length"]
 
@@ -47,3 +47,30 @@ class Engine(Protocol):
     ) -> list[list[Continuation]]:
         """``n`` continuations per prefix, in prefix order."""
         ...
+
+
+#: One ``Engine.sample`` call: ``(prefixes, n, settings)``.
+Call = tuple[Sequence[Sequence[int]], int, SamplingSettings]
+
+
+@runtime_checkable
+class EnginePoolLike(Protocol):
+    """An engine that can run independent calls at once (engines on Ray actors); each call's
+    result is what one ``sample`` call with those arguments returns."""
+
+    def sample(
+        self, prefixes: Sequence[Sequence[int]], n: int, settings: SamplingSettings
+    ) -> list[list[Continuation]]: ...
+
+    def sample_calls(self, calls: Sequence[Call]) -> Iterator[list[list[Continuation]]]:
+        """The results of ``calls``, in call order (run concurrently)."""
+        ...
+
+
+def sample_calls(engine: Engine, calls: Iterable[Call]) -> Iterator[list[list[Continuation]]]:
+    """The result of every call, in order: one after the other, or all at once on a pool."""
+    if isinstance(engine, EnginePoolLike):
+        yield from engine.sample_calls(list(calls))
+    else:
+        for call in calls:
+            yield engine.sample(*call)

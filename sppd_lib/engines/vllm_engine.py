@@ -16,7 +16,7 @@ from typing import Any
 from sppd_lib.engines import Continuation, FinishReason, SamplingSettings
 from sppd_lib.models import resolve_model
 
-__all__ = ["VLLMEngine", "cpu_thread_binding"]
+__all__ = ["VLLMEngine", "cpu_thread_binding", "reloads_in_place"]
 
 
 def cpu_thread_binding() -> str:
@@ -174,6 +174,12 @@ class VLLMEngine:
                 self.tokens_generated += len(token_ids)
             results.append(continuations)
         return results
+
+
+def reloads_in_place(old: str, new: str) -> bool:
+    """Can vLLM 0.32's ``reload_weights`` swap checkpoint ``new`` in for ``old`` exactly
+    (see :meth:`VLLMEngine.can_load_weights`)? Reads only configs and embedding tensors."""
+    return old == new or not _ties_embeddings(new) or _same_embeddings(old, new)
 
 
 def _ties_embeddings(path: str) -> bool:
