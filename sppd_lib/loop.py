@@ -156,7 +156,9 @@ def _loop(config: RunConfig, directory: RunDir) -> pd.DataFrame:
 
             def engine_for(path: str = model_path) -> tuple:
                 # The model that sampled the trees rolls out under them.
-                return make_engine(config.engine, path, policy=policy, seed=config.sampler.seed)
+                return make_engine(
+                    config.engine, path, policy=policy, seed=config.sampler.seed, vllm=config.vllm
+                )
 
             pairs_phase(config, out, iteration, engine_for)
             model_path = train_phase(config, model_path, out, iteration)

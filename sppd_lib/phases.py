@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from sppd_lib.config import ConfigError, SamplerConfig, TrainConfig
+from sppd_lib.config import ConfigError, SamplerConfig, TrainConfig, VLLMConfig
 from sppd_lib.files import write_parquet_atomic, write_text_atomic
 from sppd_lib.rundir import PhaseDir, TrainDir, read_json, write_json
 
@@ -63,15 +63,22 @@ def make_engine(
     lora: str | None = None,
     tensor_parallel_size: int = 1,
     max_batch_rows: int = 64,
+    vllm: VLLMConfig | None = None,
 ) -> tuple[Any, Any]:
     """``(engine, tokenizer)``: a vLLM engine, or the transformers engine over ``policy``'s
-    weights (loaded on ``device`` when no policy is given). ``lora`` and
-    ``tensor_parallel_size`` are vLLM's, ``max_batch_rows`` the transformers engine's."""
+    weights (loaded on ``device`` when no policy is given). ``lora``,
+    ``tensor_parallel_size`` and ``vllm`` (options, default ``VLLMConfig()``) are vLLM's,
+    ``max_batch_rows`` the transformers engine's."""
     if kind == "vllm":
         from sppd_lib.engines.vllm_engine import VLLMEngine
 
+        vllm = vllm or VLLMConfig()
         engine = VLLMEngine(
-            model, lora_path=lora, tensor_parallel_size=tensor_parallel_size, seed=seed
+            model,
+            lora_path=lora,
+            tensor_parallel_size=tensor_parallel_size,
+            seed=seed,
+            block_size=vllm.block_size,
         )
         return engine, engine.tokenizer
     from sppd_lib.engines.transformers_engine import TransformersEngine
@@ -104,7 +111,7 @@ def sample_phase(
     # Each iteration draws its own random stream.
     sampler = SamplerConfig(**{**vars(config.sampler), "seed": config.sampler.seed + iteration})
     engine, tokenizer = make_engine(
-        config.engine, model_path, policy=policy, seed=config.sampler.seed
+        config.engine, model_path, policy=policy, seed=config.sampler.seed, vllm=config.vllm
     )
     try:
         meta = {"iteration": iteration}
@@ -283,7 +290,7 @@ def eval_phase(
         return
     logger.info("iteration %d: evaluating %s", iteration, ", ".join(config.eval.benchmarks))
     engine, tokenizer = make_engine(
-        config.engine, model_path, policy=policy, seed=config.sampler.seed
+        config.engine, model_path, policy=policy, seed=config.sampler.seed, vllm=config.vllm
     )
     try:
         if config.eval.num_samples and not out.eval_samples.exists():

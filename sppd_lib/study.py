@@ -244,7 +244,9 @@ def run_study(
         estimators = config.estimators
 
         def engine_for() -> tuple[Any, Any]:
-            return make_engine(base.engine, model_path, policy=policy, seed=base.sampler.seed)
+            return make_engine(
+                base.engine, model_path, policy=policy, seed=base.sampler.seed, vllm=base.vllm
+            )
 
         arms = resolve_arms(config)
         # An estimator is built when its first arm needs it; the others (only shown in the

@@ -26,6 +26,7 @@ from sppd_lib.config.phases import (
     PairConfig,
     SamplerConfig,
     TrainConfig,
+    VLLMConfig,
     generator_options,
 )
 from sppd_lib.config.run import DataConfig, RunConfig, load_run_config
@@ -52,6 +53,7 @@ __all__ = [
     "SamplerConfig",
     "StudyConfig",
     "TrainConfig",
+    "VLLMConfig",
     "add_config_flags",
     "apply_overrides",
     "check_choices",
