@@ -24,7 +24,7 @@ from dataclasses import replace
 
 import torch
 
-from sppd_lib.config import SamplerConfig
+from sppd_lib.config import SamplerConfig, VLLMConfig
 from sppd_lib.data import load_problems
 from sppd_lib.engines.transformers_engine import TransformersEngine
 from sppd_lib.grading import extract_answer
@@ -71,11 +71,14 @@ def is_complete(text: str, finished_at_eos: bool, config: SamplerConfig) -> bool
     return config.answer_format == "any" and finished_at_eos and extract_answer(text) is not None
 
 
+PROGRESS = False
+
+
 def run_tree(engine, tokenizer, problems, config, *, streaming=None) -> tuple[dict, list]:
     """Figures of one tree setting and its trees (as dicts, to compare runs)."""
     started = time.perf_counter()
     trees = list(
-        sample_trees(engine, tokenizer, problems, config, progress=False, streaming=streaming)
+        sample_trees(engine, tokenizer, problems, config, progress=PROGRESS, streaming=streaming)
     )
     seconds = time.perf_counter() - started
     stats = [t.stats() for t in trees]
@@ -200,13 +203,21 @@ def main() -> None:
         help="tree settings, ';'-separated (the first is compared with flat sampling)",
     )
     parser.add_argument("--engines", default="transformers,vllm")
-    parser.add_argument("--block-size", type=int, default=None, help="vLLM KV block size")
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=VLLMConfig().block_size,
+        help="vLLM KV block size (default: the vllm config's; 0: vLLM's own default)",
+    )
     parser.add_argument("--sync", action="store_true", help="vLLM: also the synchronous driver")
     parser.add_argument(
         "--repeat", action="store_true", help="vLLM: sample the first setting twice, compare"
     )
     parser.add_argument("--tok-s-limit", type=float, default=670.0)
+    parser.add_argument("--progress", action="store_true", help="progress bars on stderr")
     args = parser.parse_args()
+    global PROGRESS
+    PROGRESS = args.progress
 
     problems = load_problems("arith", "train", limit=args.problems)
     configs = parse_trees(args.trees, len(problems))
@@ -231,7 +242,7 @@ def main() -> None:
             print("vllm is not installed here: run from .venv-vllm to include it")
         else:
             engine = VLLMEngine(
-                "smollm2-135m-instruct", max_model_len=2048, block_size=args.block_size
+                "smollm2-135m-instruct", max_model_len=2048, block_size=args.block_size or None
             )
             figures["vllm_block_size"] = engine.llm.llm_engine.vllm_config.cache_config.block_size
             figures["vllm_omp_threads_bind"] = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")

@@ -82,7 +82,9 @@ class VLLMEngine:
 
             self.lora_request = LoRARequest("sppd-adapter", 1, lora_path)
         self.tokens_generated = 0
-        self._pending: set[str] = set()
+        #: Pending streamed requests: vLLM's request id -> the caller's.
+        self._pending: dict[str, str] = {}
+        self._submitted = 0
 
     def close(self) -> None:
         """Stop vLLM's engine processes now (rather than at interpreter exit)."""
@@ -136,7 +138,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        if request_id in self._pending:
+        if request_id in self._pending.values():
             raise ValueError(f"request {request_id!r} is already pending")
         params = SamplingParams(
             n=n,
@@ -150,13 +152,16 @@ class VLLMEngine:
             # One output per request, when all n children are done (not one per token).
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
+        # vLLM's id is unique for the engine's lifetime (a caller may reuse its own ids).
+        vllm_id = f"sppd-{self._submitted}"
+        self._submitted += 1
         self.llm.llm_engine.add_request(
-            request_id,
+            vllm_id,
             TokensPrompt(prompt_token_ids=list(prefix)),
             params,
             lora_request=self.lora_request,
         )
-        self._pending.add(request_id)
+        self._pending[vllm_id] = request_id
 
     def abort(self) -> None:
         """Drop every pending request (a consumer stopped early): vLLM frees their KV."""
@@ -180,8 +185,8 @@ class VLLMEngine:
                 raise RuntimeError(f"vLLM lost {len(self._pending)} pending requests")
             for output in engine.step():
                 if output.finished and output.request_id in self._pending:
-                    self._pending.discard(output.request_id)
-                    done.append((output.request_id, self._continuations(output)))
+                    caller_id = self._pending.pop(output.request_id)
+                    done.append((caller_id, self._continuations(output)))
         return done
 
     def _continuations(self, output: Any) -> list[Continuation]:
