@@ -106,7 +106,8 @@ class VLLMConfig:
         "Tokens per KV-cache block. Prefix caching shares whole blocks only, so a tree whose "
         "steps are a few dozen tokens long shares little of its prefixes with big blocks: 32 "
         "was fastest per complete path for SmolLM2-135M trees on CPU (README, sampler "
-        "benchmark). null: vLLM's default (128 on CPU, 16 on GPUs).",
+        "benchmark). null: vLLM's default (128 on CPU, 16 on GPUs). Cached prefixes make "
+        "trees less exactly reproducible (README, Determinism).",
     )
 
     def __post_init__(self) -> None:
