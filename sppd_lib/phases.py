@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from sppd_lib.config import ConfigError, SamplerConfig, TrainConfig
+from sppd_lib.config import ConfigError, SamplerConfig, TrainConfig, VLLMConfig
 from sppd_lib.files import write_parquet_atomic, write_text_atomic
 from sppd_lib.rundir import PhaseDir, TrainDir, read_json, write_json
 
@@ -56,8 +56,10 @@ class Policy:
         engine: str = "transformers",
         seed: int = 0,
         pool: EnginePool | None = None,
+        vllm: VLLMConfig | None = None,
     ) -> None:
         self.device, self.engine_kind, self.seed, self.pool = device, engine, seed, pool
+        self.vllm_options = vllm
         self.path, self.model, self.tokenizer = None, None, None
         self._vllm: Any = None
         #: Seconds spent starting engines and swapping weights in (for the phase timings).
@@ -77,7 +79,7 @@ class Policy:
                 seed=config.sampler.seed,
                 device=config.device,
             )
-        return cls(config.device, config.engine, config.sampler.seed, pool)
+        return cls(config.device, config.engine, config.sampler.seed, pool, config.vllm)
 
     def load(self, path: str) -> tuple[Any, Any]:
         if self.path != path:
@@ -101,7 +103,7 @@ class Policy:
                 logger.info("%s cannot be reloaded in place: starting a new vLLM engine", path)
                 self._close_vllm()
             if self._vllm is None:
-                self._vllm, _ = make_engine("vllm", path, seed=self.seed)
+                self._vllm, _ = make_engine("vllm", path, seed=self.seed, vllm=self.vllm_options)
             else:
                 self._vllm.load_weights(path)
             return self._vllm, self._vllm.tokenizer
@@ -160,15 +162,22 @@ def make_engine(
     lora: str | None = None,
     tensor_parallel_size: int = 1,
     max_batch_rows: int = 64,
+    vllm: VLLMConfig | None = None,
 ) -> tuple[Any, Any]:
     """``(engine, tokenizer)``: a vLLM engine, or the transformers engine over ``policy``'s
-    weights (loaded on ``device`` when no policy is given). ``lora`` and
-    ``tensor_parallel_size`` are vLLM's, ``max_batch_rows`` the transformers engine's."""
+    weights (loaded on ``device`` when no policy is given). ``lora``,
+    ``tensor_parallel_size`` and ``vllm`` (options, default ``VLLMConfig()``) are vLLM's,
+    ``max_batch_rows`` the transformers engine's."""
     if kind == "vllm":
         from sppd_lib.engines.vllm_engine import VLLMEngine
 
+        vllm = vllm or VLLMConfig()
         engine = VLLMEngine(
-            model, lora_path=lora, tensor_parallel_size=tensor_parallel_size, seed=seed
+            model,
+            lora_path=lora,
+            tensor_parallel_size=tensor_parallel_size,
+            seed=seed,
+            block_size=vllm.block_size,
         )
         return engine, engine.tokenizer
     from sppd_lib.engines.transformers_engine import TransformersEngine

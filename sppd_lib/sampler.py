@@ -2,12 +2,24 @@
 
 Per problem, ``k`` passes. A pass descends from the root, choosing a child with probability
 proportional to exp(mean token log-prob of its step), until it reaches a node without
-children; if that node is not terminal it is expanded with ``c`` sampled next steps. All
-expansions pending across a batch of problems go to the engine in one call per pass.
+children; if that node is not terminal it is expanded with ``c`` sampled next steps.
+
+A tree grows in rounds: it selects ``passes_per_round`` leaves, waits for their expansions,
+adds the children in selection order, then selects again. Two drivers:
+
+* synchronous (any engine, the ``Engine.sample`` protocol): the rounds of a batch of
+  problems go to the engine in one call, so every tree waits for the slowest expansion of
+  the batch;
+* streaming (engines with ``submit`` / ``collect``, i.e. vLLM): each tree starts its next
+  round as soon as its own expansions are back, and a new problem opens as soon as one
+  finishes, so the engine's continuous batch never drains. Each request is seeded from
+  (sampler seed, problem id, node id) and a tree never looks at another tree, so a tree does
+  not depend on batching, completion order or which batches were skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -15,15 +27,16 @@ import math
 import os
 import random
 from collections.abc import Container, Iterable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import ConfigError, SamplerConfig
 from sppd_lib.data import Problem
-from sppd_lib.engines import Engine, SamplingSettings
+from sppd_lib.engines import Continuation, Engine, SamplingSettings
 from sppd_lib.files import write_text_atomic
 from sppd_lib.grading import extract_answer
 from sppd_lib.prompts import (
@@ -37,6 +50,7 @@ from sppd_lib.values import grade_leaves
 
 __all__ = [
     "merge_tree_files",
+    "request_seed",
     "sample_to_file",
     "sample_trees",
     "shard",
@@ -90,6 +104,79 @@ def _batches(items: Sequence[Problem], size: int) -> Iterator[Sequence[Problem]]
         yield items[start : start + size]
 
 
+def _select_round(
+    tree: StepTree, rng: random.Random, config: SamplerConfig, passes_done: int
+) -> tuple[list[StepNode], int]:
+    """The leaves one round of ``tree`` expands and the passes that round uses up.
+
+    Up to ``passes_per_round`` distinct leaves (of the ``k - passes_done`` passes left); a
+    pass that ends on a terminal leaf (only without ``skip_closed``) is used up unexpanded.
+    """
+    want = min(config.passes_per_round, config.k - passes_done)
+    used = 0
+    chosen: dict[int, StepNode] = {}  # insertion order = selection order
+    for _ in range(2 * want):  # a few retries when a descent ends on a taken leaf
+        if len(chosen) == want:
+            break
+        node = _select(tree, rng, config, chosen)
+        if node is None:
+            continue
+        if node.terminal:  # only without skip_closed: the paper's wasted pass
+            want -= 1
+            used += 1
+            continue
+        chosen[node.id] = node
+    return list(chosen.values()), used + len(chosen)
+
+
+def _add_children(
+    tree: StepTree, node: StepNode, continuations: Sequence[Continuation], config: SamplerConfig
+) -> None:
+    for continuation in continuations:
+        child = tree.add_child(
+            node.id,
+            text=continuation.text,
+            token_ids=list(continuation.token_ids),
+            logprobs=list(continuation.logprobs),
+            finish_reason=continuation.finish_reason,
+        )
+        _mark_terminal(tree, child, config)
+
+
+def _new_tree(
+    problem: Problem,
+    index: int,
+    tokenizer: PreTrainedTokenizerBase,
+    config: SamplerConfig,
+    meta: dict | None,
+) -> StepTree:
+    """The root-only tree of ``problems[index]``; its meta records its batch and index."""
+    return StepTree(
+        problem,
+        build_prompt_ids(tokenizer, problem.question, config.system_prompt),
+        prompt_text=build_prompt(tokenizer, problem.question, config.system_prompt),
+        meta={
+            "sampler": asdict(config),
+            **(meta or {}),
+            "batch": index // config.problems_per_batch,
+            "problem_index": index,
+        },
+    )
+
+
+def _tree_rng(config: SamplerConfig, problem: Problem) -> random.Random:
+    # One generator per problem, seeded by its id: selection does not depend on batching.
+    return random.Random(f"{config.seed}/{problem.id}")
+
+
+def request_seed(seed: int, problem_id: str, node_id: int) -> int:
+    """The sampling seed of the expansion of node ``node_id`` of problem ``problem_id``
+    (streaming path): a 62-bit hash, so it depends on nothing else (not on the round, the
+    batch or the order requests finish in) and leaves room for vLLM's ``seed + child``."""
+    digest = hashlib.blake2b(f"{seed}/{problem_id}/{node_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 2
+
+
 def sample_trees(
     engine: Engine,
     tokenizer: PreTrainedTokenizerBase,
@@ -99,34 +186,39 @@ def sample_trees(
     progress: bool = True,
     meta: dict | None = None,
     skip_batches: Container[int] = (),
+    streaming: bool | None = None,
 ) -> Iterator[StepTree]:
-    """Sample one step tree per problem; trees are yielded batch by batch, in problem order.
+    """Sample one step tree per problem; trees are yielded in problem order.
 
-    Batch ``b`` is always ``problems[b * problems_per_batch :][:problems_per_batch]`` and its
-    seeds depend on ``b`` only, so skipping finished batches (``skip_batches``, for resuming)
-    gives the same trees for the others. Each tree's ``meta`` records its batch and index.
+    Batch ``b`` is always ``problems[b * problems_per_batch :][:problems_per_batch]``;
+    skipping finished batches (``skip_batches``, for resuming) gives the same trees for the
+    others. Each tree's ``meta`` records its batch and index.
+
+    ``streaming``: drive the engine's ``submit`` / ``collect`` (no barrier across trees; up to
+    ``problems_per_batch`` trees grow at once) instead of one ``sample`` call per round of a
+    batch. ``None`` (default): stream when the engine can. The two drivers seed differently,
+    so they give different (equally valid) trees.
     """
+    can_stream = hasattr(engine, "submit") and hasattr(engine, "collect")
+    if streaming is None:
+        streaming = can_stream
+    if streaming and not can_stream:
+        raise ValueError(f"{type(engine).__name__} has no submit/collect: it cannot stream")
     problems = list(problems)
+    if streaming:
+        yield from _sample_streaming(
+            engine, tokenizer, problems, config, progress, meta, skip_batches
+        )
+        return
     for batch_index, batch in enumerate(_batches(problems, config.problems_per_batch)):
         if batch_index in skip_batches:
             continue
         first_index = batch_index * config.problems_per_batch
         trees = [
-            StepTree(
-                problem,
-                build_prompt_ids(tokenizer, problem.question, config.system_prompt),
-                prompt_text=build_prompt(tokenizer, problem.question, config.system_prompt),
-                meta={
-                    "sampler": asdict(config),
-                    **(meta or {}),
-                    "batch": batch_index,
-                    "problem_index": first_index + offset,
-                },
-            )
+            _new_tree(problem, first_index + offset, tokenizer, config, meta)
             for offset, problem in enumerate(batch)
         ]
-        # One generator per problem, seeded by its id: selection does not depend on batching.
-        rngs = [random.Random(f"{config.seed}/{p.id}") for p in batch]
+        rngs = [_tree_rng(config, p) for p in batch]
         passes_done = [0] * len(trees)
         bar = tqdm(
             total=config.k * len(trees),
@@ -137,21 +229,9 @@ def sample_trees(
         for round_index in itertools.count():
             jobs = []
             for tree_index, (tree, rng) in enumerate(zip(trees, rngs, strict=True)):
-                want = min(config.passes_per_round, config.k - passes_done[tree_index])
-                chosen: set[int] = set()
-                for _ in range(2 * want):  # a few retries when a descent ends on a taken leaf
-                    if len(chosen) == want:
-                        break
-                    node = _select(tree, rng, config, chosen)
-                    if node is None:
-                        continue
-                    if node.terminal:  # only without skip_closed: the paper's wasted pass
-                        want -= 1
-                        passes_done[tree_index] += 1
-                        continue
-                    chosen.add(node.id)
-                    jobs.append((tree, node))
-                passes_done[tree_index] += len(chosen)
+                nodes, used = _select_round(tree, rng, config, passes_done[tree_index])
+                passes_done[tree_index] += used
+                jobs.extend((tree, node) for node in nodes)
             if not jobs:
                 break
             bar.update(len(jobs))
@@ -164,20 +244,95 @@ def sample_trees(
             )
             results = engine.sample([t.prefix_ids(n.id) for t, n in jobs], config.c, settings)
             for (tree, node), continuations in zip(jobs, results, strict=True):
-                for continuation in continuations:
-                    child = tree.add_child(
-                        node.id,
-                        text=continuation.text,
-                        token_ids=list(continuation.token_ids),
-                        logprobs=list(continuation.logprobs),
-                        finish_reason=continuation.finish_reason,
-                    )
-                    _mark_terminal(tree, child, config)
+                _add_children(tree, node, continuations, config)
             bar.set_postfix(nodes=sum(len(t.nodes) - 1 for t in trees))
         bar.close()
         for tree in trees:
             grade_leaves(tree)
             yield tree
+
+
+@dataclass
+class _Growing:
+    """A tree of the streaming driver and its round in flight."""
+
+    tree: StepTree
+    rng: random.Random
+    passes_done: int = 0
+    #: The leaves this round expands, in selection order, and the children back so far.
+    round: list[StepNode] = field(default_factory=list)
+    returned: dict[int, list[Continuation]] = field(default_factory=dict)
+
+
+def _sample_streaming(
+    engine: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[Problem],
+    config: SamplerConfig,
+    progress: bool,
+    meta: dict | None,
+    skip_batches: Container[int],
+) -> Iterator[StepTree]:
+    """The streaming driver (see the module docstring). ``engine`` has ``submit(request_id,
+    prefix, n, settings)``, ``collect() -> [(request_id, continuations)]``, ``pending()``
+    and ``abort()`` (``VLLMEngine``)."""
+    order = [i for i in range(len(problems)) if i // config.problems_per_batch not in skip_batches]
+    growing: dict[int, _Growing] = {}
+    finished: dict[int, StepTree] = {}
+    opened = head = 0
+    bar = tqdm(total=config.k * len(order), desc="trees", unit="pass", disable=not progress)
+
+    def start_round(index: int) -> None:
+        state = growing[index]
+        state.round, used = _select_round(state.tree, state.rng, config, state.passes_done)
+        state.passes_done += used
+        state.returned = {}
+        bar.update(used)
+        if not state.round:  # k passes done or nothing left to expand
+            del growing[index]
+            grade_leaves(state.tree)
+            finished[index] = state.tree
+            return
+        for node in state.round:
+            settings = SamplingSettings(
+                max_tokens=config.max_step_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                stop=config.step_delimiter,
+                seed=request_seed(config.seed, state.tree.problem.id, node.id),
+            )
+            engine.submit(f"{index}/{node.id}", state.tree.prefix_ids(node.id), config.c, settings)
+
+    try:
+        while head < len(order):
+            # Keep problems_per_batch trees growing: open the next problem when one finishes.
+            while opened < len(order) and len(growing) < config.problems_per_batch:
+                index = order[opened]
+                problem = problems[index]
+                growing[index] = _Growing(
+                    _new_tree(problem, index, tokenizer, config, meta), _tree_rng(config, problem)
+                )
+                opened += 1
+                start_round(index)
+            while head < len(order) and order[head] in finished:  # yield in problem order
+                yield finished.pop(order[head])
+                head += 1
+            if not growing:
+                continue
+            for request_id, continuations in engine.collect():
+                index, node_id = (int(part) for part in request_id.split("/"))
+                state = growing[index]
+                state.returned[node_id] = continuations
+                if len(state.returned) == len(state.round):
+                    # The whole round is back: children in selection order, so node ids (and
+                    # with them the next seeds) do not depend on the order requests finished.
+                    for node in state.round:
+                        _add_children(state.tree, node, state.returned[node.id], config)
+                    start_round(index)
+    finally:
+        if engine.pending():  # stopped early (an error, or the consumer closed us)
+            engine.abort()
+        bar.close()
 
 
 # ---------------------------------------------------------------------------------------

@@ -233,7 +233,7 @@ def run_study(
     # One engine for the whole study (see loop.run).
     with (
         RunLock(root, f"study directory {root}"),
-        Policy(config.device, base.engine, base.sampler.seed) as policy,
+        Policy.for_run(base, model_path) as policy,
     ):
         study.start(config_to_dict(config), _GROWABLE)
         started = time.perf_counter()

@@ -232,3 +232,98 @@ def test_real_model_trees_hold_correct_and_wrong_leaves(smollm2_trees) -> None:
     assert 0 < correct < len(leaves)
     for tree in trees:
         check_invariants(tree, config)
+
+
+class StreamingTransformers:
+    """The streaming protocol (``submit`` / ``collect`` / ``pending`` / ``abort``, as
+    ``VLLMEngine`` has it) over the real transformers engine: each request is sampled alone
+    with its own seed, and ``collect`` hands finished requests back in a shuffled order (a
+    stand-in for vLLM's completion order, which depends on step lengths and load)."""
+
+    def __init__(self, engine: TransformersEngine, order_seed: int, per_collect: int = 2) -> None:
+        import random
+
+        self.engine, self.rng, self.per_collect = engine, random.Random(order_seed), per_collect
+        self.queue: dict[str, tuple] = {}
+        self.collects = 0
+
+    def submit(self, request_id, prefix, n, settings) -> None:
+        assert request_id not in self.queue
+        self.queue[request_id] = (list(prefix), n, settings)
+
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def abort(self) -> None:
+        self.queue.clear()
+
+    def collect(self):
+        self.collects += 1
+        ids = list(self.queue)
+        self.rng.shuffle(ids)
+        done = []
+        for request_id in ids[: self.rng.randint(1, self.per_collect)]:
+            prefix, n, settings = self.queue.pop(request_id)
+            done.append((request_id, self.engine.sample([prefix], n, settings)[0]))
+        return done
+
+
+def test_streaming_trees_do_not_depend_on_batching_or_completion_order(
+    engine, tiny_llama, problems
+) -> None:
+    _, tokenizer = tiny_llama
+    config = SamplerConfig(
+        k=6, c=2, max_step_tokens=5, max_depth=4, temperature=1.0, passes_per_round=3
+    )
+    runs = {}
+    for name, batch, order in (("a", 3, 0), ("b", 1, 1), ("c", 2, 2), ("d", 3, 3)):
+        streaming = StreamingTransformers(engine, order_seed=order, per_collect=3)
+        setting = SamplerConfig(**{**config.__dict__, "problems_per_batch": batch})
+        trees = list(sample_trees(streaming, tokenizer, problems, setting, progress=False))
+        assert streaming.pending() == 0
+        for tree in trees:
+            check_invariants(tree, setting)
+            assert tree.meta["batch"] == tree.meta["problem_index"] // batch
+        runs[name] = [[(n.parent_id, n.token_ids, n.logprobs) for n in t.nodes] for t in trees]
+    assert runs["a"] == runs["b"] == runs["c"] == runs["d"]
+    assert sum(len(nodes) for nodes in runs["a"]) > 3 * 5  # the trees grew
+    # The sampler chose the streaming driver on its own; the synchronous one seeds otherwise.
+    sync = list(sample_trees(engine, tokenizer, problems, config, progress=False))
+    assert [[(n.parent_id, n.token_ids) for n in t.nodes] for t in sync] != [
+        [(p, t) for p, t, _ in nodes] for nodes in runs["a"]
+    ]
+    with pytest.raises(ValueError, match="cannot stream"):
+        next(sample_trees(engine, tokenizer, problems, config, streaming=True))
+
+
+class CrashingStream(StreamingTransformers):
+    def __init__(self, engine: TransformersEngine, crash_at: int) -> None:
+        super().__init__(engine, order_seed=5, per_collect=1)
+        self.crash_at = crash_at
+
+    def collect(self):
+        if self.collects + 1 == self.crash_at:
+            raise RuntimeError("simulated crash")
+        return super().collect()
+
+
+def test_streaming_resume_after_a_crash_gives_the_same_trees(tiny_llama, tmp_path) -> None:
+    from sppd_lib.sampler import sample_to_file
+    from sppd_lib.tree import read_trees
+
+    model, tokenizer = tiny_llama
+    problems = load_problems("arith", "train", limit=4)
+    config = SamplerConfig(k=3, c=2, max_step_tokens=4, max_depth=3, problems_per_batch=2)
+    engine = TransformersEngine(model, tokenizer)
+    reference = sample_to_file(
+        StreamingTransformers(engine, 0), tokenizer, problems, config, tmp_path / "ref.gz"
+    )
+    out = tmp_path / "trees.jsonl.gz"
+    crashing = CrashingStream(engine, crash_at=8)  # of about 12 collects
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sample_to_file(crashing, tokenizer, problems, config, out, progress=False)
+    assert crashing.pending() == 0  # the sampler aborted what was in flight
+    partial = tmp_path / "trees.jsonl.gz.partial.jsonl"
+    assert 0 < partial.read_text().count("\n") < 4  # some trees were written
+    sample_to_file(CrashingStream(engine, -1), tokenizer, problems, config, out, progress=False)
+    assert [t.to_dict() for t in read_trees(out)] == [t.to_dict() for t in read_trees(reference)]

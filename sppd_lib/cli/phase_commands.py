@@ -9,7 +9,14 @@ import time
 import typing
 from pathlib import Path
 
-from sppd_lib.cli.common import check_out, config_from_args, model_flags, model_of, read_trees
+from sppd_lib.cli.common import (
+    _config_file,
+    check_out,
+    config_from_args,
+    model_flags,
+    model_of,
+    read_trees,
+)
 from sppd_lib.config import (
     ConfigError,
     EvalConfig,
@@ -17,7 +24,9 @@ from sppd_lib.config import (
     RunConfig,
     SamplerConfig,
     TrainConfig,
+    VLLMConfig,
     add_config_flags,
+    config_from_dict,
     generator_options,
 )
 from sppd_lib.data import DataError
@@ -40,6 +49,7 @@ def engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-batch-rows", type=int, default=64, help="rows decoded together (transformers)"
     )
+    add_config_flags(parser, VLLMConfig)
 
 
 def _engine_of(args: argparse.Namespace, name: str, device: str | None) -> tuple:
@@ -52,6 +62,7 @@ def _engine_of(args: argparse.Namespace, name: str, device: str | None) -> tuple
         lora=args.lora,
         tensor_parallel_size=args.tensor_parallel_size,
         max_batch_rows=args.max_batch_rows,
+        vllm=_vllm_options(args),
     )
 
 
@@ -122,6 +133,14 @@ def add_sample(subparsers: argparse._SubParsersAction) -> None:
     engine_flags(parser)
     add_config_flags(parser, SamplerConfig)
     parser.set_defaults(run=_run_sample)
+
+
+def _vllm_options(args: argparse.Namespace) -> VLLMConfig:
+    """The ``vllm:`` section of ``--config`` (if any) overridden by its flags."""
+    data = dict(_config_file(args).get("vllm") or {})
+    if args.block_size is not None:
+        data["block_size"] = args.block_size
+    return config_from_dict(VLLMConfig, data, "vllm.")
 
 
 def _run_sample(args: argparse.Namespace) -> int:

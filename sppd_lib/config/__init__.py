@@ -26,6 +26,7 @@ from sppd_lib.config.phases import (
     PairConfig,
     SamplerConfig,
     TrainConfig,
+    VLLMConfig,
     generator_options,
 )
 from sppd_lib.config.run import DataConfig, RayConfig, RunConfig, load_run_config
@@ -53,6 +54,7 @@ __all__ = [
     "SamplerConfig",
     "StudyConfig",
     "TrainConfig",
+    "VLLMConfig",
     "add_config_flags",
     "apply_overrides",
     "check_choices",

@@ -25,6 +25,7 @@ from sppd_lib.config.phases import (
     Phase,
     SamplerConfig,
     TrainConfig,
+    VLLMConfig,
     generator_options,
 )
 from sppd_lib.data import DataError, check_data_name
@@ -136,6 +137,9 @@ class RunConfig:
     )
     engine: Literal["transformers", "vllm"] = option(
         "transformers", "Sampling engine: 'transformers' or 'vllm'."
+    )
+    vllm: VLLMConfig = field(
+        default_factory=VLLMConfig, metadata={"help": "vLLM engine options (engine: vllm)."}
     )
     sft_per_problem: int = option(4, "τ+ paths per problem for the sft phase.")
     report: bool = option(True, "`sppd run` ends by writing HTML reports (see report_dir).")

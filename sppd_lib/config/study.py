@@ -16,7 +16,14 @@ from sppd_lib.config.loading import (
     load_config,
     option,
 )
-from sppd_lib.config.phases import EvalConfig, PairConfig, Phase, SamplerConfig, TrainConfig
+from sppd_lib.config.phases import (
+    EvalConfig,
+    PairConfig,
+    Phase,
+    SamplerConfig,
+    TrainConfig,
+    VLLMConfig,
+)
 from sppd_lib.config.run import DataConfig, RunConfig
 
 __all__ = [
@@ -63,6 +70,9 @@ class StudyConfig:
     device: str | None = option(None, "cpu or cuda (default: cuda if present).")
     engine: Literal["transformers", "vllm"] = option(
         "transformers", "Sampling engine: 'transformers' or 'vllm'."
+    )
+    vllm: VLLMConfig = field(
+        default_factory=VLLMConfig, metadata={"help": "vLLM engine options (engine: vllm)."}
     )
     sft_per_problem: int = option(4, "τ+ paths per problem for sft phases.")
     phase_train: dict[str, dict[str, Any]] = option(
@@ -159,6 +169,7 @@ class StudyConfig:
             "phases": list(phases),
             "phase_train": self.phase_train,
             "engine": self.engine,
+            "vllm": config_to_dict(self.vllm),
             "sft_per_problem": self.sft_per_problem,
             "report": False,
             "data": config_to_dict(self.data),

