@@ -1,0 +1,97 @@
+"""Greedy evaluation per engine on the demo's held-out arithmetic prompts, in one process.
+
+Engines: HF ``generate`` (:class:`GenerateEngine`, the baseline), the transformers step engine
+(:class:`TransformersEngine`, temperature 0) and, when vLLM is importable, the vLLM engine
+(its start-up timed separately). All decode the same prompts of ``configs/demo.yaml``'s
+``eval`` section (SmolLM2-135M-Instruct, fp32, CPU) with the demo's ``max_new_tokens`` and
+batch size. Prints one JSON line as its last line: seconds, generated tokens/s (also as a
+fraction of this CPU's ≈670 tok/s limit for a 135M model in fp32), pass@1, and the share of
+responses identical to ``generate``'s.
+
+    .venv/bin/python benchmarks/bench_eval.py --prompts 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+
+import torch
+
+from sppd_lib.config import RunConfig, load_config
+from sppd_lib.engines.generate import GenerateEngine
+from sppd_lib.engines.transformers_engine import TransformersEngine
+from sppd_lib.evaluate import benchmark_problems, evaluate_problems
+from sppd_lib.models import load_model
+
+#: Generated tokens/s a 135M fp32 model can reach on this 2-core CPU (180 GFLOP/s measured).
+CPU_LIMIT_TOKENS_PER_SECOND = 670.0
+
+
+def measure(name: str, engine, tokenizer, problems, config) -> tuple[dict, list[str]]:
+    started = time.perf_counter()
+    rows = evaluate_problems(None, tokenizer, problems, config, engine=engine, progress=False)
+    seconds = time.perf_counter() - started
+    tokens = int(rows["num_tokens"].sum())
+    line = {
+        "seconds": round(seconds, 1),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1),
+        "of_cpu_limit": round(tokens / seconds / CPU_LIMIT_TOKENS_PER_SECOND, 3),
+        "pass_at_1": round(float(rows["correct"].mean()), 4),
+    }
+    print(name, line, flush=True)
+    return line, list(rows["response"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--prompts", type=int, default=200, help="held-out arith prompts")
+    parser.add_argument("--engines", default="generate,transformers,vllm")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    run = load_config(RunConfig, args.config)
+    config = run.eval
+    config.limits = {**config.limits, "arith": args.prompts}
+    problems = benchmark_problems(config, "arith")
+    model, tokenizer = load_model(run.model)
+    engines = args.engines.split(",")
+    if "vllm" in engines and importlib.util.find_spec("vllm") is None:
+        engines.remove("vllm")
+    result: dict = {
+        "benchmark": "eval_greedy",
+        "prompts": len(problems),
+        "max_new_tokens": config.max_new_tokens,
+        "batch_size": config.batch_size,
+        "threads": torch.get_num_threads(),
+    }
+    responses: dict[str, list[str]] = {}
+    for name in engines:
+        if name == "generate":
+            engine = GenerateEngine(model, tokenizer, batch_size=config.batch_size, progress=False)
+        elif name == "transformers":
+            engine = TransformersEngine(model, tokenizer, max_batch_rows=config.batch_size)
+        else:
+            from sppd_lib.engines.vllm_engine import VLLMEngine
+
+            started = time.perf_counter()
+            engine = VLLMEngine(run.model, max_model_len=2048)
+            result["vllm_start_seconds"] = round(time.perf_counter() - started, 1)
+        result[name], responses[name] = measure(name, engine, tokenizer, problems, config)
+        if hasattr(engine, "close"):
+            engine.close()
+    baseline = engines[0]
+    for name in engines:
+        same = sum(a == b for a, b in zip(responses[name], responses[baseline], strict=True))
+        result[name]["same_response_as_" + baseline] = round(same / len(problems), 3)
+        result[name]["speedup_vs_" + baseline] = round(
+            result[baseline]["seconds"] / result[name]["seconds"], 2
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
