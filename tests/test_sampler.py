@@ -288,3 +288,33 @@ def test_finished_rows_leaving_the_batch_leave_the_others_unchanged(tiny_llama) 
     assert len(lengths) > 3, lengths  # rows finished at several different steps
     dynamic = TransformersEngine(model, tokenizer, static_cache=False)
     _same_continuations(static, dynamic.sample(prefixes, 2, varied))
+
+
+def test_prompt_lookup_draft() -> None:
+    draft = TransformersEngine._draft
+    assert draft([1, 2, 3, 4, 5, 1, 2, 3], 2) == [4, 5]  # after the earlier "1 2 3"
+    assert draft([7, 2, 3, 9, 8, 2, 3], 3) == [9, 8, 2]  # no 3-gram match: the 2-gram's
+    assert draft([1, 2, 3, 1, 2, 3, 1, 2, 3], 4) == [1, 2, 3]  # the latest occurrence
+    assert draft([1, 2, 3, 4], 3) == [] and draft([1, 2, 1, 2], 0) == []
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_greedy_drafts_give_plain_greedy_decoding(arch) -> None:
+    from sppd_lib.models import build_tiny_model
+
+    model, tokenizer = build_tiny_model(arch, seed=0)
+    prompt = prompt_token_ids(tokenizer, "2+2?")
+    # The random model emits "\n" (198) forever; a prefix whose last 3-gram occurred before,
+    # followed by other tokens, makes the first drafts wrong (rejections) and later ones right.
+    tricky = [*prompt, 11, 198, 198, 1234, 567, 89, 11, 198, 198]
+    prefixes = [prompt, tricky, prompt_token_ids(tokenizer, "What is 13*7 plus 5?")]
+    for stop in (None, "\n"):
+        greedy = SamplingSettings(max_tokens=25, temperature=0.0, stop=stop)
+        drafting = TransformersEngine(model, tokenizer)
+        out = drafting.sample(prefixes, 2, greedy)
+        if stop is None:
+            assert 0 < drafting.draft_tokens_accepted < drafting.draft_tokens_proposed
+        plain = TransformersEngine(model, tokenizer, draft_tokens=0).sample(prefixes, 2, greedy)
+        _same_continuations(out, plain)
+        dynamic = TransformersEngine(model, tokenizer, static_cache=False)
+        _same_continuations(out, dynamic.sample(prefixes, 2, greedy))

@@ -24,6 +24,10 @@ Decoding has two paths with the same results (to float rounding):
   cache and mask machinery is skipped (profiled: ``DynamicCache`` concatenation, row
   selection and mask building were ~10% of a greedy evaluation). Finished rows are dropped
   from the buffers once an eighth of the batch has finished (each drop copies the buffers).
+  A call's prefixes that share a prefix (the system prompt) compute it once. Greedy calls
+  also verify prompt-lookup drafts while the batch is small (:meth:`_greedy_chunk_static`):
+  a step costs about the same for 2 rows as for 18 tokens, and the tail of a greedy
+  evaluation batch is a few long, often repetitive, responses.
 * Any other causal LM decodes through ``model(...)`` with a ``DynamicCache``; finished rows
   leave the batch at once.
 """
