@@ -492,8 +492,7 @@ class TransformersEngine:
             )
             self._store(root_key, segment)  # type: ignore[arg-type]
             root = [segment]
-            self.prefix_tokens_computed += shared
-            self.prefix_tokens_reused += shared * (len(prefixes) - 1)
+            self.prefix_tokens_computed += shared  # once: within a call it is not "reused"
         rest = width - shared
         if rest > 0:  # every remainder, right-padded (padding writes masked, stale KV)
             ids = torch.full((len(prefixes), rest), self.pad_id, dtype=torch.long)
