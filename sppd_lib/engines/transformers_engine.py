@@ -22,8 +22,9 @@ Decoding has two paths with the same results (to float rounding):
   ``(rows, kv_heads, max_len, head_dim)``, left-aligned so that a row's cache index is its
   position. A step writes one column per row; nothing is concatenated or re-padded, and HF's
   cache and mask machinery is skipped (profiled: ``DynamicCache`` concatenation, row
-  selection and mask building were ~10% of a greedy evaluation). Finished rows are dropped
-  from the buffers once an eighth of the batch has finished (each drop copies the buffers).
+  selection and mask building were ~10% of a greedy evaluation). Finished rows leave the
+  buffers at once (a copy of the KV written so far); greedy decoding waits until an eighth of
+  the batch has finished (its steps are cheap per row; the copies are not).
   A call's prefixes that share a prefix (the system prompt) compute it once. Greedy calls
   also verify prompt-lookup drafts while the batch is small (:meth:`_greedy_chunk_static`):
   a step costs about the same for 2 rows as for 18 tokens, and the tail of a greedy
@@ -82,6 +83,19 @@ class _Segment:
     @property
     def length(self) -> int:
         return self.keys[0].shape[1] if self.keys else 0
+
+
+def _compact(buffers: list[torch.Tensor], index: torch.Tensor, length: int) -> list[torch.Tensor]:
+    """The slots ``index`` of each KV buffer ``(slots, kv_heads, max_len, head_dim)``; only
+    indices below ``length`` hold KV yet, the rest is zeroed (masked KV must stay finite:
+    SDPA weighs it by 0, and 0 * NaN from uninitialised memory would not vanish)."""
+    out = []
+    for buffer in buffers:
+        new = buffer.new_empty((len(index), *buffer.shape[1:]))
+        new[:, :, :length] = buffer[index, :, :length]
+        new[:, :, length:] = 0
+        out.append(new)
+    return out
 
 
 class TransformersEngine:
@@ -415,8 +429,9 @@ class TransformersEngine:
         kv_heads = keys[0].shape[1]
         group = self.model.config.num_attention_heads // kv_heads
         visible = torch.arange(length, device=input_ids.device) <= positions[:, :, None]
-        # (B, 1, group * q, length): SDPA's boolean mask for the grouped queries below.
-        visible = visible[:, None].repeat(1, 1, group, 1)
+        # (B, 1, group * q, length): SDPA's boolean mask for the grouped queries below (one
+        # token: (B, 1, 1, length), the same for the whole group).
+        visible = visible[:, None].repeat(1, 1, group, 1) if width > 1 else visible[:, None]
         for layer, block in enumerate(base.layers):
             attention = block.self_attn
             shape = (batch, width, -1, attention.head_dim)
@@ -591,10 +606,9 @@ class TransformersEngine:
             live = [j for j, row in enumerate(batch) if row is not None]
             if not live:
                 break
-            if (len(batch) - len(live)) * 8 >= len(batch):  # drop finished slots
+            if len(live) < len(batch):  # drop finished slots (as the DynamicCache path does)
                 index = torch.tensor(live, device=device)
-                keys = [key[index] for key in keys]
-                values = [value[index] for value in values]
+                keys, values = _compact(keys, index, length), _compact(values, index, length)
                 next_tokens, positions = next_tokens[index], positions[index]
                 batch, live = [batch[j] for j in live], list(range(len(live)))
             inputs, positions = next_tokens, positions + 1
@@ -695,8 +709,7 @@ class TransformersEngine:
             if finished and finished * 8 >= len(batch):  # drop finished slots
                 keep = [j for j, row in enumerate(batch) if row is not None]
                 index = torch.tensor(keep, device=device)
-                keys = [key[index] for key in keys]
-                values = [value[index] for value in values]
+                keys, values = _compact(keys, index, length), _compact(values, index, length)
                 batch = [batch[j] for j in keep]
                 position, fed = [position[j] for j in keep], [fed[j] for j in keep]
         return self._continuations(tokens, logprobs, finish, n)
