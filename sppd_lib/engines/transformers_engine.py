@@ -575,9 +575,9 @@ class TransformersEngine:
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logprobs: list[list[float]] = [[] for _ in range(rows)]
         finish: list[FinishReason] = ["length"] * rows
-        # batch[j]: the row in buffer slot j, or None once it finished. A finished slot is still
-        # computed until the next compaction, but nothing is drawn for it: the generator sees
-        # the live rows only, in order, exactly as on the DynamicCache path.
+        # batch[j]: the row in buffer slot j, or None once it finished (its slot is dropped at
+        # the end of that step). The generator sees the live rows only, in order, exactly as
+        # on the DynamicCache path, so both paths draw the same samples.
         batch: list[int | None] = list(range(rows))
         live = list(range(rows))
         may_complete = self._may_complete_stop(settings.stop) if settings.stop else None
