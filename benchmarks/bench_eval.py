@@ -1,12 +1,13 @@
 """Greedy evaluation per engine on the demo's held-out arithmetic prompts, in one process.
 
 Engines: HF ``generate`` (:class:`GenerateEngine`, the baseline), the transformers step engine
-(:class:`TransformersEngine`, temperature 0) and, when vLLM is importable, the vLLM engine
-(its start-up timed separately). All decode the same prompts of ``configs/demo.yaml``'s
-``eval`` section (SmolLM2-135M-Instruct, fp32, CPU) with the demo's ``max_new_tokens`` and
-batch size. Prints one JSON line as its last line: seconds, generated tokens/s (also as a
-fraction of this CPU's ≈670 tok/s limit for a 135M model in fp32), pass@1, and the share of
-responses identical to ``generate``'s.
+(:class:`TransformersEngine`, temperature 0; ``transformers-dynamic`` forces its
+``DynamicCache`` path, the engine before the static KV buffers) and, when vLLM is importable,
+the vLLM engine (its start-up timed separately). All decode the same prompts of
+``configs/demo.yaml``'s ``eval`` section (SmolLM2-135M-Instruct, fp32, CPU) with the demo's
+``max_new_tokens`` and batch size. Prints one JSON line as its last line: seconds, generated
+tokens/s (also as a fraction of this CPU's ≈670 tok/s limit for a 135M model in fp32), pass@1,
+the share of responses identical to ``generate``'s and the load average at the start.
 
     .venv/bin/python benchmarks/bench_eval.py --prompts 200
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import time
 
 import torch
@@ -67,6 +69,7 @@ def main() -> None:
         "max_new_tokens": config.max_new_tokens,
         "batch_size": config.batch_size,
         "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
     }
     responses: dict[str, list[str]] = {}
     for name in engines:
@@ -74,6 +77,10 @@ def main() -> None:
             engine = GenerateEngine(model, tokenizer, batch_size=config.batch_size, progress=False)
         elif name == "transformers":
             engine = TransformersEngine(model, tokenizer, max_batch_rows=config.batch_size)
+        elif name == "transformers-dynamic":
+            engine = TransformersEngine(
+                model, tokenizer, max_batch_rows=config.batch_size, static_cache=False
+            )
         else:
             from sppd_lib.engines.vllm_engine import VLLMEngine
 

@@ -327,3 +327,89 @@ def test_streaming_resume_after_a_crash_gives_the_same_trees(tiny_llama, tmp_pat
     assert 0 < partial.read_text().count("\n") < 4  # some trees were written
     sample_to_file(CrashingStream(engine, -1), tokenizer, problems, config, out, progress=False)
     assert [t.to_dict() for t in read_trees(out)] == [t.to_dict() for t in read_trees(reference)]
+
+
+def _same_continuations(a, b, atol: float = 1e-4) -> None:
+    flat = [[c for cs in groups for c in cs] for groups in (a, b)]
+    for x, y in zip(*flat, strict=True):
+        assert x.token_ids == y.token_ids and x.finish_reason == y.finish_reason
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=atol)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_static_cache_path_matches_the_dynamic_cache_path(arch) -> None:
+    from sppd_lib.models import build_tiny_model
+
+    model, tokenizer = build_tiny_model(arch, seed=0)
+    # Prompts of different lengths that share the chat template (the shared-prefix prefill).
+    prefixes = [prompt_token_ids(tokenizer, q) for q in ("2+2?", "What is 13*7 plus 5?", "x")]
+    for settings_ in (
+        SamplingSettings(max_tokens=20, temperature=1.0, stop="e", seed=3),
+        SamplingSettings(max_tokens=25, temperature=0.0, stop=None),
+    ):
+        static = TransformersEngine(model, tokenizer, static_cache=True)
+        assert static.static_cache
+        dynamic = TransformersEngine(model, tokenizer, static_cache=False)
+        _same_continuations(
+            static.sample(prefixes, 3, settings_), dynamic.sample(prefixes, 3, settings_)
+        )
+
+
+def test_static_prefill_computes_the_shared_prefix_once(tiny_llama) -> None:
+    model, tokenizer = tiny_llama
+    engine = TransformersEngine(model, tokenizer)
+    prefixes = [prompt_token_ids(tokenizer, q) for q in ("2+2?", "3+5?", "7*8?")]
+    common = next(i for i in range(len(prefixes[0])) if len({p[i] for p in prefixes}) > 1)
+    settings_ = SamplingSettings(max_tokens=4, temperature=1.0)
+    first = engine.sample(prefixes, 2, settings_)
+    assert engine.prefix_tokens_computed == sum(len(p) - 1 for p in prefixes) - 2 * (common - 1)
+    # New prompts reuse the stored shared segment; results match a fresh engine's.
+    others = [prompt_token_ids(tokenizer, q) for q in ("9-4?", "6+6?")]
+    engine.sample(others, 2, settings_)
+    assert engine.prefix_tokens_reused == 2 * (common - 1)
+    fresh = TransformersEngine(model, tokenizer, static_cache=False)
+    _same_continuations(first, fresh.sample(prefixes, 2, settings_))
+    _same_continuations(engine.sample(others, 2, settings_), fresh.sample(others, 2, settings_))
+
+
+def test_finished_rows_leaving_the_batch_leave_the_others_unchanged(tiny_llama) -> None:
+    """The static path keeps finished rows' slots until an eighth of the batch has finished,
+    then compacts; the DynamicCache path drops each at once. Both give the same samples."""
+    model, tokenizer = tiny_llama
+    prefixes = [prompt_token_ids(tokenizer, f"{a}+{b}?") for a in range(4) for b in range(4)]
+    varied = SamplingSettings(max_tokens=30, temperature=1.0, stop="e", seed=5)
+    static = TransformersEngine(model, tokenizer, static_cache=True).sample(prefixes, 2, varied)
+    lengths = {len(c.token_ids) for cs in static for c in cs}
+    assert len(lengths) > 3, lengths  # rows finished at several different steps
+    dynamic = TransformersEngine(model, tokenizer, static_cache=False)
+    _same_continuations(static, dynamic.sample(prefixes, 2, varied))
+
+
+def test_prompt_lookup_draft() -> None:
+    draft = TransformersEngine._draft
+    assert draft([1, 2, 3, 4, 5, 1, 2, 3], 2) == [4, 5]  # after the earlier "1 2 3"
+    assert draft([7, 2, 3, 9, 8, 2, 3], 3) == [9, 8, 2]  # no 3-gram match: the 2-gram's
+    assert draft([1, 2, 3, 1, 2, 3, 1, 2, 3], 4) == [1, 2, 3]  # the latest occurrence
+    assert draft([1, 2, 3, 4], 3) == [] and draft([1, 2, 1, 2], 0) == []
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_greedy_drafts_give_plain_greedy_decoding(arch) -> None:
+    from sppd_lib.models import build_tiny_model
+
+    model, tokenizer = build_tiny_model(arch, seed=0)
+    prompt = prompt_token_ids(tokenizer, "2+2?")
+    # The random model emits "\n" (198) forever; a prefix whose last 3-gram occurred before,
+    # followed by other tokens, makes the first drafts wrong (rejections) and later ones right.
+    tricky = [*prompt, 11, 198, 198, 1234, 567, 89, 11, 198, 198]
+    prefixes = [prompt, tricky, prompt_token_ids(tokenizer, "What is 13*7 plus 5?")]
+    for stop in (None, "\n"):
+        greedy = SamplingSettings(max_tokens=25, temperature=0.0, stop=stop)
+        drafting = TransformersEngine(model, tokenizer)
+        out = drafting.sample(prefixes, 2, greedy)
+        if stop is None:
+            assert 0 < drafting.draft_tokens_accepted < drafting.draft_tokens_proposed
+        plain = TransformersEngine(model, tokenizer, draft_tokens=0).sample(prefixes, 2, greedy)
+        _same_continuations(out, plain)
+        dynamic = TransformersEngine(model, tokenizer, static_cache=False)
+        _same_continuations(out, dynamic.sample(prefixes, 2, greedy))
