@@ -130,14 +130,13 @@ def test_trees_same_seed_and_both_outcomes(vllm_engine, reference, smollm2_sampl
             assert node.depth == tree.nodes[node.parent_id].depth + 1
             if node.terminal:
                 assert tree.children(node.id) == []
+    # (Independence of problems_per_batch and completion order is tested exactly on the
+    # transformers engine in test_sampler.py; one rerun here keeps CI's time.)
     again = list(sample_trees(vllm_engine, tokenizer, problems, config, progress=False))
-    # Fewer trees at once: other batches, another completion order.
-    narrow = SamplerConfig(**{**config.__dict__, "problems_per_batch": 4})
-    other = list(sample_trees(vllm_engine, tokenizer, problems, narrow, progress=False))
-    same, batched = identical(trees, again), identical(trees, other)
-    print(f"identical trees: same seed {same}/12, problems_per_batch 4 {batched}/12")
-    if same < 12 or batched < 12:
-        pytest.xfail(f"vLLM numerics: {same}/12 and {batched}/12 identical (see README)")
+    same = identical(trees, again)
+    print(f"identical trees: same seed {same}/12")
+    if same < 12:
+        pytest.xfail(f"vLLM numerics: {same}/12 identical (see README)")
 
 
 class CrashingStream:
