@@ -19,7 +19,6 @@ rest; a killed actor loses only its unfinished batches, which are sampled again 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -28,13 +27,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sppd_lib.config import ConfigError, SamplerConfig
+from sppd_lib.config import SamplerConfig
 from sppd_lib.data import Problem
 from sppd_lib.engines.ray_pool import EnginePool, Task
-from sppd_lib.files import write_text_atomic
-from sppd_lib.rundir import partial_trees_path
-from sppd_lib.sampler import _check_same_settings, _finished_batches, merge_tree_files
-from sppd_lib.tree import read_trees
+from sppd_lib.sampler import merge_tree_files, prepare_trees_file
 
 __all__ = ["sample_to_file_on_pool"]
 
@@ -60,23 +56,10 @@ def sample_to_file_on_pool(
         ConfigError: ``out`` or its partial file was sampled with other settings.
     """
     out = Path(out)
-    if out.is_file():
-        stored = [t.to_dict() for t in read_trees(out)]
-        _check_same_settings(out, stored, problems, config, meta)
-        if len(stored) != len(problems):
-            raise ConfigError(
-                f"{out} holds {len(stored)} trees, {len(problems)} problems are asked for: "
-                "choose another --out (or move that file away)"
-            )
-        logger.info("%s exists with these settings: nothing to sample", out)
+    prepared = prepare_trees_file(out, problems, config, meta)
+    if prepared is None:
         return out
-    partial = partial_trees_path(out)
-    done = _finished_batches(partial, config, problems, meta)
-    if done:
-        logger.info("resuming %s: %d batches already sampled", out, len(done))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(t, ensure_ascii=False) + "\n" for b in sorted(done) for t in done[b]]
-    write_text_atomic(partial, "".join(lines))
+    partial, done = prepared
     size = config.problems_per_batch
     todo = [b for b in range(-(-len(problems) // size)) if b not in done]
     settings = asdict(config)

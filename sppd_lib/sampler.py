@@ -50,6 +50,7 @@ from sppd_lib.values import grade_leaves
 
 __all__ = [
     "merge_tree_files",
+    "prepare_trees_file",
     "request_seed",
     "sample_to_file",
     "sample_trees",
@@ -411,6 +412,39 @@ def _finished_batches(
     return {b: trees for b, trees in by_batch.items() if len(trees) == sizes[b]}
 
 
+def prepare_trees_file(
+    out: Path, problems: Sequence[Problem], config: SamplerConfig, meta: dict | None
+) -> tuple[Path, dict[int, list[dict]]] | None:
+    """``None`` when ``out`` already holds these problems sampled with these settings;
+    otherwise ``(partial file, finished batches)``, the partial file rewritten to hold only
+    the finished batches. Shared by the plain and the Ray sampler.
+
+    Raises:
+        ConfigError: ``out`` or its partial file was sampled with other settings.
+    """
+    if out.is_file():
+        # Reused only if it is what was asked for: same settings, same problems.
+        stored = [t.to_dict() for t in read_trees(out)]
+        _check_same_settings(out, stored, problems, config, meta)
+        if len(stored) != len(problems):
+            raise ConfigError(
+                f"{out} holds {len(stored)} trees, {len(problems)} problems are asked for: "
+                "choose another --out (or move that file away)"
+            )
+        logger.info("%s exists with these settings: nothing to sample", out)
+        return None
+    partial = partial_trees_path(out)
+    done = _finished_batches(partial, config, problems, meta)
+    if done:
+        logger.info("resuming %s: %d batches already sampled", out, len(done))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Keep only the finished batches (a torn line or a half batch goes), atomically, so a
+    # kill during this rewrite cannot lose them.
+    lines = [json.dumps(t, ensure_ascii=False) + "\n" for b in sorted(done) for t in done[b]]
+    write_text_atomic(partial, "".join(lines))
+    return partial, done
+
+
 def sample_to_file(
     engine: Engine,
     tokenizer: PreTrainedTokenizerBase,
@@ -433,26 +467,10 @@ def sample_to_file(
             config, ``meta`` such as the model, or other problems): never mixed, never replaced.
     """
     out = Path(out)
-    if out.is_file():
-        # Reused only if it is what was asked for: same settings, same problems.
-        stored = [t.to_dict() for t in read_trees(out)]
-        _check_same_settings(out, stored, problems, config, meta)
-        if len(stored) != len(problems):
-            raise ConfigError(
-                f"{out} holds {len(stored)} trees, {len(problems)} problems are asked for: "
-                "choose another --out (or move that file away)"
-            )
-        logger.info("%s exists with these settings: nothing to sample", out)
+    prepared = prepare_trees_file(out, problems, config, meta)
+    if prepared is None:
         return out
-    partial = partial_trees_path(out)
-    done = _finished_batches(partial, config, problems, meta)
-    if done:
-        logger.info("resuming %s: %d batches already sampled", out, len(done))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Keep only the finished batches (a torn line or a half batch goes), atomically, so a
-    # kill during this rewrite cannot lose them.
-    lines = [json.dumps(t, ensure_ascii=False) + "\n" for b in sorted(done) for t in done[b]]
-    write_text_atomic(partial, "".join(lines))
+    partial, done = prepared
     with partial.open("a", encoding="utf-8") as handle:
         for tree in sample_trees(
             engine, tokenizer, problems, config, progress=progress, meta=meta, skip_batches=done
