@@ -5,7 +5,9 @@ proportional to exp(mean token log-prob of its step), until it reaches a node wi
 children; if that node is not terminal it is expanded with ``c`` sampled next steps.
 
 A tree grows in rounds: it selects ``passes_per_round`` leaves, waits for their expansions,
-adds the children in selection order, then selects again. Two drivers:
+adds the children in selection order, then selects again. With ``branch_surprisal`` set
+(entropy-guided branching) an expansion samples one child, and its other ``c - 1`` only when
+that child's step was uncertain. Two drivers:
 
 * synchronous (any engine, the ``Engine.sample`` protocol): the rounds of a batch of
   problems go to the engine in one call, so every tree waits for the slowest expansion of
@@ -27,7 +29,7 @@ import math
 import os
 import random
 from collections.abc import Container, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,12 +172,44 @@ def _tree_rng(config: SamplerConfig, problem: Problem) -> random.Random:
     return random.Random(f"{config.seed}/{problem.id}")
 
 
-def request_seed(seed: int, problem_id: str, node_id: int) -> int:
+def request_seed(seed: int, problem_id: str, node_id: int, part: int = 0) -> int:
     """The sampling seed of the expansion of node ``node_id`` of problem ``problem_id``
     (streaming path): a 62-bit hash, so it depends on nothing else (not on the round, the
-    batch or the order requests finish in) and leaves room for vLLM's ``seed + child``."""
-    digest = hashlib.blake2b(f"{seed}/{problem_id}/{node_id}".encode(), digest_size=8).digest()
+    batch or the order requests finish in) and leaves room for vLLM's ``seed + child``.
+    ``part`` 1 is the request for the siblings of an entropy-guided expansion."""
+    key = f"{seed}/{problem_id}/{node_id}" + (f"/{part}" if part else "")
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 2
+
+
+#: Added to a synchronous round's seed for its entropy-guided siblings call: above every
+#: round seed of any realistic sampler seed, and small enough for engines' 64-bit seeds.
+_SIBLINGS_SEED_OFFSET = 2**40
+
+
+def _step_settings(config: SamplerConfig, seed: int) -> SamplingSettings:
+    """How one expansion samples its next steps."""
+    return SamplingSettings(
+        max_tokens=config.max_step_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        stop=config.step_delimiter,
+        seed=seed,
+    )
+
+
+def _first_children(config: SamplerConfig) -> int:
+    """Children an expansion samples first: all ``c``, or one under entropy-guided branching."""
+    return config.c if config.branch_surprisal is None else 1
+
+
+def _wants_siblings(first: Continuation, config: SamplerConfig) -> bool:
+    """Entropy-guided branching: the first child's step was uncertain, so its node also gets
+    the other ``c - 1`` children (mean token surprisal ≥ ``branch_surprisal``)."""
+    if config.branch_surprisal is None or config.c == 1:
+        return False
+    surprisal = -sum(first.logprobs) / len(first.logprobs) if first.logprobs else 0.0
+    return surprisal >= config.branch_surprisal
 
 
 def sample_trees(
@@ -236,14 +270,19 @@ def sample_trees(
             if not jobs:
                 break
             bar.update(len(jobs))
-            settings = SamplingSettings(
-                max_tokens=config.max_step_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                stop=config.step_delimiter,
-                seed=config.seed * 1_000_003 + batch_index * 1_009 + round_index,
+            settings = _step_settings(
+                config, config.seed * 1_000_003 + batch_index * 1_009 + round_index
             )
-            results = engine.sample([t.prefix_ids(n.id) for t, n in jobs], config.c, settings)
+            prefixes = [t.prefix_ids(n.id) for t, n in jobs]
+            results = engine.sample(prefixes, _first_children(config), settings)
+            widen = [
+                i for i, children in enumerate(results) if _wants_siblings(children[0], config)
+            ]
+            if widen:  # one more call for the siblings of the uncertain steps
+                siblings_settings = replace(settings, seed=settings.seed + _SIBLINGS_SEED_OFFSET)
+                more = engine.sample([prefixes[i] for i in widen], config.c - 1, siblings_settings)
+                for i, siblings in zip(widen, more, strict=True):
+                    results[i] = [*results[i], *siblings]
             for (tree, node), continuations in zip(jobs, results, strict=True):
                 _add_children(tree, node, continuations, config)
             bar.set_postfix(nodes=sum(len(t.nodes) - 1 for t in trees))
@@ -263,6 +302,8 @@ class _Growing:
     #: The leaves this round expands, in selection order, and the children back so far.
     round: list[StepNode] = field(default_factory=list)
     returned: dict[int, list[Continuation]] = field(default_factory=dict)
+    #: Leaves whose siblings (entropy-guided branching) are still being sampled.
+    widening: set[int] = field(default_factory=set)
 
 
 def _sample_streaming(
@@ -287,7 +328,7 @@ def _sample_streaming(
         state = growing[index]
         state.round, used = _select_round(state.tree, state.rng, config, state.passes_done)
         state.passes_done += used
-        state.returned = {}
+        state.returned, state.widening = {}, set()
         bar.update(used)
         if not state.round:  # k passes done or nothing left to expand
             del growing[index]
@@ -295,14 +336,15 @@ def _sample_streaming(
             finished[index] = state.tree
             return
         for node in state.round:
-            settings = SamplingSettings(
-                max_tokens=config.max_step_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                stop=config.step_delimiter,
-                seed=request_seed(config.seed, state.tree.problem.id, node.id),
+            settings = _step_settings(
+                config, request_seed(config.seed, state.tree.problem.id, node.id)
             )
-            engine.submit(f"{index}/{node.id}", state.tree.prefix_ids(node.id), config.c, settings)
+            engine.submit(
+                f"{index}/{node.id}",
+                state.tree.prefix_ids(node.id),
+                _first_children(config),
+                settings,
+            )
 
     try:
         while head < len(order):
@@ -321,10 +363,23 @@ def _sample_streaming(
             if not growing:
                 continue
             for request_id, continuations in engine.collect():
-                index, node_id = (int(part) for part in request_id.split("/"))
+                index, node_id, *siblings = (int(part) for part in request_id.split("/"))
                 state = growing[index]
-                state.returned[node_id] = continuations
-                if len(state.returned) == len(state.round):
+                if siblings:
+                    state.returned[node_id] = [*state.returned[node_id], *continuations]
+                    state.widening.discard(node_id)
+                else:
+                    state.returned[node_id] = continuations
+                    if _wants_siblings(continuations[0], config):
+                        seed = request_seed(config.seed, state.tree.problem.id, node_id, part=1)
+                        engine.submit(
+                            f"{index}/{node_id}/1",
+                            state.tree.prefix_ids(node_id),
+                            config.c - 1,
+                            _step_settings(config, seed),
+                        )
+                        state.widening.add(node_id)
+                if len(state.returned) == len(state.round) and not state.widening:
                     # The whole round is back: children in selection order, so node ids (and
                     # with them the next seeds) do not depend on the order requests finished.
                     for node in state.round:

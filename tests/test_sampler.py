@@ -37,7 +37,9 @@ def check_invariants(tree: StepTree, config: SamplerConfig) -> None:
             assert node.finish_reason != "eos"
     for parent in tree.nodes:
         kids = tree.children(parent.id)
-        assert len(kids) in (0, config.c)
+        assert len(kids) in ((0, config.c) if config.branch_surprisal is None else (0, 1, config.c))
+        if len(kids) == 1 < config.c:  # entropy-guided branching: a confident first step
+            assert -kids[0].mean_logprob < config.branch_surprisal
         for kid in kids:  # siblings share the prefix
             assert tree.prefix_ids(kid.id)[: -len(kid.token_ids) or None] == tree.prefix_ids(
                 parent.id
@@ -76,6 +78,7 @@ def test_same_seed_same_tree(engine, tiny_llama, problems) -> None:
     skip_closed=st.booleans(),
     answer_format=st.sampled_from(["boxed", "any"]),
     passes_per_round=st.integers(1, 3),
+    branch_surprisal=st.sampled_from([None, 0.0, 2.0, 1e9]),
 )
 def test_structural_invariants(engine, tiny_llama, problems, **options) -> None:
     _, tokenizer = tiny_llama
@@ -83,6 +86,36 @@ def test_structural_invariants(engine, tiny_llama, problems, **options) -> None:
     for tree in sample_trees(engine, tokenizer, problems[:2], config, progress=False):
         check_invariants(tree, config)
         assert len(tree.nodes) - 1 <= config.k * config.c
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_entropy_guided_branching_widens_only_uncertain_steps(
+    engine, tiny_llama, problems, streaming
+) -> None:
+    _, tokenizer = tiny_llama
+    sampler = StreamingTransformers(engine, order_seed=0, per_collect=3) if streaming else engine
+    base = dict(k=6, c=3, max_step_tokens=5, max_depth=4, temperature=1.0, passes_per_round=2)
+    surprisals = []
+    for threshold in (0.0, 1e9):  # every step uncertain / every step confident
+        config = SamplerConfig(**base, branch_surprisal=threshold)
+        for tree in sample_trees(sampler, tokenizer, problems, config, progress=False):
+            check_invariants(tree, config)
+            counts = {len(tree.children(n.id)) for n in tree.nodes} - {0}
+            assert counts == ({3} if threshold == 0 else {1})
+            surprisals += [-n.mean_logprob for n in tree.nodes[1:]]
+    middle = sorted(surprisals)[len(surprisals) // 2]
+    config = SamplerConfig(**base, branch_surprisal=middle)
+    trees = list(sample_trees(sampler, tokenizer, problems, config, progress=False))
+    for tree in trees:
+        check_invariants(tree, config)  # a single child only below the threshold
+        for node in tree.nodes:
+            kids = tree.children(node.id)
+            if len(kids) == 3:  # the first child (sampled alone) was uncertain
+                assert -kids[0].mean_logprob >= middle
+    counts = [len(tree.children(n.id)) for tree in trees for n in tree.nodes]
+    assert 1 in counts and 3 in counts  # both kinds of expansion happened
+    again = list(sample_trees(sampler, tokenizer, problems, config, progress=False))
+    assert [t.to_dict() for t in again] == [t.to_dict() for t in trees]
 
 
 def test_recorded_logprobs_equal_a_fresh_forward(engine, tiny_llama, problems) -> None:
@@ -131,6 +164,8 @@ def test_bad_sampler_config() -> None:
         SamplerConfig(answer_format="latex")
     with pytest.raises(ValueError, match="selection"):
         SamplerConfig(selection="greedy")
+    with pytest.raises(ValueError, match=r"sampler\.branch_surprisal must be >= 0, got -0\.5"):
+        SamplerConfig(branch_surprisal=-0.5)
 
 
 def test_kv_reuse_gives_the_same_trees_as_recomputation(tiny_llama, problems) -> None:
@@ -276,9 +311,13 @@ def test_streaming_trees_do_not_depend_on_batching_or_completion_order(
         k=6, c=2, max_step_tokens=5, max_depth=4, temperature=1.0, passes_per_round=3
     )
     runs = {}
-    for name, batch, order in (("a", 3, 0), ("b", 1, 1), ("c", 2, 2), ("d", 3, 3)):
+    cases = (("a", 3, 0, None), ("b", 1, 1, None), ("c", 2, 2, None), ("d", 3, 3, None))
+    cases += (("wide a", 3, 0, 1.0), ("wide b", 1, 1, 1.0), ("wide c", 2, 4, 1.0))
+    for name, batch, order, threshold in cases:
         streaming = StreamingTransformers(engine, order_seed=order, per_collect=3)
-        setting = SamplerConfig(**{**config.__dict__, "problems_per_batch": batch})
+        setting = SamplerConfig(
+            **{**config.__dict__, "problems_per_batch": batch, "branch_surprisal": threshold}
+        )
         trees = list(sample_trees(streaming, tokenizer, problems, setting, progress=False))
         assert streaming.pending() == 0
         for tree in trees:
@@ -286,6 +325,7 @@ def test_streaming_trees_do_not_depend_on_batching_or_completion_order(
             assert tree.meta["batch"] == tree.meta["problem_index"] // batch
         runs[name] = [[(n.parent_id, n.token_ids, n.logprobs) for n in t.nodes] for t in trees]
     assert runs["a"] == runs["b"] == runs["c"] == runs["d"]
+    assert runs["wide a"] == runs["wide b"] == runs["wide c"] != runs["a"]
     assert sum(len(nodes) for nodes in runs["a"]) > 3 * 5  # the trees grew
     # The sampler chose the streaming driver on its own; the synchronous one seeds otherwise.
     sync = list(sample_trees(engine, tokenizer, problems, config, progress=False))

@@ -75,6 +75,14 @@ class SamplerConfig:
         "already picked are not entered again, like virtual loss in parallel MCTS), so the "
         "engine sees m times bigger batches and k passes take k/m rounds (ours).",
     )
+    branch_surprisal: float | None = option(
+        None,
+        "Entropy-guided branching (ours, after TreeRL's branching at uncertain tokens, at "
+        "step level): an expansion samples one child first and its other c - 1 children only "
+        "when that step's mean token surprisal (-mean log-prob, a one-sample estimate of the "
+        "step's entropy per token, in nats) is at least this; a confident step grows a single "
+        "child. null: every expansion samples c children (the paper).",
+    )
     problems_per_batch: int = option(16, "Problems whose expansions share one engine call.")
     seed: int = option(0, "Seed of selection and sampling: the same seed gives the same trees.")
     system_prompt: str = option(SYSTEM_PROMPT, f"System message of the chat prompt ({PAPER}).")
@@ -93,6 +101,10 @@ class SamplerConfig:
                 f"got {self.temperature}"
             )
         check_ranges(self, "sampler.", {"top_p": (0 < self.top_p <= 1, "in (0, 1]")})
+        if self.branch_surprisal is not None:
+            check_ranges(
+                self, "sampler.", {"branch_surprisal": (self.branch_surprisal >= 0, ">= 0")}
+            )
         if not self.step_delimiter:
             raise ConfigError("sampler.step_delimiter must be a non-empty string")
 
