@@ -124,24 +124,14 @@ class VLLMEngine:
     def sample(
         self, prefixes: Sequence[Sequence[int]], n: int, settings: SamplingSettings
     ) -> list[list[Continuation]]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if self._pending:  # LLM.generate would run them and drop their outputs
             raise RuntimeError("sample() while streamed requests are pending: collect() them")
+        # A seed per request: identical prefixes must not get identical children.
+        # vLLM seeds child j of a request with seed + j: stride n keeps them apart.
         params = [
-            SamplingParams(
-                n=n,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                max_tokens=settings.max_tokens,
-                stop=[settings.stop] if settings.stop else None,
-                include_stop_str_in_output=True,
-                logprobs=0,  # the sampled token's log-prob only
-                # A seed per request: identical prefixes must not get identical children.
-                # vLLM seeds child j of a request with seed + j: stride n keeps them apart.
-                seed=settings.seed * 100_003 + index * n,
-            )
+            _sampling_params(n, settings, settings.seed * 100_003 + index * n)
             for index in range(len(prefixes))
         ]
         outputs = self.llm.generate(
@@ -163,23 +153,14 @@ class VLLMEngine:
         this request (its ``n`` children draw with seeds ``seed .. seed + n - 1``, vLLM's
         rule), so what it samples does not depend on what else is in the batch. Results come
         back from :meth:`collect` under ``request_id`` (unique among pending requests)."""
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         if request_id in self._pending.values():
             raise ValueError(f"request {request_id!r} is already pending")
-        params = SamplingParams(
-            n=n,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            max_tokens=settings.max_tokens,
-            stop=[settings.stop] if settings.stop else None,
-            include_stop_str_in_output=True,
-            logprobs=0,
-            seed=settings.seed,
-            # One output per request, when all n children are done (not one per token).
-            output_kind=RequestOutputKind.FINAL_ONLY,
+        # One output per request, when all n children are done (not one per token).
+        params = _sampling_params(
+            n, settings, settings.seed, output_kind=RequestOutputKind.FINAL_ONLY
         )
         # vLLM's id is unique for the engine's lifetime (a caller may reuse its own ids).
         vllm_id = f"sppd-{self._submitted}"
@@ -243,6 +224,24 @@ class VLLMEngine:
             )
             self.tokens_generated += len(token_ids)
         return continuations
+
+
+def _sampling_params(n: int, settings: SamplingSettings, seed: int, **extra: Any) -> Any:
+    """vLLM's ``SamplingParams`` of one request of ``n`` continuations: the stop string kept
+    in the text, the sampled token's log-prob only."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=n,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_tokens=settings.max_tokens,
+        stop=[settings.stop] if settings.stop else None,
+        include_stop_str_in_output=True,
+        logprobs=0,
+        seed=seed,
+        **extra,
+    )
 
 
 def _core_list(cores: set[int]) -> str:
