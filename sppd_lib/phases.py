@@ -78,6 +78,7 @@ class Policy:
                 model_path,
                 seed=config.sampler.seed,
                 device=config.device,
+                vllm=config.vllm,
             )
         return cls(config.device, config.engine, config.sampler.seed, pool, config.vllm)
 

@@ -11,7 +11,13 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from sppd_lib.config import EvalConfig, RayConfig, SamplerConfig, load_run_config  # noqa: E402
+from sppd_lib.config import (  # noqa: E402
+    EvalConfig,
+    RayConfig,
+    SamplerConfig,
+    VLLMConfig,
+    load_run_config,
+)
 from sppd_lib.data import load_problems  # noqa: E402
 from sppd_lib.engines.ray_pool import EnginePool  # noqa: E402
 from sppd_lib.models import resolve_model  # noqa: E402
@@ -224,8 +230,18 @@ def test_vllm_actor_samples_and_reloads_weights_in_place(cluster, tmp_path) -> N
     model = _untied_copy("smollm2-135m-instruct", tmp_path / "untied")
     config = SamplerConfig(k=3, c=2, max_step_tokens=16, max_depth=3, problems_per_batch=1)
     problems = load_problems("arith", "train", limit=2)
-    engines = EnginePool(RayConfig(engines=1, address="local", gpus_per_engine=0), "vllm", model)
+    engines = EnginePool(
+        RayConfig(engines=1, address="local", gpus_per_engine=0),
+        "vllm",
+        model,
+        vllm=VLLMConfig(block_size=16),
+    )
     try:
+        # The run's vllm options reach the actors' engines.
+        block_size = engines.actors[0].__ray_call__.remote(
+            lambda actor: actor.engine.llm.llm_engine.vllm_config.cache_config.block_size
+        )
+        assert ray.get(block_size) == 16
         first = sample_to_file_on_pool(
             engines, problems, config, tmp_path / "a.jsonl.gz", progress=False, meta=META
         )

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sppd_lib.config import RayConfig
+from sppd_lib.config import RayConfig, VLLMConfig
 from sppd_lib.engines import Call, Continuation, SamplingSettings
 
 __all__ = [
@@ -49,9 +49,11 @@ class EngineActor:
         device: str | None = None,
         tensor_parallel_size: int = 1,
         max_batch_rows: int = 64,
+        block_size: int | None = None,
     ) -> None:
         self.kind, self.seed, self.device = kind, seed, device
         self.tensor_parallel_size, self.max_batch_rows = tensor_parallel_size, max_batch_rows
+        self.block_size = block_size
         self.path: str | None = None
         self.engine: Any = None
         self.model: Any = None
@@ -70,7 +72,10 @@ class EngineActor:
                 self.engine = None
             if self.engine is None:
                 self.engine = VLLMEngine(
-                    path, tensor_parallel_size=self.tensor_parallel_size, seed=self.seed
+                    path,
+                    tensor_parallel_size=self.tensor_parallel_size,
+                    seed=self.seed,
+                    block_size=self.block_size,
                 )
             else:  # in place, and the old KV forgotten
                 self.engine.load_weights(path)
@@ -142,9 +147,11 @@ class EnginePool:
         seed: int = 0,
         device: str | None = None,
         max_batch_rows: int = 64,
+        vllm: VLLMConfig | None = None,
     ) -> None:
         """Connect to (or start) the cluster of ``config.address`` unless Ray is already
-        initialised in this process, and start the actors on ``model`` (a resolved path)."""
+        initialised in this process, and start the actors on ``model`` (a resolved path);
+        vLLM actors take the options of ``vllm`` (default ``VLLMConfig()``)."""
         import ray
 
         self.config, self.kind = config, kind
@@ -167,6 +174,7 @@ class EnginePool:
             "device": device,
             "tensor_parallel_size": max(config.gpus_per_engine, 1),
             "max_batch_rows": max_batch_rows,
+            "block_size": (vllm or VLLMConfig()).block_size,
         }
         self.path = model
         self.actors = [self._new_actor() for _ in range(config.engines)]
