@@ -1,6 +1,6 @@
 """Tree sampling vs flat sampling of the same number of complete solutions, per engine.
 
-For each engine (transformers always; vLLM when importable, i.e. run from .venv-vllm):
+For each engine (transformers always; vLLM when importable):
 (a) the SPPD tree sampler under one or more tree settings (``--trees``; vLLM uses the
 streaming driver, ``--sync`` adds its synchronous driver for comparison), (b) flat sampling of
 whole solutions (`generate` with `num_return_sequences` for transformers, `SamplingParams(n=...)`
@@ -10,7 +10,7 @@ budget, in one process. Every tokens/s is also given as a fraction of ``--tok-s-
 this CPU can generate at most for a 135M model (≈670 tok/s on the 2-core machine of the README).
 Prints one JSON line as its last line, with the load average before and after.
 
-    .venv-vllm/bin/python benchmarks/bench_sampler.py --problems 16 --trees k=16,ppr=4,c=2
+    .venv/bin/python benchmarks/bench_sampler.py --problems 16 --trees "k=16,ppr=4,c=2;k=32"
 """
 
 from __future__ import annotations
@@ -24,21 +24,31 @@ from dataclasses import replace
 
 import torch
 
-from sppd_lib.config import SamplerConfig, VLLMConfig
+from sppd_lib.config import PairConfig, SamplerConfig, VLLMConfig
 from sppd_lib.data import load_problems
 from sppd_lib.engines.transformers_engine import TransformersEngine
 from sppd_lib.grading import extract_answer
 from sppd_lib.models import load_model
+from sppd_lib.pairs import step_pairs, value_trees
 from sppd_lib.prompts import has_final_answer, prompt_token_ids
 from sppd_lib.sampler import sample_trees
 
 
-def smollm2_config(problems: int, *, k: int = 16, passes_per_round: int = 4, c: int = 2):
+def smollm2_config(
+    problems: int,
+    *,
+    k: int = 16,
+    passes_per_round: int = 4,
+    c: int = 2,
+    branch_surprisal: float | None = None,
+):
     """Tree settings under which SmolLM2-135M gets both right and wrong paths (those of
-    tests/conftest.py ``smollm2_sampler_config``), with K, c and the batch chosen by the caller."""
+    tests/conftest.py ``smollm2_sampler_config``), with K, c, passes per round, entropy-guided
+    branching and the batch chosen by the caller."""
     return SamplerConfig(
         k=k,
         c=c,
+        branch_surprisal=branch_surprisal,
         temperature=0.7,
         max_step_tokens=96,
         max_total_tokens=320,
@@ -49,7 +59,8 @@ def smollm2_config(problems: int, *, k: int = 16, passes_per_round: int = 4, c: 
 
 
 def parse_trees(spec: str, problems: int) -> list[SamplerConfig]:
-    """``"k=16,ppr=4,c=2;k=32,ppr=8,c=2"`` as sampler configs (missing keys: 16, 4, 2)."""
+    """``"k=16,ppr=4,c=2;k=32,ppr=8,c=2,bs=0.7"`` as sampler configs (missing keys: 16, 4,
+    2, and no entropy-guided branching; ``bs`` is ``branch_surprisal``)."""
     configs = []
     for part in spec.split(";"):
         keys = dict(item.split("=") for item in part.split(",") if item)
@@ -59,6 +70,7 @@ def parse_trees(spec: str, problems: int) -> list[SamplerConfig]:
                 k=int(keys.get("k", 16)),
                 passes_per_round=int(keys.get("ppr", 4)),
                 c=int(keys.get("c", 2)),
+                branch_surprisal=float(keys["bs"]) if "bs" in keys else None,
             )
         )
     return configs
@@ -86,16 +98,20 @@ def run_tree(engine, tokenizer, problems, config, *, streaming=None) -> tuple[di
         len({extract_answer(t.path_text(leaf.id)) for leaf in t.complete_leaves()} - {None})
         for t in trees
     ]
+    # The demo's pair rule (Monte-Carlo values, gap > 0.5): the training signal a tree gives.
+    pairs = [len(step_pairs(tree, PairConfig())[0]) for tree in value_trees(trees, PairConfig())]
     figures = {
         "k": config.k,
         "passes_per_round": config.passes_per_round,
         "c": config.c,
+        "branch_surprisal": config.branch_surprisal,
         "seconds": seconds,
         "tokens": sum(s.tokens_generated for s in stats),
         "complete_paths": sum(s.complete_paths for s in stats),
         "flat_tokens_same_paths": sum(s.flat_tokens for s in stats),
         "correct_paths": sum(s.correct_paths for s in stats),
         "distinct_answers_per_tree": sum(distinct) / len(trees),
+        "pairs_per_tree": sum(pairs) / len(trees),
     }
     return figures, [t.to_dict() for t in trees]
 
@@ -181,8 +197,15 @@ def with_rates(figures: dict, limit: float) -> dict:
 
 def compare(trees: list[dict], flat: dict, limit: float) -> dict:
     """The first tree setting against flat sampling; every setting listed."""
-    trees = [with_rates(t, limit) for t in trees]
     flat = with_rates(flat, limit)
+    trees = [with_rates(t, limit) for t in trees]
+    for tree in trees:
+        tree["token_ratio_vs_flat"] = (
+            tree["tokens_per_complete_path"] / flat["tokens_per_complete_path"]
+        )
+        tree["speedup_vs_flat"] = (
+            flat["seconds_per_complete_path"] / tree["seconds_per_complete_path"]
+        )
     main = trees[0]
     return {
         "trees": trees,
@@ -239,7 +262,7 @@ def main() -> None:
         try:
             from sppd_lib.engines.vllm_engine import VLLMEngine
         except ImportError:
-            print("vllm is not installed here: run from .venv-vllm to include it")
+            print("vllm is not installed here (make setup installs it): transformers only")
         else:
             engine = VLLMEngine(
                 "smollm2-135m-instruct", max_model_len=2048, block_size=args.block_size or None
