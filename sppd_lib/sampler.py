@@ -47,7 +47,7 @@ from sppd_lib.prompts import (
 )
 from sppd_lib.prompts import prompt_token_ids as build_prompt_ids
 from sppd_lib.rundir import partial_trees_path
-from sppd_lib.tree import StepNode, StepTree, read_trees, write_trees
+from sppd_lib.tree import StepNode, StepTree, mean_logprob, read_trees, write_trees
 from sppd_lib.values import grade_leaves
 
 __all__ = [
@@ -208,8 +208,7 @@ def _wants_siblings(first: Continuation, config: SamplerConfig) -> bool:
     the other ``c - 1`` children (mean token surprisal ≥ ``branch_surprisal``)."""
     if config.branch_surprisal is None or config.c == 1:
         return False
-    surprisal = -sum(first.logprobs) / len(first.logprobs) if first.logprobs else 0.0
-    return surprisal >= config.branch_surprisal
+    return -mean_logprob(first.logprobs) >= config.branch_surprisal
 
 
 def sample_trees(

@@ -18,7 +18,7 @@ import os
 import typing
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +33,7 @@ __all__ = [
     "StepTree",
     "TerminalReason",
     "TreeStats",
+    "mean_logprob",
     "read_trees",
     "write_trees",
 ]
@@ -44,6 +45,11 @@ ROOT = 0
 FinishReason = Literal["root", "delimiter", "eos", "length"]
 #: Why a node is terminal: a final ``answer``, ``eos``, or the depth / token limit.
 TerminalReason = Literal["answer", "eos", "max_depth", "max_tokens"]
+
+
+def mean_logprob(logprobs: Sequence[float]) -> float:
+    """Mean token log-prob of one step (0 for an empty step)."""
+    return sum(logprobs) / len(logprobs) if logprobs else 0.0
 
 
 def _check_field(owner: str, name: str, value: Any, annotation: Any) -> None:
@@ -119,7 +125,7 @@ class StepNode:
     @property
     def mean_logprob(self) -> float:
         """Mean token log-prob of the step; the selection weight is its exp (SPPD §3)."""
-        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+        return mean_logprob(self.logprobs)
 
     @property
     def is_complete(self) -> bool:
