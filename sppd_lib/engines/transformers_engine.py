@@ -98,6 +98,51 @@ def _compact(buffers: list[torch.Tensor], index: torch.Tensor, length: int) -> l
     return out
 
 
+class _Rows:
+    """The continuations one call grows: per row its owner prefix, new tokens, their raw
+    log-probs and why it stopped. Every decode path appends through :meth:`add`, so the stop
+    rules (EOS, the step delimiter, ``max_tokens``) live in one place."""
+
+    def __init__(
+        self, engine: TransformersEngine, prefixes: list[Key], n: int, settings: SamplingSettings
+    ) -> None:
+        self.owner = [prefix for prefix in prefixes for _ in range(n)]
+        self.tokens: list[list[int]] = [[] for _ in self.owner]
+        self.logprobs: list[list[float]] = [[] for _ in self.owner]
+        self.finish: list[FinishReason] = ["length"] * len(self.owner)
+        self._engine, self._settings, self._n = engine, settings, n
+        self._may_complete = engine._may_complete_stop(settings.stop) if settings.stop else None
+
+    def add(self, row: int, token: int, logprob: float) -> bool:
+        """Append one token to ``row``; ``True`` if the row ends with it (reason recorded)."""
+        tokens = self.tokens[row]
+        tokens.append(token)
+        self.logprobs[row].append(logprob)
+        self._engine.tokens_generated += 1
+        reason = self._engine._finish_reason(tokens, self._settings, self._may_complete)
+        if reason is None:
+            return False
+        self.finish[row] = reason
+        return True
+
+    def continuations(self) -> list[list[Continuation]]:
+        """Rows ``prefix * n + child`` grouped per prefix."""
+        decode = self._engine.tokenizer.decode
+        continuations = [
+            Continuation(
+                token_ids=tokens,
+                text=decode(tokens, skip_special_tokens=True),
+                logprobs=logprobs,
+                finish_reason=finish,
+            )
+            for tokens, logprobs, finish in zip(
+                self.tokens, self.logprobs, self.finish, strict=True
+            )
+        ]
+        n = self._n
+        return [continuations[i : i + n] for i in range(0, len(continuations), n)]
+
+
 class TransformersEngine:
     """Samples step continuations with a Hugging Face causal LM (any device, any dtype)."""
 
@@ -322,18 +367,12 @@ class TransformersEngine:
         width = attention_mask.shape[1]
         cache.batch_repeat_interleave(n)
         attention_mask = attention_mask.repeat_interleave(n, dim=0)
-        rows = len(prefixes) * n
-        owner = [prefixes[row // n] for row in range(rows)]
+        grown = _Rows(self, prefixes, n, settings)
         # The first input of every row is the last prefix token, at position len - 1.
-        inputs = torch.tensor([p[-1] for p in owner], device=device)
-        positions = torch.tensor([len(p) - 1 for p in owner], device=device)
-
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        logprobs: list[list[float]] = [[] for _ in range(rows)]
-        finish: list[FinishReason] = ["length"] * rows
-        active = list(range(rows))
-        may_complete = self._may_complete_stop(settings.stop) if settings.stop else None
-        for step in range(settings.max_tokens):
+        inputs = torch.tensor([p[-1] for p in grown.owner], device=device)
+        positions = torch.tensor([len(p) - 1 for p in grown.owner], device=device)
+        active = list(range(len(grown.owner)))
+        for _ in range(settings.max_tokens):
             attention_mask = torch.cat(
                 [attention_mask, attention_mask.new_ones((len(active), 1))], dim=1
             )
@@ -348,29 +387,14 @@ class TransformersEngine:
             raw_logprobs = torch.log_softmax(logits, dim=-1)  # before temperature / top-p
             next_tokens = self._draw(logits, settings, generator)
             chosen = raw_logprobs.gather(1, next_tokens[:, None]).squeeze(1).tolist()
-            self.tokens_generated += len(active)
             keep = []
             for j, (row, token) in enumerate(zip(active, next_tokens.tolist(), strict=True)):
-                tokens[row].append(token)
-                logprobs[row].append(chosen[j])
-                reason = self._finish_reason(tokens[row], settings, may_complete)
-                if reason is None:
+                if not grown.add(row, token, chosen[j]):
                     keep.append(j)
                     continue
-                finish[row] = reason
-                if self.kv_cache_tokens <= 0:
-                    continue
-                # Finished: keep the KV of the tokens fed for this row (last prefix token
-                # and every new token but the last) for a later expansion of this step.
                 layers = cache.layers
-                self._store(
-                    owner[row] + tuple(tokens[row]),
-                    _Segment(
-                        owner[row],
-                        [layer.keys[j, :, width : width + step + 1].clone() for layer in layers],
-                        [layer.values[j, :, width : width + step + 1].clone() for layer in layers],
-                    ),
-                )
+                keys = [layer.keys for layer in layers]
+                self._store_row(grown, row, keys, [layer.values for layer in layers], j, width)
             if not keep:
                 break
             if len(keep) < len(active):  # finished rows leave the batch
@@ -380,27 +404,7 @@ class TransformersEngine:
                 next_tokens = next_tokens[index]
                 active = [active[j] for j in keep]
             inputs, positions = next_tokens, positions + 1
-
-        return self._continuations(tokens, logprobs, finish, n)
-
-    def _continuations(
-        self,
-        tokens: list[list[int]],
-        logprobs: list[list[float]],
-        finish: list[FinishReason],
-        n: int,
-    ) -> list[list[Continuation]]:
-        """Rows ``prefix * n + child`` grouped per prefix."""
-        continuations = [
-            Continuation(
-                token_ids=tokens[row],
-                text=self.tokenizer.decode(tokens[row], skip_special_tokens=True),
-                logprobs=logprobs[row],
-                finish_reason=finish[row],
-            )
-            for row in range(len(tokens))
-        ]
-        return [continuations[i : i + n] for i in range(0, len(continuations), n)]
+        return grown.continuations()
 
     # -- the static-cache path (Llama-style models) -------------------------------------
 
@@ -567,20 +571,14 @@ class TransformersEngine:
         device = self.model.device
         start = [len(p) - 1 for p in prefixes for _ in range(n)]  # per row: its first position
         keys, values = self._static_buffers(prefixes, n, max(start) + settings.max_tokens)
-        rows = len(start)
-        owner = [prefixes[row // n] for row in range(rows)]
-        inputs = torch.tensor([p[-1] for p in owner], device=device)
+        grown = _Rows(self, prefixes, n, settings)
+        inputs = torch.tensor([p[-1] for p in grown.owner], device=device)
         positions = torch.tensor(start, device=device)
-
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        logprobs: list[list[float]] = [[] for _ in range(rows)]
-        finish: list[FinishReason] = ["length"] * rows
         # batch[j]: the row in buffer slot j, or None once it finished (its slot is dropped at
         # the end of that step). The generator sees the live rows only, in order, exactly as
         # on the DynamicCache path, so both paths draw the same samples.
-        batch: list[int | None] = list(range(rows))
-        live = list(range(rows))
-        may_complete = self._may_complete_stop(settings.stop) if settings.stop else None
+        batch: list[int | None] = list(range(len(start)))
+        live = list(range(len(start)))
         for step in range(settings.max_tokens):
             length = max(start[batch[j]] for j in live) + step + 1  # type: ignore[index]
             logits = self._forward_static(inputs[:, None], positions[:, None], keys, values, length)
@@ -591,16 +589,11 @@ class TransformersEngine:
             raw_logprobs = torch.log_softmax(logits, dim=-1)  # before temperature / top-p
             drawn = self._draw(logits, settings, generator)
             chosen = raw_logprobs.gather(1, drawn[:, None]).squeeze(1).tolist()
-            self.tokens_generated += len(live)
             for k, (j, token) in enumerate(zip(live, drawn.tolist(), strict=True)):
                 row: int = batch[j]  # type: ignore[assignment]
-                tokens[row].append(token)
-                logprobs[row].append(chosen[k])
-                reason = self._finish_reason(tokens[row], settings, may_complete)
-                if reason is None:
-                    continue
-                finish[row], batch[j] = reason, None
-                self._store_step(owner[row], tokens[row], keys, values, j, start[row])
+                if grown.add(row, token, chosen[k]):
+                    batch[j] = None
+                    self._store_row(grown, row, keys, values, j, start[row])
             next_tokens = inputs.new_full((len(batch),), self.pad_id)  # finished slots: padding
             next_tokens[live_index] = drawn
             live = [j for j, row in enumerate(batch) if row is not None]
@@ -612,7 +605,7 @@ class TransformersEngine:
                 next_tokens, positions = next_tokens[index], positions[index]
                 batch, live = [batch[j] for j in live], list(range(len(live)))
             inputs, positions = next_tokens, positions + 1
-        return self._continuations(tokens, logprobs, finish, n)
+        return grown.continuations()
 
     # -- greedy decoding with prompt-lookup drafts ----------------------------------------
 
@@ -651,15 +644,11 @@ class TransformersEngine:
         start = [len(p) - 1 for p in prefixes for _ in range(n)]  # per row: its first position
         max_len = max(start) + settings.max_tokens + self.draft_tokens
         keys, values = self._static_buffers(prefixes, n, max_len)
-        rows = len(start)
-        owner = [prefixes[row // n] for row in range(rows)]
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        logprobs: list[list[float]] = [[] for _ in range(rows)]
-        finish: list[FinishReason] = ["length"] * rows
-        batch: list[int | None] = list(range(rows))  # the row in each slot; None: finished
+        grown = _Rows(self, prefixes, n, settings)
+        tokens = grown.tokens
+        batch: list[int | None] = list(range(len(start)))  # the row in each slot; None: finished
         position = list(start)  # per slot: where its next fed token goes
-        fed = [p[-1] for p in owner]  # per slot: that token
-        may_complete = self._may_complete_stop(settings.stop) if settings.stop else None
+        fed = [p[-1] for p in grown.owner]  # per slot: that token
         while True:
             live = [j for j, row in enumerate(batch) if row is not None]
             if not live:
@@ -669,7 +658,7 @@ class TransformersEngine:
             for j in live:
                 row: int = batch[j]  # type: ignore[assignment]
                 room = settings.max_tokens - len(tokens[row]) - 1
-                context = [*owner[row], *tokens[row]]
+                context = [*grown.owner[row], *tokens[row]]
                 drafts.append(self._draft(context, min(per_row, room)))
             width = 1 + max(len(d) for d in drafts)
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -694,13 +683,9 @@ class TransformersEngine:
                 self.draft_tokens_proposed += len(draft)
                 self.draft_tokens_accepted += kept
                 for token, logprob in zip(best_row[: kept + 1], raw_row[: kept + 1], strict=True):
-                    tokens[row].append(token)
-                    logprobs[row].append(logprob)
-                    self.tokens_generated += 1
-                    reason = self._finish_reason(tokens[row], settings, may_complete)
-                    if reason is not None:
-                        finish[row], batch[j] = reason, None
-                        self._store_step(owner[row], tokens[row], keys, values, j, start[row])
+                    if grown.add(row, token, logprob):
+                        batch[j] = None
+                        self._store_row(grown, row, keys, values, j, start[row])
                         break
                 position[j], fed[j] = start[row] + len(tokens[row]), tokens[row][-1]
             finished = sum(row is None for row in batch)
@@ -712,21 +697,22 @@ class TransformersEngine:
                 keys, values = _compact(keys, index, length), _compact(values, index, length)
                 batch = [batch[j] for j in keep]
                 position, fed = [position[j] for j in keep], [fed[j] for j in keep]
-        return self._continuations(tokens, logprobs, finish, n)
+        return grown.continuations()
 
-    def _store_step(
+    def _store_row(
         self,
-        parent: Key,
-        new_tokens: list[int],
+        grown: _Rows,
+        row: int,
         keys: list[torch.Tensor],
         values: list[torch.Tensor],
         slot: int,
         start: int,
     ) -> None:
-        """Store a finished row's step: the KV at indices ``start..start + len - 1`` of its
-        slot (the last prefix token and every new token but the last)."""
+        """Store a finished row's step for later expansions: its KV at indices ``start..start
+        + len - 1`` of ``slot`` (the last prefix token and every new token but the last)."""
         if self.kv_cache_tokens <= 0:
             return
+        parent, new_tokens = grown.owner[row], grown.tokens[row]
         fed = slice(start, start + len(new_tokens))
         self._store(
             parent + tuple(new_tokens),
