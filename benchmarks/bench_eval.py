@@ -3,13 +3,16 @@
 Engines: HF ``generate`` (:class:`GenerateEngine`, the baseline), the transformers step engine
 (:class:`TransformersEngine`, temperature 0; ``transformers-dynamic`` forces its
 ``DynamicCache`` path, the engine before the static KV buffers) and, when vLLM is importable,
-the vLLM engine (its start-up timed separately). All decode the same prompts of
-``configs/demo.yaml``'s ``eval`` section (SmolLM2-135M-Instruct, fp32, CPU) with the demo's
-``max_new_tokens`` and batch size. Prints one JSON line as its last line: seconds, generated
-tokens/s (also as a fraction of this CPU's ≈670 tok/s limit for a 135M model in fp32), pass@1,
-the share of responses identical to ``generate``'s and the load average at the start.
+the vLLM engine (its start-up timed separately): ``vllm`` gets every prompt in one call, as the
+loop's greedy evaluation does, ``vllm-batched`` one call per batch, as before (one engine,
+prefix cache emptied before each). All decode the same prompts of ``configs/demo.yaml``'s
+``eval`` section (SmolLM2-135M-Instruct, fp32, CPU) with the demo's ``max_new_tokens`` and
+batch size. Prints one JSON line as its last line: seconds, generated tokens/s (also as a
+fraction of this CPU's ≈670 tok/s limit for a 135M model in fp32), pass@1, the share of
+responses identical to the first engine's and the load average at the start.
 
     .venv/bin/python benchmarks/bench_eval.py --prompts 200
+    .venv/bin/python benchmarks/bench_eval.py --engines vllm-batched,vllm
 """
 
 from __future__ import annotations
@@ -61,8 +64,8 @@ def main() -> None:
     problems = benchmark_problems(config, "arith")
     model, tokenizer = load_model(run.model)
     engines = args.engines.split(",")
-    if "vllm" in engines and importlib.util.find_spec("vllm") is None:
-        engines.remove("vllm")
+    if importlib.util.find_spec("vllm") is None:
+        engines = [name for name in engines if not name.startswith("vllm")]
     result: dict = {
         "benchmark": "eval_greedy",
         "prompts": len(problems),
@@ -72,6 +75,7 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
     }
     responses: dict[str, list[str]] = {}
+    vllm = None
     for name in engines:
         if name == "generate":
             engine = GenerateEngine(model, tokenizer, batch_size=config.batch_size, progress=False)
@@ -81,15 +85,19 @@ def main() -> None:
             engine = TransformersEngine(
                 model, tokenizer, max_batch_rows=config.batch_size, static_cache=False
             )
-        else:
-            from sppd_lib.engines.vllm_engine import VLLMEngine
+        else:  # vllm: all prompts in one call; vllm-batched: batch_size per call, as before
+            if vllm is None:
+                from sppd_lib.engines.vllm_engine import VLLMEngine
 
-            started = time.perf_counter()
-            engine = VLLMEngine(run.model, max_model_len=2048)
-            result["vllm_start_seconds"] = round(time.perf_counter() - started, 1)
+                started = time.perf_counter()
+                vllm = VLLMEngine(run.model, max_model_len=2048)
+                result["vllm_start_seconds"] = round(time.perf_counter() - started, 1)
+            engine = vllm
+            engine.schedules_own_batch = name == "vllm"
+            engine.llm.reset_prefix_cache()  # each measurement from an empty cache
         result[name], responses[name] = measure(name, engine, tokenizer, problems, config)
-        if hasattr(engine, "close"):
-            engine.close()
+    if vllm is not None:
+        vllm.close()
     baseline = engines[0]
     for name in engines:
         same = sum(a == b for a, b in zip(responses[name], responses[baseline], strict=True))

@@ -89,6 +89,8 @@ def _greedy(
     progress: bool = False,
 ) -> list[list[Generation]]:
     settings = SamplingSettings(max_tokens=max_new_tokens, temperature=0.0, top_p=1.0, stop=None)
+    if getattr(engine, "schedules_own_batch", False):  # vLLM: one call, no batch barriers
+        batch_size = len(prompts)
     return generate_with_engine(
         engine, tokenizer, prompts, 1, settings, batch_size=max(batch_size, 1), progress=progress
     )

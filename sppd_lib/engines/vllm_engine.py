@@ -27,6 +27,11 @@ __all__ = ["VLLMEngine", "reloads_in_place"]
 class VLLMEngine:
     """Samples step continuations with ``vllm.LLM`` (same protocol as the transformers engine)."""
 
+    #: vLLM keeps its own continuous batch full, so a caller should hand it all its prompts in
+    #: one call rather than in batches that each wait for their longest response (greedy
+    #: evaluation does: ``sppd_lib.evaluate``).
+    schedules_own_batch = True
+
     def __init__(
         self,
         model: str,
