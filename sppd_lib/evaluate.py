@@ -13,6 +13,7 @@ the policy's own confidence ``exp(mean token log-prob)``: a self-confidence weig
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -176,18 +177,28 @@ def evaluate(
     """Greedy pass@1 on every benchmark of ``config``: one row per (benchmark, problem).
 
     Decodes with ``model.generate`` by default, or with ``engine`` (temperature 0, e.g. the
-    vLLM engine; ``model`` may then be ``None``). Columns: benchmark, problem_id, question,
-    gold, response, pred, correct, status, num_tokens, finish_reason, seconds (generation
-    time of the benchmark, per problem).
+    vLLM engine; ``model`` may then be ``None``). An engine that schedules its own batch
+    (vLLM) gets every benchmark's prompts in one call. Columns: benchmark, problem_id,
+    question, gold, response, pred, correct, status, num_tokens, finish_reason, seconds
+    (generation time per problem: of its benchmark, or of the one call).
     """
-    frames = []
-    for benchmark in config.benchmarks:
-        problems = benchmark_problems(config, benchmark)
-        frames.append(
+    problem_sets = [benchmark_problems(config, benchmark) for benchmark in config.benchmarks]
+    if getattr(engine, "schedules_own_batch", False):
+        # Short arithmetic answers and long GSM8K ones share one batch, no tail per benchmark.
+        every = [problem for problems in problem_sets for problem in problems]
+        rows = evaluate_problems(model, tokenizer, every, config, engine=engine, progress=progress)
+        ends = itertools.accumulate((len(problems) for problems in problem_sets), initial=0)
+        frames = [
+            rows.iloc[start:end].reset_index(drop=True) for start, end in itertools.pairwise(ends)
+        ]
+    else:
+        frames = [
             evaluate_problems(model, tokenizer, problems, config, engine=engine, progress=progress)
-        )
-        accuracy = frames[-1]["correct"].mean() if len(frames[-1]) else float("nan")
-        logger.info("%s: pass@1 %.3f on %d problems", benchmark, accuracy, len(problems))
+            for problems in problem_sets
+        ]
+    for benchmark, frame in zip(config.benchmarks, frames, strict=True):
+        accuracy = frame["correct"].mean() if len(frame) else float("nan")
+        logger.info("%s: pass@1 %.3f on %d problems", benchmark, accuracy, len(frame))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

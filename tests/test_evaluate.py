@@ -146,10 +146,11 @@ def test_greedy_through_the_engine_matches_generate(tiny_llama) -> None:
 
 
 def test_an_engine_with_its_own_batching_gets_every_greedy_prompt_at_once(tiny_llama) -> None:
-    """vLLM (``schedules_own_batch``) gets one call: no barrier every ``batch_size`` prompts.
-    Greedy responses do not depend on the calls (the real engine's: tests/test_vllm_loop.py)."""
+    """vLLM (``schedules_own_batch``) gets one call for every benchmark: no barrier every
+    ``batch_size`` prompts. Greedy responses and rows do not depend on the calls (the real
+    engine's evaluation: tests/test_vllm_loop.py)."""
     model, tokenizer = tiny_llama
-    config = EvalConfig(benchmarks=["arith"], limit=5, max_new_tokens=6, batch_size=2)
+    config = EvalConfig(benchmarks=["arith", "gsm8k"], limit=3, max_new_tokens=6, batch_size=2)
 
     class CountingEngine(TransformersEngine):
         def __init__(self, *args, **kwargs) -> None:
@@ -162,12 +163,13 @@ def test_an_engine_with_its_own_batching_gets_every_greedy_prompt_at_once(tiny_l
 
     batched = CountingEngine(model, tokenizer)
     by_batch = evaluate(None, tokenizer, config, engine=batched, progress=False)
-    assert batched.calls == [2, 2, 1]
+    assert batched.calls == [2, 1, 2, 1]
     own = CountingEngine(model, tokenizer)
     own.schedules_own_batch = True
     at_once = evaluate(None, tokenizer, config, engine=own, progress=False)
-    assert own.calls == [5]
-    assert list(at_once["response"]) == list(by_batch["response"])
+    assert own.calls == [6]
+    columns = ["benchmark", "problem_id", "response", "pred", "correct", "num_tokens"]
+    pd.testing.assert_frame_equal(at_once[columns], by_batch[columns])
 
 
 def test_sample_responses_rows_weights_and_regrade(tiny_llama) -> None:
