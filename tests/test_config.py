@@ -84,7 +84,16 @@ def test_bad_ray_settings_name_the_key(override: str, message: str) -> None:
     assert load_run_config(smoke).ray.address is None  # no Ray unless asked
 
 
-def test_a_ray_run_without_ray_installed_fails_at_start(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("override", "package", "message"),
+    [
+        ("ray.address=auto", "ray", r"ray\.address is 'auto' but ray is not installed"),
+        ("engine=vllm", "vllm", r"engine is 'vllm' but vllm is not installed: make setup"),
+    ],
+)
+def test_a_run_without_its_optional_package_fails_at_start(
+    tmp_path, monkeypatch, override: str, package: str, message: str
+) -> None:
     import importlib.util
     from pathlib import Path
 
@@ -92,10 +101,11 @@ def test_a_ray_run_without_ray_installed_fails_at_start(tmp_path, monkeypatch) -
     from sppd_lib.loop import check_run
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
-    config = load_run_config(smoke, ["ray.address=auto"])
+    config = load_run_config(smoke, [override])
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a)
     )
-    with pytest.raises(ConfigError, match=r"ray\.address is 'auto' but ray is not installed"):
+    with pytest.raises(ConfigError, match=message):
         check_run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
