@@ -446,9 +446,16 @@ def test_10_ctrl_c_says_how_to_resume(tmp_path) -> None:
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "sppd_lib.cli", "run", "--config", str(SMOKE),
                "--run-dir", str(run_dir), "--set", "sampler.problems_per_batch=1"]  # fmt: skip
-    # Its own process group, signalled whole: what Ctrl-C in a terminal does.
+    # Its own process group, signalled whole: what Ctrl-C in a terminal does. SIGINT is reset
+    # to its default: a shell without job control starts background jobs (`pytest &`) with
+    # SIGINT ignored, the children inherit that, and Python then installs no handler.
     process = subprocess.Popen(
-        command, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     partial = run_dir / "iter_1" / "trees.jsonl.gz.partial.jsonl"
     while not (partial.exists() and partial.read_text().count("\n") >= 1):
