@@ -66,6 +66,8 @@ def main() -> None:
     engines = args.engines.split(",")
     if importlib.util.find_spec("vllm") is None:
         engines = [name for name in engines if not name.startswith("vllm")]
+    if not engines:
+        raise SystemExit("no engine to measure (vllm is not installed here)")
     result: dict = {
         "benchmark": "eval_greedy",
         "prompts": len(problems),
