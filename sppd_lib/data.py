@@ -11,19 +11,22 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from sppd_lib.grading import last_boxed
+from sppd_lib.grading import MAX_ANSWER_CHARS, last_boxed
 
 __all__ = [
     "BENCHMARKS",
     "DataError",
     "Problem",
     "check_data_name",
+    "gold_text",
     "load_problems",
     "parse_data_spec",
     "read_jsonl",
@@ -70,8 +73,65 @@ Row = dict[str, Any]
 Parsed = tuple[str, str, dict[str, Any]]
 
 
+def _kind(value: Any) -> str:
+    """How a JSON value is named in an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "a number" if isinstance(value, int | float | Decimal) else type(value).__name__
+
+
+def _text(value: Any, what: str) -> str:
+    """A field that must be a JSON string (a question, a worked solution)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what!r} is {_kind(value)}, expected a string")
+    return value
+
+
+def gold_text(value: Any, what: str = "answer") -> str:
+    """A gold answer as text, exactly as the file wrote it.
+
+    A string is kept. A number is written in full from its JSON text (rows are read with
+    ``Decimal``), so ``1e20`` is ``"100000000000000000000"`` and ``2.50`` is ``"2.5"``,
+    never Python's ``"1e+20"``. ``null``, ``true``/``false``, lists, objects and non-finite
+    numbers are refused: ``str()`` would make a gold answer out of "None" or "[1, 2]".
+
+    Raises:
+        TypeError: ``value`` is not a string or a finite number (the message names ``what``).
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise TypeError(f"{what!r} is {_kind(value)}, expected a string or a number")
+    number = Decimal(value) if not isinstance(value, float) else None
+    if number is None or not number.is_finite():
+        if isinstance(value, float) and math.isfinite(value):
+            number = Decimal(repr(value))  # a float from outside read_jsonl: its shortest text
+        else:
+            raise TypeError(f"{what!r} is {value} (not finite), expected a finite number")
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with the ``Decimal`` numbers of :func:`read_jsonl` back as floats (meta)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def _gsm8k_row(row: Row) -> Parsed:
-    solution = row["answer"]
+    solution = _text(row["answer"], "answer")
     if "####" not in solution:
         raise KeyError("'answer' has no '#### <number>' line")
     gold = solution.rsplit("####", 1)[1].strip().replace(",", "")
@@ -80,8 +140,9 @@ def _gsm8k_row(row: Row) -> Parsed:
 
 def _math_row(row: Row) -> Parsed:
     """MATH and OCW style: the gold answer is the last ``\\boxed{}`` of the solution."""
-    solution = row["solution"]
-    gold = row.get("answer") or last_boxed(solution)
+    solution = _text(row["solution"], "solution")
+    gold = gold_text(row["answer"]) if row.get("answer") is not None else None
+    gold = gold or last_boxed(solution)
     if not gold:
         raise KeyError("no 'answer' field and no \\boxed{} in 'solution'")
     meta: dict[str, Any] = {"solution": solution}
@@ -92,13 +153,14 @@ def _math_row(row: Row) -> Parsed:
         meta["subject"] = row.get("subject") or row.get("type")
     if "unique_id" in row:
         meta["unique_id"] = row["unique_id"]
-    return row["problem"], str(gold), meta
+    return row["problem"], gold, meta
 
 
 def _number(value: Any) -> str:
     """``43.0`` -> ``"43"``: float gold answers of word-problem sets are written as integers."""
-    number = float(value)
-    return str(int(number)) if number.is_integer() else repr(number)
+    if isinstance(value, str):
+        value = Decimal(value.strip())  # raises ValueError-like InvalidOperation on junk
+    return gold_text(value)
 
 
 def _gsm_hard_row(row: Row) -> Parsed:
@@ -116,7 +178,7 @@ def _svamp_row(row: Row) -> Parsed:
 
 def _asdiv_row(row: Row) -> Parsed:
     question = f"{row['body'].strip()} {row['question'].strip()}"
-    answer = str(row["answer"]).split("(")[0].strip()
+    answer = gold_text(row["answer"]).split("(")[0].strip()
     return question, answer, {"type": row.get("solution_type")}
 
 
@@ -150,7 +212,11 @@ GENERATED = ("arith",)
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Row]]:
     """Yield ``(line_number, row)``; a line that is not UTF-8 or not a JSON object raises
-    :class:`DataError` naming file and line (a replaced byte would change a gold answer)."""
+    :class:`DataError` naming file and line (a replaced byte would change a gold answer).
+
+    A UTF-8 byte order mark at the start of the file is skipped (editors on Windows write
+    one). Non-integer numbers come back as ``Decimal``, so a gold answer keeps the digits the
+    file wrote (:func:`gold_text`)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
@@ -163,10 +229,12 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Row]]:
                     f"{path}:{line_number}: not UTF-8 (byte {raw[exc.start]:#04x} at column "
                     f"{exc.start + 1}); save the file as UTF-8"
                 ) from None
+            if line_number == 1:
+                line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, parse_float=Decimal)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{line_number}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
@@ -188,25 +256,46 @@ def _from_jsonl(
     benchmark = BENCHMARKS.get(name)
     problems: list[Problem] = []
     skipped: list[str] = []
+    first_line_of: dict[str, int] = {}
     for line_number, row in read_jsonl(path):
         if limit is not None and len(problems) >= limit:
             break
         try:
             if benchmark is None:  # a user file in our own format
-                question, answer, meta = row["question"], str(row["answer"]), row.get("meta", {})
+                question, answer = row["question"], gold_text(row["answer"])
+                meta = row.get("meta") or {}
+                if not isinstance(meta, dict):
+                    raise TypeError(f"'meta' is {_kind(meta)}, expected an object")
             else:
                 question, answer, meta = benchmark.parse_row(row)
-            if not str(question).strip() or not str(answer).strip():
+            question = _text(question, "question")
+            if not question.strip() or not answer.strip():
                 raise ValueError("empty question or answer")
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if len(answer) > MAX_ANSWER_CHARS:
+                raise ValueError(
+                    f"'answer' has {len(answer)} characters; a gold answer has at most "
+                    f"{MAX_ANSWER_CHARS} (the grader compares nothing longer)"
+                )
+            raw_id = row.get("id", row.get("idx", line_number - 1))
+            if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+                raise TypeError(f"'id' is {_kind(raw_id)}, expected a string or an integer")
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             message = f"{path}:{line_number}: malformed {name!r} row: {exc}"
             if on_malformed == "raise":
                 raise DataError(message) from None
             skipped.append(message)
             continue
-        problem_id = str(row.get("id", row.get("idx", line_number - 1)))
-        meta = {**meta, "line": line_number}
-        problems.append(Problem(f"{name}/{split}/{problem_id}", str(question), answer, name, meta))
+        # Ids are compared as text: 1 and "1" are one problem in every table we write.
+        problem_id = str(raw_id)
+        if problem_id in first_line_of:
+            raise DataError(
+                f"{path}:{line_number}: duplicate id {problem_id!r} (first at "
+                f"{path}:{first_line_of[problem_id]}); every problem needs its own id, or "
+                "paired comparisons count it twice"
+            )
+        first_line_of[problem_id] = line_number
+        meta = {**_plain(meta), "line": line_number}
+        problems.append(Problem(f"{name}/{split}/{problem_id}", question, answer, name, meta))
     for message in skipped:
         logger.warning("skipped %s", message)
     if not problems and limit != 0:

@@ -143,3 +143,108 @@ def test_malformed_rows_can_be_skipped(tmp_path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"question": "q"}\n{"question": "q2", "answer": "x\\n#### 7"}\n')
     assert [p.answer for p in load_problems("gsm8k", path=path, on_malformed="skip")] == ["7"]
+
+
+# --- issue 26: rows validated at load time (ids, gold types, exact numbers, BOM) ----------
+
+
+def _write_rows(tmp_path, *lines: str, name: str = "mine.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [('"x"', '"x"'), ("1", '"1"')],
+    ids=["repeated", "int-and-str"],
+)
+def test_duplicate_ids_are_refused_naming_both_lines(tmp_path, ids) -> None:
+    path = _write_rows(
+        tmp_path,
+        f'{{"id": {ids[0]}, "question": "1+1?", "answer": "2"}}',
+        '{"id": "other", "question": "2+2?", "answer": "4"}',
+        f'{{"id": {ids[1]}, "question": "3+3?", "answer": "6"}}',
+    )
+    with pytest.raises(DataError, match=r"mine\.jsonl:3: duplicate id .*mine\.jsonl:1\)"):
+        load_problems("mine", path=path)
+
+
+def test_an_explicit_id_may_not_repeat_a_line_based_one(tmp_path) -> None:
+    path = _write_rows(
+        tmp_path, '{"question": "1+1?", "answer": "2"}', '{"id": 0, "question": "q", "answer": "1"}'
+    )
+    with pytest.raises(DataError, match=r"mine\.jsonl:2: duplicate id '0'.*mine\.jsonl:1"):
+        load_problems("mine", path=path)
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        ("null", "null"),
+        ("true", "a boolean"),
+        ("false", "a boolean"),
+        ("[1, 2]", "a list"),
+        ('{"a": 1}', "an object"),
+        ("NaN", "not finite"),
+        ("Infinity", "not finite"),
+    ],
+)
+def test_gold_answers_that_are_not_text_or_numbers_are_refused(tmp_path, answer, kind) -> None:
+    path = _write_rows(
+        tmp_path,
+        '{"question": "1+1?", "answer": "2"}',
+        f'{{"question": "q", "answer": {answer}}}',
+    )
+    with pytest.raises(DataError, match=rf"mine\.jsonl:2: .*answer.*{kind}"):
+        load_problems("mine", path=path)
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold"),
+    [
+        ("1e20", "100000000000000000000"),
+        ("100000000000000000001", "100000000000000000001"),
+        ("2.50", "2.5"),
+        ("0.1", "0.1"),
+        ("43.0", "43"),
+        ("-7", "-7"),
+        ("1.5e-3", "0.0015"),
+    ],
+)
+def test_numeric_gold_answers_are_kept_exactly(tmp_path, answer, gold) -> None:
+    path = _write_rows(tmp_path, f'{{"question": "q", "answer": {answer}, "meta": {{"w": 0.5}}}}')
+    problem = load_problems("mine", path=path)[0]
+    assert problem.answer == gold
+    assert problem.meta["w"] == 0.5 and type(problem.meta["w"]) is float  # meta stays JSON
+
+
+@pytest.mark.parametrize("question", ['{"text": "1+1?"}', '["1+1?"]', "12", "null"])
+def test_a_question_that_is_not_text_is_refused(tmp_path, question) -> None:
+    path = _write_rows(tmp_path, f'{{"question": {question}, "answer": "2"}}')
+    with pytest.raises(DataError, match=r"mine\.jsonl:1: .*question"):
+        load_problems("mine", path=path)
+    with pytest.raises(DataError, match=r"gsm\.jsonl:1: .*question"):
+        load_problems(
+            "gsm8k",
+            path=_write_rows(
+                tmp_path, f'{{"question": {question}, "answer": "x #### 2"}}', name="gsm.jsonl"
+            ),
+        )
+
+
+def test_an_overlong_gold_answer_is_refused(tmp_path) -> None:
+    path = _write_rows(tmp_path, json.dumps({"question": "q", "answer": "1" * 5000}))
+    with pytest.raises(DataError, match=r"mine\.jsonl:1: .*answer.*5000 characters"):
+        load_problems("mine", path=path)
+
+
+def test_a_utf8_bom_is_accepted(tmp_path) -> None:
+    path = tmp_path / "bom.jsonl"
+    rows = '{"question": "1+1?", "answer": "2"}\n{"question": "2+2?", "answer": "4"}\n'
+    path.write_bytes(b"\xef\xbb\xbf" + rows.encode())
+    assert [p.answer for p in load_problems("bom", path=path)] == ["2", "4"]
+    # Only the first line may start with one: elsewhere it is a stray character.
+    path.write_bytes(rows.encode() + b"\xef\xbb\xbf" + b'{"question": "q", "answer": "1"}\n')
+    with pytest.raises(DataError, match=r"bom\.jsonl:3: not valid JSON"):
+        load_problems("bom", path=path)
