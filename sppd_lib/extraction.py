@@ -211,8 +211,12 @@ _MATH_SPAN = re.compile(
     r"\$\$(.{1,1000}?)\$\$|\$([^$\n]{1,1000}?)\$|\\\((.{1,1000}?)\\\)|\\\[(.{1,1000}?)\\\]",
     re.DOTALL,
 )
-# Not inside a word: "AZYUK2A" states no number.
-_NUMBER = re.compile(r"(?<![a-zA-Z])(?:-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+)")
+# Not inside a word: "AZYUK2A" states no number. "1.000,5" (European) is one number, and
+# "1e3" (scientific) is one when no letter follows its exponent.
+_NUMBER = re.compile(
+    r"(?<![a-zA-Z])(?:-?\d{1,3}(?:\.\d{3})+,\d+(?![\d.,])"
+    r"|-?\d[\d,]*(?:\.\d+)?(?:[eE][+-]?\d+(?![a-zA-Z\d]))?(?:/\d+)?|-?\.\d+)"
+)
 _LATEX_COMMAND = re.compile(r"\\[a-zA-Z]+")
 _ENVIRONMENT = re.compile(
     r"\\(?:begin|end)\{[a-zA-Z*]*\}(?:\{[lcr|]*\})?|\\text\{\s*(?:and|or)\s*\}"

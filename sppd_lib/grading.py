@@ -19,17 +19,37 @@ Policy (keyword options of :func:`grade` and :func:`is_correct`, defaults first)
   Math-Verify. Gold answers are read as LaTeX even without ``$``: data sets write a list of
   roots as ``-2,1`` (MATH500), and reading that as -2.1 would mark ``-2.1`` correct.
   ``"always"`` reads such a comma as a decimal everywhere, golds and boxes included (data
-  written with decimal commas); ``"never"`` never does.
+  written with decimal commas); ``"never"`` never does. Where a decimal comma is read, so is
+  the European form with point-grouped thousands, ``1.000,5`` (1000.5): it needs at least
+  one ``.ddd`` group *and* a decimal comma, so ``1,000`` stays 1000, ``1.000`` stays 1 and
+  ``\\boxed{1,2}`` stays a list.
+
+Numbers (exact, before Math-Verify): ``1e3``, ``1.5E-2`` and ``2\\times 10^{3}`` are
+scientific notation (exponents up to :data:`MAX_EXPONENT`); ``1 1/2`` and
+``1\\frac{1}{2}`` are mixed numbers (3/2) when the fraction is proper, as in word problems.
+
+Gold answers: a missing, empty or non-finite gold (``None``, ``NaN``, ``inf``, the text
+``"nan"`` a table writes for a missing value) is ``invalid_gold``, never graded.
+
+Size: before any symbolic work, the decimal digits of every power in both answers are
+estimated from their exponents (:func:`estimated_power_digits`, microseconds); an answer
+whose powers would have more than :data:`MAX_POWER_DIGITS` digits (``10^{10^{10}}``,
+``2^{2^{64}}``) is ``unparsable`` at once, counted as ``size_limit``, instead of spending
+the whole time limit in sympy. Other expensive expressions (``(10^{6})!``) still end at the
+time limit, as ``timeout``.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Literal
 
@@ -40,6 +60,7 @@ __all__ = [
     "DecimalComma",
     "Grade",
     "answers_equivalent",
+    "estimated_power_digits",
     "extract_answer",
     "grade",
     "grading_stats",
@@ -61,6 +82,10 @@ DEFAULT_TIME_LIMIT = 5.0
 MAX_ANSWER_CHARS = 1_000
 #: Relative tolerance for numbers: 1e-7 and 2e-7 differ (Math-Verify rounds to 6 places).
 REL_TOL = Fraction(1, 10**6)
+#: Largest power of ten that scientific notation may write (``1e1000``): exact and cheap.
+MAX_EXPONENT = 1_000
+#: Answers whose powers would have more decimal digits than this are not compared.
+MAX_POWER_DIGITS = 10_000
 
 
 @dataclass(frozen=True)
@@ -149,10 +174,17 @@ _INTEGER = re.compile(r"-?\d{1,50}\Z")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _SPACE_THOUSANDS = re.compile(r"^-?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
 _DECIMAL_COMMA = re.compile(r"^(-?\d+),(\d+)$")
+_EUROPEAN = re.compile(r"^(-?\d{1,3}(?:\.\d{3})+),(\d+)$")
 _PLAIN_NUMBER = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)$")
+_SCIENTIFIC = re.compile(
+    r"^(-?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:[eE]|\\(?:times|cdot)\s*10\s*\^)\s*"
+    r"(?:\{\s*([+-]?\d{1,6})\s*\}|([+-]?\d{1,6}))$"
+)
+_MIXED_NUMBER = re.compile(r"^(-?)(\d+)\s+(\d+)\s*/\s*(\d+)$")
+_LATEX_MIXED_NUMBER = re.compile(r"^(-?)(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}$")
 _SLASH_FRACTION = re.compile(r"^(-?\d+)\s*/\s*(-?\d+)$")
 _LATEX_FRACTION = re.compile(r"^(-?)\\[dtc]?frac\{(-?\d+)\}\{(-?\d+)\}$")
-_NUMBER_AND_WORDS = re.compile(r"^(-?[\d.,/]+)\s*([a-zA-Z]+(?: [a-zA-Z]+)*)$")
+_NUMBER_AND_WORDS = re.compile(r"^(-?(?:\d+ )?[\d.,/]+)\s*([a-zA-Z]+(?: [a-zA-Z]+)*)$")
 _VARIABLE_PREFIX = re.compile(r"^([a-zA-Z])\s*=\s*(?=\S)")
 
 #: Trailing words that are units (stripped: "5 cm" is 5). Any other word keeps the answer
@@ -196,6 +228,9 @@ def _decimal_comma(answer: Answer, policy: DecimalComma, gold: bool = False) -> 
     if policy == "never" or (policy == "plain" and (answer.latex or gold)):
         return answer.text
     s = answer.text.strip()
+    european = _EUROPEAN.match(s)
+    if european:  # "1.000,5": point-grouped thousands and a decimal comma
+        return f"{european.group(1).replace('.', '')}.{european.group(2)}"
     match = _DECIMAL_COMMA.match(s)
     if match and (not _THOUSANDS.match(s) or match.group(1).lstrip("-") == "0"):
         return f"{match.group(1)}.{match.group(2)}"
@@ -229,9 +264,147 @@ def _to_fraction(answer: str) -> Fraction | None:
         if match:
             value = Fraction(int(match.group(2)), int(match.group(3)))
             return -value if match.group(1) else value
+        match = _SCIENTIFIC.match(s)
+        if match:
+            exponent = int(match.group(2) or match.group(3))
+            if abs(exponent) > MAX_EXPONENT:
+                return None
+            return Fraction(match.group(1)) * Fraction(10) ** exponent
+        match = _MIXED_NUMBER.match(s) or _LATEX_MIXED_NUMBER.match(s)
+        if match:  # "1 1/2" is one and a half only when the fraction is proper
+            whole, numerator, denominator = (int(match.group(i)) for i in (2, 3, 4))
+            if not 0 < numerator < denominator:
+                return None
+            value = whole + Fraction(numerator, denominator)
+            return -value if match.group(1) else value
     except (ValueError, ZeroDivisionError):
         return None
     return None
+
+
+def _invalid_gold(gold: Any) -> bool:
+    """A gold that is no answer: a non-finite number, or the text a table writes for one."""
+    if isinstance(gold, str):
+        return gold.strip().lower() in ("nan", "+nan", "-nan")
+    if isinstance(gold, Decimal):
+        return not gold.is_finite()
+    if isinstance(gold, numbers.Real) and not isinstance(gold, numbers.Integral):
+        return not math.isfinite(float(gold))
+    return False
+
+
+# ---------------------------------------------------------------------------------------
+# Size estimate: powers are bounded before any symbolic work
+# ---------------------------------------------------------------------------------------
+
+_NUMBER_TOKEN = re.compile(r"\d+(?:\.\d+)?")
+_SYMBOL_TOKEN = re.compile(r"\\[a-zA-Z]+|[a-zA-Z]")
+#: Nesting deeper than this is not estimated: the answer counts as too large.
+_MAX_NESTING = 100
+
+
+def _log_sum(a: float | None, b: float) -> float:
+    """An upper bound of ``log10(10**a + 10**b)``; ``a`` is ``None`` before the first term."""
+    return b if a is None else max(a, b) + math.log10(2)
+
+
+class _PowerSize:
+    """One left-to-right pass over a formula: an upper estimate of ``log10 |value|``.
+
+    Atoms are numbers, symbols and bracketed groups. A symbol (``x``, ``\\pi``, ``\\frac``)
+    counts as 1: sympy keeps ``x^{1000}`` symbolic and computes no digits of it. Atoms side
+    by side are multiplied (their logs summed), terms joined by ``+``/``-`` are added (the
+    larger log, plus log10(2)), and ``a^b`` (right-associative: ``2^2^2`` is ``2^(2^2)``) is
+    ``log(a) x 10**log(b)``. ``largest`` keeps the largest value met anywhere, exponents
+    included: ``1^{10^{10^{10}}}`` is 1, but sympy computes its exponent. Floats only, no big
+    numbers: past 10**(10**300) a value is ``inf``.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text, self.largest = text, 0.0
+
+    def _note(self, log_value: float) -> float:
+        self.largest = max(self.largest, log_value)
+        return log_value
+
+    def _skip_spaces(self, i: int) -> int:
+        while i < len(self.text) and self.text[i].isspace():
+            i += 1
+        return i
+
+    def sequence(self, i: int, depth: int) -> tuple[float, int]:
+        """Atoms from ``i`` up to an unmatched closing bracket (or the end)."""
+        if depth > _MAX_NESTING:
+            raise OverflowError("nested too deeply to estimate")
+        total: float | None = None
+        term = 0.0
+        while i < len(self.text) and self.text[i] not in "})]":
+            if self.text[i] in "+-":  # a sum is at most twice its larger term
+                total, term = _log_sum(total, term), 0.0
+                i += 1
+                continue
+            if self.text[i] == "^":  # no base ("^5"): the exponent alone
+                value, i = self.operand(i + 1, depth)
+                term += value
+                continue
+            value, i = self.atom(i, depth)
+            i = self._skip_spaces(i)
+            if i < len(self.text) and self.text[i] == "^":
+                exponent, i = self.operand(i + 1, depth)
+                value = self._power(value, exponent)
+            term += value
+        return self._note(_log_sum(total, term)), i
+
+    def atom(self, i: int, depth: int) -> tuple[float, int]:
+        text = self.text
+        if text[i] in "{([":
+            value, i = self.sequence(i + 1, depth + 1)
+            return value, i + 1  # past the closing bracket
+        number = _NUMBER_TOKEN.match(text, i)
+        if number:
+            # An exact number costs the digits of its numerator or its denominator: 0.5 is
+            # 5/10, and 0.5^{100000} has a denominator of 100,000 digits.
+            whole, _, decimals = number.group().partition(".")
+            whole = whole.lstrip("0")
+            size = len(whole) if len(whole) > 300 else math.log10(max(float(whole or 1), 1.0))
+            return self._note(max(size, float(len(decimals)))), number.end()
+        symbol = _SYMBOL_TOKEN.match(text, i)
+        return 0.0, symbol.end() if symbol else i + 1  # a symbol, an operator, a space
+
+    def operand(self, i: int, depth: int) -> tuple[float, int]:
+        """The exponent after a ``^``: one atom, raised again if another ``^`` follows."""
+        i = self._skip_spaces(i)
+        if i >= len(self.text) or self.text[i] in "})]":
+            return 0.0, i
+        value, i = self.atom(i, depth + 1)
+        after = self._skip_spaces(i)
+        if after < len(self.text) and self.text[after] == "^":
+            exponent, i = self.operand(after + 1, depth + 1)
+            value = self._power(value, exponent)
+        return self._note(value), i
+
+    def _power(self, base: float, exponent: float) -> float:
+        if base <= 0.0:
+            return 0.0
+        return self._note(base * 10**exponent if exponent < 300 else math.inf)
+
+
+def estimated_power_digits(answer: str) -> float:
+    """An upper estimate of the decimal digits of the largest value ``answer`` writes.
+
+    Cheap (no big numbers are made; microseconds for a short answer) and meant to be
+    pessimistic: ``2^{10}`` is 4, ``10^{10^{10}}`` 1e10, ``2^{2^{64}}`` about 5.6e18. Answers
+    past :data:`MAX_POWER_DIGITS` are not handed to Math-Verify.
+    """
+    size = _PowerSize(answer)
+    try:
+        position = 0
+        while position < len(answer):  # an unmatched closing bracket ends one sequence
+            _, position = size.sequence(position, 0)
+            position += 1
+    except (RecursionError, OverflowError, ValueError):
+        return math.inf
+    return size.largest + 1.0
 
 
 def close_enough(a: Fraction, b: Fraction) -> bool:
@@ -295,6 +468,11 @@ def _compare(
     if _compact(gold_text) == _compact(pred_text):
         _count("fast_path")
         return "correct"
+    if max(estimated_power_digits(gold_text), estimated_power_digits(pred_text)) > (
+        MAX_POWER_DIGITS
+    ):
+        _count("size_limit")
+        return "unparsable"  # sympy would compute every digit of it
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         return "timeout"
@@ -334,7 +512,7 @@ def grade(
     pred: Answer | None = None
     try:
         pred = _extract(response, last_number_fallback)
-        gold_answer = extract_gold(as_text(gold))
+        gold_answer = None if _invalid_gold(gold) else extract_gold(as_text(gold))
         if gold_answer is None or not gold_answer.text:
             status: GradeStatus = "invalid_gold"
         elif pred is None:

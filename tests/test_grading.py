@@ -176,9 +176,14 @@ def test_statuses_are_counted() -> None:
     assert stats["fast_path"] == 2 and stats["math_verify"] == 1
 
 
+#: An answer no size estimate catches and sympy takes many seconds for: a timeout.
+HOSTILE = "\\boxed{(10^{6})!}"
+
+
 def test_pathological_input_times_out_instead_of_hanging() -> None:
-    # sympy computes this power in one C call that no Python-level timer can interrupt.
-    result = grade("\\boxed{9^{9^{9^{9}}}}", "\\sqrt{2}+\\pi", time_limit=1.0)
+    # sympy computes this factorial in one C call that no Python-level timer can interrupt
+    # (powers this large are refused by their size estimate before sympy sees them).
+    result = grade(HOSTILE, "\\sqrt{2}+\\pi", time_limit=1.0)
     assert (result.correct, result.status) == (False, "timeout")
     assert is_correct("\\boxed{\\sqrt{8}}", "2\\sqrt{2}")  # the grader recovers
 
@@ -195,7 +200,7 @@ def test_threads() -> None:
 def test_non_main_thread_symbolic_timeout() -> None:
     outcome: list[str] = []
     worker = threading.Thread(
-        target=lambda: outcome.append(grade("\\boxed{9^{9^{9^{9}}}}", "2", time_limit=1).status)
+        target=lambda: outcome.append(grade(HOSTILE, "2", time_limit=1).status)
     )
     worker.start()
     worker.join(60)
@@ -372,7 +377,7 @@ def test_hard_expressions_in_a_row_each_keep_the_limit() -> None:
     is_correct("\\boxed{\\sqrt{8}}", "2\\sqrt{2}")  # the one cold start, outside timing
     for _ in range(3):
         started = time.perf_counter()
-        result = grade("\\boxed{9^{9^{9^{9}}}}", "\\sqrt{2}+\\pi", time_limit=1.5)
+        result = grade(HOSTILE, "\\sqrt{2}+\\pi", time_limit=1.5)
         assert result.status == "timeout"
         assert time.perf_counter() - started < 2.5
     started = time.perf_counter()
@@ -540,3 +545,86 @@ def test_fuzz_repeated_tails_extract_in_bounded_time(chunk: str, times: int) -> 
 )
 def test_formula_in_math_mode(text: str, expected: str | None) -> None:
     assert extract_answer(text) == expected
+
+
+# --- issue 26, 11: grader policy -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "expected"),
+    [
+        # Mixed numbers: a whole number and a proper fraction.
+        ("\\boxed{1 1/2}", "3/2", True),
+        ("\\boxed{-1 1/2}", "-1.5", True),
+        ("The answer is 2 3/4 cups.", "11/4", True),
+        ("\\boxed{1\\frac{1}{2}}", "1 1/2", True),
+        ("\\boxed{3 5/2}", "11/2", False),  # not proper: no mixed number
+        ("\\boxed{1 1/2}", "1/2", False),
+        # Scientific notation, exact.
+        ("\\boxed{1e3}", "1000", True),
+        ("The answer is 1e3.", "1000", True),
+        ("\\boxed{2.5E-3}", "0.0025", True),
+        ("\\boxed{2\\times 10^{3}}", "2000", True),
+        ("\\boxed{1e3}", "1001", False),
+        ("\\boxed{100000000000000000000}", "1e+20", True),  # a float gold written by str()
+        # European numbers: point-grouped thousands with a decimal comma.
+        ("The answer is 1.000,5", "1000.5", True),
+        ("so it costs 12.345,67 euros", "12345.67", True),
+        ("about 1e3 grams", "1000", True),
+        ("\\boxed{1,000}", "1000", True),  # thousands stay thousands
+        ("\\boxed{1.000}", "1000", False),  # a point alone is a decimal point
+        ("\\boxed{1,2}", "1.2", False),  # in LaTeX a comma separates items
+        ("\\boxed{1.000,5}", "1000.5", False),  # ... also here (policy "plain")
+    ],
+)
+def test_mixed_scientific_and_european_numbers(response: str, gold: str, expected: bool) -> None:
+    assert is_correct(response, gold) is expected
+
+
+def test_european_numbers_in_latex_under_the_always_policy() -> None:
+    assert is_correct("\\boxed{1.000,5}", "1000.5", decimal_comma="always")
+    assert is_correct("\\boxed{1.000}", "1", decimal_comma="always")
+
+
+@pytest.mark.parametrize("gold", [None, float("nan"), float("inf"), "nan", "NaN", ""])
+def test_a_missing_or_non_finite_gold_is_invalid(gold) -> None:
+    assert grade("\\boxed{5}", gold).status == "invalid_gold"
+    assert grade("nan", gold).status == "invalid_gold"
+
+
+@pytest.mark.parametrize(
+    "tower",
+    ["10^{10^{10}}", "2^{2^{64}}", "9^{9^{9^{9}}}", "9^9^9^9", "1^{10^{10^{10}}}",
+     "0.5^{100000}", "10^{-10^{10}}", "(10^{10})^{10^{10}}"],
+)  # fmt: skip
+def test_power_towers_are_decided_by_their_size_estimate(tower: str) -> None:
+    from sppd_lib.grading import MAX_POWER_DIGITS, estimated_power_digits
+
+    assert estimated_power_digits(tower) > MAX_POWER_DIGITS
+    reset_grading_stats()
+    assert grade(f"\\boxed{{{tower}}}", "5").status == "unparsable"
+    assert grade("\\boxed{5}", tower).status == "unparsable"
+    assert grade(f"\\boxed{{{tower}}}", tower).status == "correct"  # the same text
+    stats = grading_stats()
+    assert stats["size_limit"] == 2 and "math_verify" not in stats and "timeout" not in stats
+
+
+@pytest.mark.parametrize(
+    ("answer", "digits"),
+    [("2^{10}", 4), ("2^{1000}", 302), ("(1+\\sqrt{2})^{100}", 39), ("{2^{10}}^{10}", 31),
+     ("x^{1000}", 4), ("e^{-\\frac{x^2}{2\\sigma^2}}", 1), ("2^2^2^2^2", 19729)],
+)  # fmt: skip
+def test_the_size_estimate_is_an_upper_bound_that_lets_real_answers_through(
+    answer: str, digits: int
+) -> None:
+    from sppd_lib.grading import MAX_POWER_DIGITS, estimated_power_digits
+
+    assert digits <= estimated_power_digits(answer) <= max(4 * digits, 10)
+    if digits < MAX_POWER_DIGITS:
+        assert grade(f"\\boxed{{{answer}}}", answer.replace(" ", "")).status == "correct"
+
+
+def test_real_powers_still_go_to_math_verify() -> None:
+    assert is_correct("\\boxed{2^{10}}", "1024")
+    assert is_correct("\\boxed{2^{100}}", str(2**100))
+    assert not is_correct("\\boxed{2^{100}}", str(2**100 + 1))
