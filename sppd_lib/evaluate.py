@@ -27,12 +27,18 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import EvalConfig
-from sppd_lib.data import Problem, load_problems, parse_data_spec
-from sppd_lib.engines import Engine, SamplingSettings, sample_calls
+from sppd_lib.data import DataError, Problem, load_problems, parse_data_spec
+from sppd_lib.engines import Engine, HasContextLength, SamplingSettings, sample_calls
 from sppd_lib.engines.generate import GenerateEngine
 from sppd_lib.grading import grade
 from sppd_lib.prm import PRMScorer, load_scorer
-from sppd_lib.prompts import build_prompt, split_steps
+from sppd_lib.prompts import (
+    build_prompt,
+    context_length,
+    overlong_prompts,
+    prompt_token_limit,
+    split_steps,
+)
 
 __all__ = [
     "Generation",
@@ -161,6 +167,43 @@ def benchmark_problems(config: EvalConfig, benchmark: str) -> list[Problem]:
     return load_problems(name, config.split, limit, path=path, **options)
 
 
+def check_prompt_lengths(
+    problems: Sequence[Problem],
+    tokenizer: PreTrainedTokenizerBase,
+    config: EvalConfig,
+    model: PreTrainedModel | None = None,
+    engine: Engine | None = None,
+) -> None:
+    """Refuse a problem whose prompt leaves no room for ``max_new_tokens``, before any
+    generation (a 10 MB question would otherwise ask the model for terabytes).
+
+    Raises:
+        DataError: naming the first such problem's id, its length and the limit.
+    """
+    if isinstance(engine, HasContextLength):
+        context = engine.max_model_len
+    else:
+        context = context_length(tokenizer, model)
+    limit = prompt_token_limit(config.max_prompt_tokens, context, config.max_new_tokens)
+    prompts = [build_prompt(tokenizer, p.question, config.system_prompt) for p in problems]
+    overlong = overlong_prompts(tokenizer, prompts, limit)
+    if overlong:
+        index, count = overlong[0]
+        where = problems[index].meta.get("line")
+        raise DataError(
+            f"problem {problems[index].id!r}"
+            + (f" (line {where})" if where else "")
+            + f": its prompt has {count} tokens, more than max_prompt_tokens={limit}"
+            + (
+                f" (context {context} - max_new_tokens {config.max_new_tokens})"
+                if config.max_prompt_tokens is None
+                else ""
+            )
+            + (f"; {len(overlong) - 1} more problems are as long" if len(overlong) > 1 else "")
+            + ": shorten or drop it, or raise max_prompt_tokens"
+        )
+
+
 # ---------------------------------------------------------------------------------------
 # Greedy pass@1
 # ---------------------------------------------------------------------------------------
@@ -183,6 +226,9 @@ def evaluate(
     (generation time per problem: of its benchmark, or of the one call).
     """
     problem_sets = [benchmark_problems(config, benchmark) for benchmark in config.benchmarks]
+    check_prompt_lengths(
+        [p for problems in problem_sets for p in problems], tokenizer, config, model, engine
+    )
     if getattr(engine, "schedules_own_batch", False):
         # Short arithmetic answers and long GSM8K ones share one batch, no tail per benchmark.
         every = [problem for problems in problem_sets for problem in problems]
@@ -334,17 +380,14 @@ def evaluate_samples(
     progress: bool = True,
 ) -> pd.DataFrame:
     """:func:`sample_responses` on every benchmark of ``config`` (the PRM is loaded once)."""
+    problem_sets = [benchmark_problems(config, benchmark) for benchmark in config.benchmarks]
+    check_prompt_lengths(
+        [p for problems in problem_sets for p in problems], tokenizer, config, engine=engine
+    )
     scorer = scorer or load_scorer(config.prm_model)
     frames = [
-        sample_responses(
-            engine,
-            tokenizer,
-            benchmark_problems(config, benchmark),
-            config,
-            scorer=scorer,
-            progress=progress,
-        )
-        for benchmark in config.benchmarks
+        sample_responses(engine, tokenizer, problems, config, scorer=scorer, progress=progress)
+        for problems in problem_sets
     ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

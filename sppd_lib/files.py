@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 __all__ = [
+    "DiskFullError",
     "LockedError",
     "NotWritableError",
     "RunLock",
@@ -36,6 +37,40 @@ class NotWritableError(OSError):
     """An output path cannot be written; the message names it and says why."""
 
 
+class DiskFullError(NotWritableError):
+    """The disk filled up while a file was written; the message names the file."""
+
+
+def disk_full_message(path: str | os.PathLike[str] | None) -> str:
+    """What a user reads when the disk is full: the file, and that a rerun resumes."""
+    where = f" while writing {path}" if path else ""
+    return (
+        f"no space left on device{where}: free some space and rerun the same command (finished "
+        "phases and batches are kept, the file is written again)"
+    )
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    # safetensors (Rust) reports a failed write as its own error type, with the OS message.
+    text = str(exc)
+    return "No space left on device" in text or "os error 28" in text
+
+
+@contextmanager
+def reporting_disk_full(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a full disk while ``path`` is written into a :class:`DiskFullError` naming it."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as exc:
+        if _is_disk_full(exc):
+            raise DiskFullError(disk_full_message(path)) from exc
+        raise
+
+
 class LockedError(RuntimeError):
     """Another process holds the lock of a run directory (or output)."""
 
@@ -47,8 +82,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with reporting_disk_full(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -6,7 +6,8 @@ next step delimiter, or to the end of the response. Joining the steps gives back
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from sppd_lib.grading import last_boxed
 
@@ -14,17 +15,24 @@ if TYPE_CHECKING:  # only for hints: importing prompts must not load transformer
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 __all__ = [
+    "DEFAULT_CONTEXT_LENGTH",
     "DEFAULT_STEP_DELIMITER",
     "SYSTEM_PROMPT",
     "build_prompt",
+    "context_length",
     "has_final_answer",
+    "overlong_prompts",
     "prompt_token_ids",
+    "prompt_token_limit",
     "split_steps",
 ]
 
 #: The evaluation instruction of arXiv 2502.13516, given as the system message.
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_STEP_DELIMITER = "\n\n"
+#: Context length assumed when neither model nor tokenizer states one (the vLLM engine's
+#: default ``max_model_len``).
+DEFAULT_CONTEXT_LENGTH = 4096
 
 
 def build_prompt(
@@ -82,3 +90,49 @@ def split_steps(text: str, delimiter: str = DEFAULT_STEP_DELIMITER) -> list[str]
 def has_final_answer(text: str) -> bool:
     """True when ``text`` holds a complete ``\\boxed{...}`` (a terminal step in SPPD §3)."""
     return last_boxed(text) is not None
+
+
+# ---------------------------------------------------------------------------------------
+# Prompt length
+# ---------------------------------------------------------------------------------------
+
+
+def context_length(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> int:
+    """The longest sequence (prompt and generation) the model holds, in tokens.
+
+    The model's ``max_position_embeddings`` when given a model, else the tokenizer's
+    ``model_max_length`` when it states a real one (tokenizers without one say 1e30), else
+    :data:`DEFAULT_CONTEXT_LENGTH`.
+    """
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        return positions
+    stated = getattr(tokenizer, "model_max_length", None)
+    if isinstance(stated, int) and 0 < stated < 10_000_000:
+        return stated
+    return DEFAULT_CONTEXT_LENGTH
+
+
+def prompt_token_limit(configured: int | None, context: int, generation: int) -> int:
+    """The longest prompt allowed: ``configured``, else what the context leaves after the
+    generation budget (at least 1 token)."""
+    return configured if configured is not None else max(context - generation, 1)
+
+
+def overlong_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], limit: int
+) -> list[tuple[int, int]]:
+    """``(index, token count)`` of each prompt longer than ``limit`` tokens.
+
+    A prompt of at most ``limit - 2`` UTF-8 bytes is not tokenized: byte-level and
+    byte-fallback tokenizers never make more tokens than bytes (plus a start marker). So the
+    usual short prompt costs one ``len``, and a 1 MB question is tokenized once.
+    """
+    found = []
+    for index, prompt in enumerate(prompts):
+        if len(prompt.encode("utf-8")) + 2 <= limit:
+            continue
+        count = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if count > limit:
+            found.append((index, count))
+    return found

@@ -37,13 +37,16 @@ from tqdm.auto import tqdm
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import ConfigError, SamplerConfig
-from sppd_lib.data import Problem
-from sppd_lib.engines import Continuation, Engine, SamplingSettings
-from sppd_lib.files import write_text_atomic
+from sppd_lib.data import DataError, Problem
+from sppd_lib.engines import Continuation, Engine, HasContextLength, SamplingSettings
+from sppd_lib.files import reporting_disk_full, write_text_atomic
 from sppd_lib.grading import extract_answer
 from sppd_lib.prompts import (
     build_prompt,
+    context_length,
     has_final_answer,
+    overlong_prompts,
+    prompt_token_limit,
 )
 from sppd_lib.prompts import prompt_token_ids as build_prompt_ids
 from sppd_lib.rundir import partial_trees_path
@@ -51,6 +54,7 @@ from sppd_lib.tree import StepNode, StepTree, mean_logprob, read_trees, write_tr
 from sppd_lib.values import grade_leaves
 
 __all__ = [
+    "drop_overlong_problems",
     "merge_tree_files",
     "prepare_trees_file",
     "request_seed",
@@ -499,6 +503,44 @@ def prepare_trees_file(
     return partial, done
 
 
+def drop_overlong_problems(
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[Problem],
+    config: SamplerConfig,
+) -> list[Problem]:
+    """``problems`` without those whose prompt leaves less than ``max_total_tokens`` of the
+    engine's context: skipped with one warning (their count and first ids), so one long
+    training problem does not end the sampling of all the others.
+
+    Raises:
+        DataError: every problem is too long.
+    """
+    if isinstance(engine, HasContextLength):
+        context = engine.max_model_len
+    else:
+        context = context_length(tokenizer)
+    limit = prompt_token_limit(None, context, config.max_total_tokens)
+    prompts = [build_prompt(tokenizer, p.question, config.system_prompt) for p in problems]
+    overlong = overlong_prompts(tokenizer, prompts, limit)
+    if not overlong:
+        return list(problems)
+    skipped = {index for index, _ in overlong}
+    ids = ", ".join(problems[index].id for index, _ in overlong[:3])
+    if len(skipped) == len(problems):
+        raise DataError(
+            f"every problem's prompt is longer than {limit} tokens (context {context} - "
+            f"sampler.max_total_tokens {config.max_total_tokens}), e.g. {ids}"
+        )
+    logger.warning(
+        "skipped %d of %d problems whose prompt is longer than %d tokens (context %d - "
+        "sampler.max_total_tokens %d): %s%s",
+        len(skipped), len(problems), limit, context, config.max_total_tokens, ids,
+        ", ..." if len(skipped) > 3 else "",
+    )  # fmt: skip
+    return [p for index, p in enumerate(problems) if index not in skipped]
+
+
 def sample_to_file(
     engine: Engine,
     tokenizer: PreTrainedTokenizerBase,
@@ -513,19 +555,22 @@ def sample_to_file(
 
     Each finished batch is appended to ``<out>.partial.jsonl`` at once; a rerun keeps the
     finished batches and samples only the rest (same trees as an uninterrupted run). The
-    final file is written atomically and the partial file removed. An existing ``out`` is
-    left as it is when it holds these problems sampled with these settings.
+    final file is written atomically and the partial file removed. Problems whose prompt is
+    too long for the engine are skipped with a warning (:func:`drop_overlong_problems`). An
+    existing ``out`` is left as it is when it holds these problems sampled with these
+    settings.
 
     Raises:
         ConfigError: ``out`` or its partial file was sampled with other settings (sampler
             config, ``meta`` such as the model, or other problems): never mixed, never replaced.
     """
     out = Path(out)
+    problems = drop_overlong_problems(engine, tokenizer, problems, config)
     prepared = prepare_trees_file(out, problems, config, meta)
     if prepared is None:
         return out
     partial, done = prepared
-    with partial.open("a", encoding="utf-8") as handle:
+    with reporting_disk_full(partial), partial.open("a", encoding="utf-8") as handle:
         for tree in sample_trees(
             engine, tokenizer, problems, config, progress=progress, meta=meta, skip_batches=done
         ):

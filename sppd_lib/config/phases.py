@@ -298,6 +298,12 @@ class EvalConfig:
     batch_size: int = option(
         16, "Prompts generated together (HF generate: one left-padded batch; engine: one call)."
     )
+    max_prompt_tokens: int | None = option(
+        None,
+        "Longest prompt (tokens, chat template included); a longer problem is refused at "
+        "load, naming its id. null: the model's context length (max_position_embeddings, or "
+        "the vLLM engine's max_model_len) minus max_new_tokens.",
+    )
     system_prompt: str = option(SYSTEM_PROMPT, f"System message of the chat prompt ({PAPER}).")
     arith_seed: int = option(0, "Seed of the generated arithmetic problems.")
     arith: dict[str, Any] = option(
@@ -327,6 +333,10 @@ class EvalConfig:
             {
                 "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
                 "batch_size": (self.batch_size >= 1, ">= 1"),
+                "max_prompt_tokens": (
+                    self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+                    ">= 1 or null",
+                ),
                 "limit": (self.limit is None or self.limit >= 0, ">= 0 or null"),
                 "num_samples": (self.num_samples >= 0, ">= 0"),
                 "sample_temperature": (self.sample_temperature > 0, "> 0"),

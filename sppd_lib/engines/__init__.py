@@ -12,7 +12,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["Call", "Continuation", "Engine", "EnginePoolLike", "SamplingSettings", "sample_calls"]
+__all__ = [
+    "Call",
+    "Continuation",
+    "Engine",
+    "EnginePoolLike",
+    "HasContextLength",
+    "SamplingSettings",
+    "sample_calls",
+]
 
 FinishReason = Literal["delimiter", "eos", "length"]
 
@@ -47,6 +55,13 @@ class Engine(Protocol):
     ) -> list[list[Continuation]]:
         """``n`` continuations per prefix, in prefix order."""
         ...
+
+
+@runtime_checkable
+class HasContextLength(Protocol):
+    """An engine that knows the longest sequence (prompt and generation) it can hold."""
+
+    max_model_len: int
 
 
 #: One ``Engine.sample`` call: ``(prefixes, n, settings)``.

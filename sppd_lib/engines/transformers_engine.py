@@ -47,6 +47,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.engines import Continuation, FinishReason, SamplingSettings
 from sppd_lib.models import eos_token_ids
+from sppd_lib.prompts import context_length
 
 __all__ = ["TransformersEngine"]
 
@@ -169,6 +170,8 @@ class TransformersEngine:
         """
         self.model = model.eval()
         self.tokenizer = tokenizer
+        #: Longest prompt plus generation, in tokens (prompt-length checks read it).
+        self.max_model_len = context_length(tokenizer, model)
         self.max_batch_rows = max_batch_rows
         self.kv_cache_tokens = kv_cache_tokens
         supported = supports_static_cache(model)

@@ -85,6 +85,8 @@ class VLLMEngine:
             **llm_options,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        #: Longest prompt plus generation, in tokens (prompt-length checks read it).
+        self.max_model_len = max_model_len
         self.lora_request = None
         if lora_path is not None:
             from vllm.lora.request import LoRARequest
