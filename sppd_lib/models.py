@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sppd_lib.files import write_text_atomic
+from sppd_lib.files import reporting_disk_full, write_text_atomic
 
 __all__ = [
     "MODEL_ALIASES",
@@ -142,10 +143,17 @@ def convert_gguf(gguf_path: str | os.PathLike[str]) -> Path:
     if is_saved_model(target):
         return target
     logger.info("converting %s to safetensors in %s (once)", gguf_path.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
+    except Exception as exc:  # a truncated file fails deep inside the GGUF reader
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(
+            f"{gguf_path} could not be read as a GGUF model ({message}); it may be truncated: "
+            "download it again"
+        ) from exc
     # The weights are de-quantized now; saving must not record GGUF quantization.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -161,9 +169,10 @@ def _save_atomically(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "SOURCE").write_text(source + "\n")
+        with reporting_disk_full(target):
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            (staging / "SOURCE").write_text(source + "\n")
         if target.exists():  # a broken earlier attempt
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -242,6 +251,13 @@ def load_model(
         )
     except OSError as exc:
         raise ModelError(f"could not load model {name_or_path!r}: {exc}") from exc
+    except SafetensorError as exc:  # a truncated or overwritten weights file
+        weights = ", ".join(str(p) for p in sorted(Path(location).glob("*.safetensors")))
+        raise ModelError(
+            f"could not load model {name_or_path!r}: its weights ({weights or location}) are "
+            f"damaged ({exc}); delete the model directory and rerun the phase that wrote it "
+            "(or download it again)"
+        ) from exc
     model.to(device).eval()
     return model, load_tokenizer(location)
 

@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 
 from sppd_lib.config import ConfigError, load_yaml
+from sppd_lib.data import DataError
 from sppd_lib.files import NotWritableError, RunLock, write_parquet_atomic, write_text_atomic
 from sppd_lib.metrics import SUMMARY_COLUMNS, paired_change, summary_rows
 
@@ -62,9 +63,26 @@ _ITERATION = re.compile(r"iter_(\d+)")
 # ---------------------------------------------------------------------------------------
 
 
+def damaged(path: Path, reason: str) -> DataError:
+    """The error for a file of ours that cannot be read: its name and the fix."""
+    return DataError(
+        f"{path} is damaged ({reason}): delete it and rerun the same command; the phase that "
+        "writes it runs again, finished ones are kept"
+    )
+
+
 def read_parquet(path: Path) -> pd.DataFrame | None:
-    """The frame at ``path``; ``None`` when the file is missing."""
-    return pd.read_parquet(path) if path.is_file() else None
+    """The frame at ``path``; ``None`` when the file is missing.
+
+    Raises:
+        DataError: the file is truncated or not parquet, naming it and the fix.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise damaged(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 
 def read_jsonl(path: Path) -> pd.DataFrame | None:
@@ -81,8 +99,17 @@ def read_jsonl(path: Path) -> pd.DataFrame | None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object at ``path``; ``None`` when the file is missing."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """The JSON object at ``path``; ``None`` when the file is missing.
+
+    Raises:
+        DataError: the file is truncated or not JSON, naming it and the fix.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise damaged(path, f"not valid JSON: {exc}") from None
 
 
 def write_json(path: Path, data: dict[str, Any], indent: int | None = 1) -> Path:
@@ -218,6 +245,24 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
             k for key in keys for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
         ]
     return [] if old == new else [prefix.rstrip(".")]
+
+
+def _value_at(data: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any], keys: Collection[str]) -> str:
+    """``key: old -> new`` for each changed key (long values shortened), comma-separated."""
+
+    def short(value: Any) -> str:
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return ", ".join(
+        f"{key}: {short(_value_at(old, key))} -> {short(_value_at(new, key))}" for key in keys
+    )
 
 
 def _dump_yaml(data: dict[str, Any]) -> str:
@@ -357,8 +402,8 @@ class RunDir:
                     hint = f" (iterations may only grow: it was {old_iterations})"
                 raise ConfigError(
                     f"{self.path} holds a run with another config (changed: "
-                    f"{', '.join(changed)}){hint}; use another run_id / --run-dir, or delete "
-                    "the directory"
+                    f"{describe_changes(previous, wanted, changed)}){hint}; use another run_id "
+                    "/ --run-dir, or delete the directory"
                 )
             stored = (read_json(self.inputs) or {}).get("data_files", {})
             for spec, digest in stored.items():
@@ -423,8 +468,8 @@ class StudyDir:
             if changed:
                 raise ConfigError(
                     f"{self.path} holds a study with another config (changed: "
-                    f"{', '.join(changed)}); use another study_id / --study-dir (seeds, gammas "
-                    "and arms may change)"
+                    f"{describe_changes(previous, wanted, changed)}); use another study_id / "
+                    "--study-dir (seeds, gammas and arms may change)"
                 )
             logger.info("resuming study %s", self.path)
         self.path.mkdir(parents=True, exist_ok=True)

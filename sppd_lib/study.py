@@ -161,8 +161,9 @@ def _run_arm(
     from sppd_lib.phases import eval_phase, train_phase
 
     arm_dir = study.arm(arm.name, seed)
-    if arm_dir.arm_record.exists():
+    if arm_dir.arm_record.exists() and arm_dir.eval.exists():
         return
+    arm_dir.arm_record.unlink(missing_ok=True)  # its eval.parquet was lost: not done
     arm_dir.path.mkdir(parents=True, exist_ok=True)
     run_config = config.run_config(arm.phases, {**arm.train, "seed": seed}, arm.name)
     values = study.values(arm.values or "main")

@@ -24,6 +24,7 @@ from sppd_lib.config import (
     load_yaml,
     resolve_arms,
 )
+from sppd_lib.data import DataError
 from sppd_lib.metrics import (
     SUMMARY_COLUMNS,
     mcnemar_exact,
@@ -108,8 +109,15 @@ def load_study(study_dir: str | os.PathLike[str]) -> Study:
             arm_dir = directory.arm(name, seed)
             record = read_json(arm_dir.arm_record)
             if record is not None:
+                evaluation = arm_dir.read_eval()
+                if evaluation is None:
+                    raise DataError(
+                        f"arm {name!r}, seed {seed} of the study at {root} has no "
+                        f"{arm_dir.eval.name} ({arm_dir.eval} is missing): rerun the study "
+                        "(the same sppd study command) to resume; it evaluates this arm again"
+                    )
                 records[(name, seed)] = record
-                frames.append(pd.read_parquet(arm_dir.eval).assign(arm=name, seed=seed))
+                frames.append(evaluation.assign(arm=name, seed=seed))
     evals = (
         pd.concat(frames, ignore_index=True)
         if frames

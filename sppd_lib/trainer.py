@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import ConfigError, TrainConfig, config_to_dict
-from sppd_lib.files import write_parquet_atomic
+from sppd_lib.files import reporting_disk_full, write_parquet_atomic
 from sppd_lib.loss import dpo_loss, sft_loss, sppd_loss
 from sppd_lib.packing import sequence_logps
 from sppd_lib.rundir import TrainDir
@@ -381,8 +381,10 @@ def _save(
     }
     out.metrics.write_text(json.dumps(metrics, indent=2, default=float))
     if config.lora_r:
-        policy.save_pretrained(out.adapter)
+        with reporting_disk_full(out.adapter):
+            policy.save_pretrained(out.adapter)
     if config.save_merged:
         merged = policy.merge_and_unload() if config.lora_r else policy
-        merged.save_pretrained(out.model)
-        tokenizer.save_pretrained(out.model)
+        with reporting_disk_full(out.model):
+            merged.save_pretrained(out.model)
+            tokenizer.save_pretrained(out.model)

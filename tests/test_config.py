@@ -51,7 +51,7 @@ def test_load_yaml_errors(tmp_path) -> None:
         load_yaml(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1, 2\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: invalid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2:1: invalid YAML: expected ',' or ']'"):
         load_yaml(bad)
     listing = tmp_path / "list.yaml"
     listing.write_text("- 1\n")

@@ -596,9 +596,11 @@ def test_14_a_finished_run_can_be_extended(tmp_path, finished) -> None:
     assert set(summary["iteration"]) == {0, 1, 2}
     assert (run_dir / "iter_1" / "eval.parquet").stat().st_mtime_ns == before  # kept
     assert load_yaml(run_dir / "config.yaml")["iterations"] == 2
-    with pytest.raises(ConfigError, match=r"changed: iterations\) \(iterations may only grow"):
+    with pytest.raises(
+        ConfigError, match=r"changed: iterations: 2 -> 1\) \(iterations may only grow"
+    ):
         run(load_run_config(SMOKE, [*settings, "iterations=1"]), run_dir)
-    with pytest.raises(ConfigError, match=r"changed: iterations, sampler\.k"):
+    with pytest.raises(ConfigError, match=r"changed: iterations: 2 -> 3, sampler\.k: \d+ -> 3"):
         run(load_run_config(SMOKE, [*settings, "iterations=3", "sampler.k=3"]), run_dir)
 
 

@@ -10,6 +10,7 @@ of the same fields and flags given on the command line override it.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -75,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.allow_download:
         os.environ["SPPD_ALLOW_DOWNLOAD"] = "1"  # read by models / data; children inherit it
-    from sppd_lib.files import LockedError
+    from safetensors import SafetensorError
+
+    from sppd_lib.files import LockedError, disk_full_message
     from sppd_lib.models import ModelError
 
     prefix = f"sppd {args.command}"
@@ -85,7 +88,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A user's error (a key, a file, a model, a busy or unwritable directory): one line.
         if args.verbose:
             traceback.print_exc()
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            exc = disk_full_message(exc.filename)  # "[Errno 28]" alone names no file
         print(f"{prefix}: error: {exc}", file=sys.stderr)
+        return 2
+    except SafetensorError as exc:  # a weights file: damaged on disk, or the disk is full
+        if args.verbose:
+            traceback.print_exc()
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        if "No space left on device" in message or "os error 28" in message:
+            print(f"{prefix}: error: {disk_full_message(None)}", file=sys.stderr)
+        else:
+            print(
+                f"{prefix}: error: a .safetensors weights file could not be read or written "
+                f"({message}): delete the damaged model directory and rerun the same command",
+                file=sys.stderr,
+            )
         return 2
     except KeyboardInterrupt:
         hint = _RESUME_HINTS.get(args.command, "outputs are written atomically, none is half-made")

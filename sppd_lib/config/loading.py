@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import re
 import types
 import typing
 from dataclasses import field
@@ -169,6 +170,8 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *defaults": its keys may be overridden, SafeLoader merges them
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
             line = key_node.start_mark.line + 1
             try:
@@ -189,6 +192,16 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_StrictLoader)
 
 
+def yaml_error_line(source: str | Path, exc: yaml.YAMLError) -> str:
+    """A YAML error on one line, ``file:line:col: invalid YAML: problem (context)``; PyYAML's
+    own message spans 3-5 lines with a drawing of the spot."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(source)
+    return f"{where}: invalid YAML: {problem}" + (f" ({context})" if context else "")
+
+
 def load_yaml(path: str | Path, *, allow_empty: bool = False) -> dict[str, Any]:
     """Read a YAML mapping. A missing, unreadable, empty (unless ``allow_empty``) or
     non-UTF-8 file, bad YAML or a duplicate key raises :class:`ConfigError` naming it."""
@@ -200,7 +213,7 @@ def load_yaml(path: str | Path, *, allow_empty: bool = False) -> dict[str, Any]:
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(yaml_error_line(path, exc)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
@@ -231,7 +244,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"--set {key}: {parent} is not a section")
         try:
             target[leaf] = parse_yaml(raw)
-        except Exception as exc:  # yaml.YAMLError or a duplicate key
+        except yaml.YAMLError as exc:
+            problem = yaml_error_line("value", exc).removeprefix("value")
+            raise ConfigError(f"--set {override}: not a YAML value{problem}") from None
+        except Exception as exc:  # a duplicate key
             raise ConfigError(f"--set {override}: not a YAML value ({exc})") from None
     return data
 
@@ -277,4 +293,15 @@ def load_config(cls: type[_C], path: str | Path, overrides: list[str] | None = N
     try:
         return config_from_dict(cls, data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{blame(exc, path, overrides or [])}: {exc}") from None
+
+
+def blame(exc: Exception, path: str | Path, overrides: list[str]) -> str:
+    """Where a config error comes from: the ``--set`` whose key the message names (the
+    last one, as it wins), else the config file."""
+    message = str(exc)
+    for override in reversed(overrides):
+        key = override.partition("=")[0].strip()
+        if key and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message):
+            return f"--set {override}"
+    return str(path)
