@@ -28,6 +28,7 @@ __all__ = [
     "RunLock",
     "atomic_path",
     "check_writable",
+    "lock_holder",
     "write_parquet_atomic",
     "write_text_atomic",
 ]
@@ -139,6 +140,27 @@ def _read_owner(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError):
         return {}
+
+
+def lock_holder(directory: str | os.PathLike[str], name: str = ".lock") -> dict[str, Any] | None:
+    """Who holds the :class:`RunLock` of ``directory`` now (pid, host, started, command), or
+    ``None`` when no live process does. Read-only: a stale file of a killed run is no holder.
+
+    A shared ``flock`` probe fails while the holder's exclusive lock is held; it is dropped
+    at once, so it cannot keep a run from starting (but for that instant).
+    """
+    path = Path(directory) / name
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: nothing runs there
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_owner(path) or {"pid": "?"}
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
+    return None
 
 
 class RunLock:

@@ -51,6 +51,7 @@ __all__ = [
     "render_study_report",
     "run_report_dir",
     "share_plotly_js",
+    "study_progress_note",
     "sweep",
 ]
 
@@ -460,17 +461,37 @@ def render_study_report(
     table = format_arm_table(study.arms)
     scores = table.to_html(border=0) if len(table) else "<p>No arm evaluated yet.</p>"
     config = html.escape(config_yaml(config_dict(study.config)))
+    progress = study_progress_note(study.path)
     body = (
-        _links(report, entries)
+        progress
+        + _links(report, entries)
         + "<h2>Greedy pass@1 per arm (mean over seeds [95% interval])</h2>"
         + scores
         + f"<h2>Config</h2><pre>{config}</pre>"
     )
     meta = f"study directory {html.escape(str(study.path))} · {_generated()}"
-    _write_index(out, f"SPPD margin study {study.study_id}", meta, body)
+    title = f"SPPD margin study {study.study_id}" + (" (in progress)" if progress else "")
+    _write_index(out, title, meta, body)
     report.seconds = time.perf_counter() - started
     _raise_if_failed(report)
     return report
+
+
+def study_progress_note(study_dir: str | os.PathLike[str]) -> str:
+    """An "in progress" note (HTML) while a study process holds the directory's lock, else
+    ``""``: a report of a running study shows the arms finished so far, not the result."""
+    from sppd_lib.files import lock_holder
+
+    holder = lock_holder(study_dir)
+    if holder is None:
+        return ""
+    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+    return (
+        f'<p class="in-progress"><strong>In progress</strong>: the study is still running '
+        f"({html.escape(who)}, since {html.escape(str(holder.get('started', '?')))}); the "
+        "tables and figures show the arms finished so far. Render the report again when it "
+        "ends.</p>"
+    )
 
 
 def _slug(parameters: Mapping[str, Any]) -> str:

@@ -219,3 +219,49 @@ def test_8_a_resume_mismatch_names_old_and_new_values(tmp_path: Path) -> None:
         ConfigError, match=r'model: "tiny-llama" -> "tiny-qwen2", sampler\.k: 16 -> 8'
     ):
         run.start(new, {})
+
+
+# ---------------------------------------------------------------------------------------
+# 10. Data formats
+# ---------------------------------------------------------------------------------------
+
+
+def test_10_a_jsonl_with_a_bom_is_read_by_eval(tmp_path: Path, capsys) -> None:
+    import pandas as pd
+
+    data = tmp_path / "bom.jsonl"
+    data.write_bytes(b'\xef\xbb\xbf{"id": "a", "question": "1+1?", "answer": "2"}\r\n')
+    out = tmp_path / "eval.parquet"
+    argv = ["eval", "--model", "tiny-llama", "--max-new-tokens", "2", "--out", str(out)]
+    assert main([*argv, "--benchmarks", f"bom={data}"]) == 0
+    assert list(pd.read_parquet(out)["problem_id"]) == ["bom/test/a"]
+
+
+def test_10_the_yaml_merge_key_is_accepted(tmp_path: Path) -> None:
+    from sppd_lib.config import ConfigError, load_run_config, load_yaml
+
+    config = tmp_path / "merge.yaml"
+    config.write_text("sampler:\n  <<: {k: 3, c: 2}\n  c: 4\n")
+    assert load_yaml(config)["sampler"] == {"k": 3, "c": 4}  # its own keys win
+    loaded = load_run_config(config)
+    assert (loaded.sampler.k, loaded.sampler.c) == (3, 4)
+    config.write_text("sampler:\n  <<: {k: 3, c: 2}\n  c: 4\n  c: 5\n")
+    with pytest.raises(ConfigError, match="duplicate key 'c'"):
+        load_yaml(config)  # an own key given twice is still refused
+
+
+def test_10_a_running_study_is_marked_in_progress(tmp_path: Path) -> None:
+    import os
+
+    from sppd_lib.files import RunLock, lock_holder
+    from sppd_lib.report import study_progress_note
+
+    study = tmp_path / "study"
+    assert lock_holder(study) is None and study_progress_note(study) == ""
+    with RunLock(study, f"study directory {study}"):
+        assert lock_holder(study)["pid"] == os.getpid()
+        note = study_progress_note(study)
+        assert "In progress" in note and f"pid {os.getpid()}" in note
+    assert study_progress_note(study) == ""  # finished (or killed: the kernel drops the lock)
+    (study / ".lock").write_text('{"pid": 1}')  # a stale file of a killed study
+    assert lock_holder(study) is None
