@@ -11,6 +11,7 @@ from typing import Any, Literal
 from sppd_lib.config.loading import (
     ConfigError,
     check_choices,
+    check_finite,
     check_ranges,
     config_from_dict,
     config_to_dict,
@@ -56,6 +57,7 @@ class DataConfig:
     arith_seed: int = option(0, "Seed of the generated arithmetic training problems.")
 
     def __post_init__(self) -> None:
+        check_finite(self, "data.")
         check_ranges(
             self, "data.", {"prompts_per_iteration": (self.prompts_per_iteration >= 1, ">= 1")}
         )
@@ -96,6 +98,7 @@ class RayConfig:
     )
 
     def __post_init__(self) -> None:
+        check_finite(self, "ray.")
         check_ranges(
             self,
             "ray.",
