@@ -182,6 +182,27 @@ def _cached_hub_snapshot(repo_id: str) -> Path | None:
     return Path(found).parent if isinstance(found, str) else None
 
 
+def _adapter_message(path: Path) -> str:
+    """What to do with a LoRA adapter directory given where a model is expected."""
+    try:
+        base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "base_model_name_or_path"
+        )
+    except (OSError, ValueError, AttributeError):
+        base = None
+    merged = path.parent / "model"
+    hint = (
+        f" ({merged} holds it merged, if sppd trained it)"
+        if (merged / "config.json").is_file()
+        else ""
+    )
+    return (
+        f"{path} is a LoRA adapter, not a model: pass its base model"
+        f"{f' ({base})' if base else ''} as --model (and the adapter as --lora, vLLM engine), "
+        f"or its merged weights{hint}"
+    )
+
+
 def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     """A directory (or HF id) that ``from_pretrained`` can load.
 
@@ -201,6 +222,8 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     if path.suffix == ".gguf":
         return str(convert_gguf(path))
     if path.is_dir():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            raise ModelError(_adapter_message(path))
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is a directory without config.json: not a model directory")
         return str(path)

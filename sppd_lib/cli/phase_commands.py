@@ -291,6 +291,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from sppd_lib.models import load_model
     from sppd_lib.pairs import phase_data
+    from sppd_lib.train_data import check_finite_rows
     from sppd_lib.trainer import check_train_out, train
 
     config = config_from_args(TrainConfig, args, section="train")
@@ -310,6 +311,7 @@ def _run_train(args: argparse.Namespace) -> int:
             ) from None
         if len(data) == 0:
             raise DataError(f"{args.pairs} holds no pairs: nothing to train on")
+        check_finite_rows(data, str(args.pairs))
     else:
         pair_config = config_from_args(PairConfig, args, section="pairs")
         trees = read_trees(args.trees)

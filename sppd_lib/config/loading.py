@@ -25,6 +25,7 @@ __all__ = [
     "apply_overrides",
     "check_choices",
     "check_finite",
+    "check_plain_name",
     "check_ranges",
     "choices_of",
     "config_from_dict",
@@ -82,6 +83,19 @@ def check_choices(config: Any, where: str) -> None:
         value = getattr(config, name)
         if value is not None and value not in choices:
             raise ConfigError(f"{where}{name} must be one of {choices}, not {value!r}")
+
+
+def check_plain_name(value: str, key: str) -> None:
+    """``value`` (a run or study name, which becomes a directory) is a plain name: letters,
+    digits, ``_``, ``.``, ``-``, not starting with a dot, so ``runs/<name>`` stays in
+    ``runs/`` (no ``../``, no ``/``, no hidden directory)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", value):
+        raise ConfigError(
+            f"{key} must be a plain name (letters, digits, '_', '.', '-'; no '/', not starting "
+            f"with '.'), got {value!r}; to put the run elsewhere, use --run-dir / --study-dir"
+        )
 
 
 def _non_finite(value: Any) -> str | None:

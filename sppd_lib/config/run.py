@@ -12,6 +12,7 @@ from sppd_lib.config.loading import (
     ConfigError,
     check_choices,
     check_finite,
+    check_plain_name,
     check_ranges,
     config_from_dict,
     config_to_dict,
@@ -160,6 +161,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "")
+        check_plain_name(self.run_id, "run_id")
         if self.iterations < 0:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
         if self.sft_per_problem < 1:
