@@ -34,6 +34,7 @@ __all__ = [
     "atomic_path",
     "check_writable",
     "made_by_sppd",
+    "staging_dir",
     "write_parquet_atomic",
     "write_text_atomic",
 ]
@@ -58,6 +59,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def staging_dir(parent: str | os.PathLike[str], name: str) -> Path:
+    """A new, uniquely named hidden directory in ``parent`` to build ``name`` in before it is
+    renamed into place, with the mode of any directory made here (``tempfile.mkdtemp`` makes
+    it 0700, so the renamed result would be the one private directory of a run)."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}-"))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+    return path
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sppd_lib.files import write_text_atomic
+from sppd_lib.files import staging_dir, write_text_atomic
 
 __all__ = [
     "MODEL_ALIASES",
@@ -159,7 +158,7 @@ def _save_atomically(
 ) -> None:
     """Save into a staging dir, then rename: a crash never leaves a half-written model."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    staging = staging_dir(target.parent, target.name)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import ConfigError, TrainConfig, config_to_dict
-from sppd_lib.files import write_parquet_atomic
+from sppd_lib.files import staging_dir, write_parquet_atomic
 from sppd_lib.loss import dpo_loss, sft_loss, sppd_loss
 from sppd_lib.packing import sequence_logps
 from sppd_lib.rundir import TrainDir
@@ -266,12 +265,6 @@ def _prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedMod
     )
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def check_train_out(out_dir: str | os.PathLike[str], *, work_dir: bool = True) -> Path:
     """The checks :func:`train` makes before any work: ``out_dir`` is absent or an empty
     directory, its ``.partial`` work dir is absent or ours, and the location is writable.
@@ -355,8 +348,7 @@ def train(
             shutil.rmtree(work_dir)
         # Made with its mark in place (staged, then renamed): a kill cannot leave it unmarked.
         work_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=work_dir.parent, prefix=f".{work_dir.name}-"))
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a directory is 0755 here
+        staging = staging_dir(work_dir.parent, work_dir.name)
         (staging / layout.work_mark.name).write_text(
             "made by sppd_lib.trainer.train; safe to delete\n"
         )

@@ -412,6 +412,15 @@ def test_9_trained_directories_have_the_modes_of_the_rest(finished_run) -> None:
     assert set(modes.values()) == {0o777 & ~umask}, modes
 
 
+def test_9_staging_directories_get_the_usual_mode(tmp_path) -> None:
+    from sppd_lib.files import staging_dir
+
+    umask = os.umask(0)
+    os.umask(umask)
+    staged = staging_dir(tmp_path, "model")
+    assert staged.name.startswith(".model-") and staged.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
 def test_9_extending_a_run_without_its_model_leaves_nothing(tmp_path, finished_run) -> None:
     from sppd_lib.data import DataError
     from sppd_lib.loop import run
