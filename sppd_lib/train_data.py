@@ -32,12 +32,16 @@ __all__ = [
 ]
 
 
-def check_finite_rows(data: pd.DataFrame, source: str) -> None:
+def check_finite_rows(
+    data: pd.DataFrame,
+    source: str,
+    fix: str = "rebuild the file (sppd pairs) or drop those rows",
+) -> None:
     """Every number of ``data`` (its numeric columns: Δv, values, reference log-probs, ...)
     is finite, so no NaN reaches a loss that would then train on NaN gradients.
 
     Raises:
-        DataError: naming ``source`` (the file), the row (0-based) and the column.
+        DataError: naming ``source`` (the file), the row (0-based), the column and ``fix``.
     """
     numeric = data.select_dtypes(include="number").select_dtypes(exclude="bool")
     if numeric.empty:
@@ -49,8 +53,7 @@ def check_finite_rows(data: pd.DataFrame, source: str) -> None:
     name = numeric.columns[column]
     raise DataError(
         f"{source}: row {row} (0-based): {name} is {numeric.iloc[row, column]} (not a finite "
-        f"number; {int((~finite).any(axis=1).sum())} such row(s)); rebuild the file (sppd "
-        "pairs) or drop those rows"
+        f"number; {int((~finite).any(axis=1).sum())} such row(s)); {fix}"
     )
 
 

@@ -262,6 +262,17 @@ def test_3_non_finite_pairs_are_refused_with_file_and_row(tmp_path, pairs_file, 
         assert not out.exists()
 
 
+def test_3_pairs_with_a_nan_value_are_never_written(tmp_path, pairs_file) -> None:
+    from sppd_lib.data import DataError
+
+    pairs = pd.read_parquet(pairs_file)
+    pairs.loc[0, "value_chosen"] = float("nan")  # e.g. a PRM that scored a step NaN
+    out = tmp_path / "pairs.parquet"
+    with pytest.raises(DataError, match=r"row 0 \(0-based\): value_chosen is nan"):
+        write_pairs(pairs, out)
+    assert list(tmp_path.iterdir()) == []  # neither the pairs nor their TRL export
+
+
 def test_3_a_diverging_phase_stops_unsaved(tmp_path, pairs_file, capsys, monkeypatch) -> None:
     # AdamW at 1e30: the weights blow up after step 1, the loss of step 2 is not finite.
     out = tmp_path / "loss"
