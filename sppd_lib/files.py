@@ -2,12 +2,18 @@
 
 Atomic writes go to a temporary name in the same folder, then are renamed: a reader (or a
 resumed run) never sees half a file, either the old one or the new one.
+
+This module alone decides whether an output path may be written (:func:`check_writable`):
+a path may be written if it is new, or if sppd made the file there and marked it so (a key
+in a parquet file's schema metadata, a generator tag in an HTML page, a papermill notebook,
+or a gzip trees file, whose format is its own mark). Nothing else is ever replaced.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
 import json
 import os
 import socket
@@ -29,6 +35,8 @@ __all__ = [
     "atomic_path",
     "check_writable",
     "lock_holder",
+    "made_by_sppd",
+    "staging_dir",
     "write_parquet_atomic",
     "write_text_atomic",
 ]
@@ -90,22 +98,73 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def staging_dir(parent: str | os.PathLike[str], name: str) -> Path:
+    """A new, uniquely named hidden directory in ``parent`` to build ``name`` in before it is
+    renamed into place, with the mode of any directory made here (``tempfile.mkdtemp`` makes
+    it 0700, so the renamed result would be the one private directory of a run)."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}-"))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+    return path
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
+#: Key of the schema metadata of every parquet file sppd writes: its mark of ownership.
+PARQUET_MARK = b"sppd"
+#: Tag in the ``<head>`` of every HTML page sppd writes: its mark of ownership.
+HTML_MARK = '<meta name="generator" content="sppd">'
+
+
 def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """``frame`` as parquet (no index), marked as made by sppd (:data:`PARQUET_MARK`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), PARQUET_MARK: b"1"})
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
     return Path(path)
+
+
+def made_by_sppd(path: str | os.PathLike[str]) -> bool:
+    """Whether the file ``path`` carries the mark of a file sppd wrote (see the module doc);
+    an unreadable or foreign file is not."""
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            return PARQUET_MARK in (pq.read_schema(path).metadata or {})
+        if name.endswith((".html", ".htm")):
+            with path.open("rb") as handle:
+                return HTML_MARK.encode() in handle.read(1 << 16)
+        if name.endswith(".ipynb"):
+            notebook = json.loads(path.read_text(encoding="utf-8"))
+            return "papermill" in notebook.get("metadata", {})
+        if name.endswith(".gz"):  # a trees file: every line is a tree
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                first = handle.readline()
+            if not first:
+                return True  # an empty gzip stream: nothing to lose
+            return {"problem", "prompt_ids", "nodes", "meta"} <= set(json.loads(first))
+    except Exception:  # not the format its name says: a user's file, not ours
+        return False
+    return False
 
 
 def check_writable(path: str | os.PathLike[str], *, directory: bool = False) -> Path:
     """Fail now, before any work, if ``path`` (a file, or a folder with ``directory``) cannot
     be written later. Creates nothing: the nearest existing ancestor gets a probe file that is
     removed at once (``os.access`` is no use: it says yes to root on a read-only mount).
+    A file that exists may be replaced only if sppd made it (:func:`made_by_sppd`).
 
     Raises:
         NotWritableError: naming the path and the reason.
@@ -116,6 +175,11 @@ def check_writable(path: str | os.PathLike[str], *, directory: bool = False) -> 
             raise NotWritableError(f"{path} exists and is not a directory; choose another path")
         if not directory and path.is_dir():
             raise NotWritableError(f"{path} is a directory; give a file name")
+        if not directory and not made_by_sppd(path):
+            raise NotWritableError(
+                f"{path} exists and was not written by sppd, so it is not replaced; choose "
+                "another path, or delete or move that file first"
+            )
     probe_dir = path if directory and path.is_dir() else path.parent
     while not probe_dir.exists():
         probe_dir = probe_dir.parent

@@ -158,6 +158,25 @@ def run(config: RunConfig, run_dir: str | os.PathLike[str] | None = None) -> pd.
         return _loop(config, directory)
 
 
+def _check_model_present(model_path: str, directory: RunDir, needed_for: str) -> None:
+    """A trained model of the run that is still needed (``needed_for``: "iteration 2 starts
+    from it") is still there: checked before the iteration's directory is made, so a run
+    extended after that model was deleted fails at once and leaves nothing behind.
+
+    Raises:
+        DataError: naming the missing directory and what to do.
+    """
+    from sppd_lib.data import DataError
+
+    path = Path(model_path)
+    inside = directory.path.resolve() in path.resolve().parents
+    if inside and not (path / "config.json").is_file():
+        raise DataError(
+            f"the trained model {path} is missing ({needed_for}); restore that directory, or "
+            "start a new run (another --run-dir) to train again"
+        )
+
+
 def _loop(config: RunConfig, directory: RunDir) -> pd.DataFrame:
     from sppd_lib.models import resolve_model
 
@@ -167,6 +186,8 @@ def _loop(config: RunConfig, directory: RunDir) -> pd.DataFrame:
     with Policy.for_run(config, model_path) as policy:
         for iteration in range(config.iterations + 1):
             out = directory.iteration(iteration)
+            if iteration > 0 and not out.train.done.exists():
+                _check_model_present(model_path, directory, f"iteration {iteration} starts from it")
             out.path.mkdir(parents=True, exist_ok=True)
             if iteration > 0:
                 if not out.trees.exists():  # the prompts are loaded only to sample them
@@ -180,6 +201,10 @@ def _loop(config: RunConfig, directory: RunDir) -> pd.DataFrame:
                 pairs_phase(config, out, iteration, engine_for)
                 policy.make_room_for_training()
                 model_path = train_phase(config, model_path, out, iteration)
+                if not out.evaluated(with_samples=bool(config.eval.num_samples)):
+                    _check_model_present(
+                        model_path, directory, f"iteration {iteration} is evaluated with it"
+                    )
             eval_phase(config, policy, model_path, out, iteration)
             summary = directory.summary_table()
             directory.write_summary(summary)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sppd_lib.files import reporting_disk_full, write_text_atomic
+from sppd_lib.files import reporting_disk_full, staging_dir, write_text_atomic
 
 __all__ = [
     "MODEL_ALIASES",
@@ -167,7 +166,7 @@ def _save_atomically(
 ) -> None:
     """Save into a staging dir, then rename: a crash never leaves a half-written model."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    staging = staging_dir(target.parent, target.name)
     try:
         with reporting_disk_full(target):
             model.save_pretrained(staging)
@@ -191,6 +190,27 @@ def _cached_hub_snapshot(repo_id: str) -> Path | None:
     return Path(found).parent if isinstance(found, str) else None
 
 
+def _adapter_message(path: Path) -> str:
+    """What to do with a LoRA adapter directory given where a model is expected."""
+    try:
+        base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "base_model_name_or_path"
+        )
+    except (OSError, ValueError, AttributeError):
+        base = None
+    merged = path.parent / "model"
+    hint = (
+        f" ({merged} holds it merged, if sppd trained it)"
+        if (merged / "config.json").is_file()
+        else ""
+    )
+    return (
+        f"{path} is a LoRA adapter, not a model: pass its base model"
+        f"{f' ({base})' if base else ''} as --model (and the adapter as --lora, vLLM engine), "
+        f"or its merged weights{hint}"
+    )
+
+
 def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     """A directory (or HF id) that ``from_pretrained`` can load.
 
@@ -210,6 +230,8 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     if path.suffix == ".gguf":
         return str(convert_gguf(path))
     if path.is_dir():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            raise ModelError(_adapter_message(path))
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is a directory without config.json: not a model directory")
         return str(path)

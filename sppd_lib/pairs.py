@@ -283,8 +283,15 @@ def write_pairs(pairs: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """``path`` (parquet, every column) and ``<stem>.trl.parquet`` beside it (TRL format).
 
     ``path`` is written last: the loop takes it as the mark of a finished pairs phase, so a
-    kill in between must not leave it without its TRL export.
+    kill in between must not leave it without its TRL export. Pairs with a non-finite number
+    (a NaN value from a PRM, say) are refused (:class:`~sppd_lib.data.DataError`) before
+    anything is written, so no finished pairs phase holds them.
     """
+    from sppd_lib.train_data import check_finite_rows
+
+    check_finite_rows(
+        pairs, f"pairs for {path}", "check the values of the trees (the PRM's scores)"
+    )
     write_parquet_atomic(to_trl_preference(pairs), trl_pairs_path(path))
     write_parquet_atomic(pairs, path)
 

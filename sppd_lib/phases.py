@@ -278,7 +278,11 @@ def _phase_data(config: RunConfig, phase: str, out: PhaseDir) -> pd.DataFrame:
     from sppd_lib.tree import read_trees
 
     if phase == "sppd":  # built and stored by the pairs phase
-        return pd.read_parquet(out.pairs)
+        from sppd_lib.train_data import check_finite_rows
+
+        pairs = pd.read_parquet(out.pairs)
+        check_finite_rows(pairs, str(out.pairs))
+        return pairs
     # The pairs phase stored the trees with this config's values: no second backup.
     trees = read_trees(out.trees)
     return phase_data(phase, trees, config.pairs, config.sft_per_problem, valued=True)

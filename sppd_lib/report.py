@@ -32,6 +32,7 @@ import yaml
 from sppd_lib import viz
 from sppd_lib.config import config_to_dict as config_dict
 from sppd_lib.config import parse_yaml
+from sppd_lib.files import HTML_MARK, check_writable
 from sppd_lib.viz.identity import run_started
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "RUN_NOTEBOOKS",
     "Report",
     "ReportError",
+    "check_report_dir",
     "config_yaml",
     "ensure_kernel",
     "execute_notebook",
@@ -91,15 +93,19 @@ STATIC_PARAMETERS = {"interactive": False}
 
 # nbconvert's lab template without anything fetched from a CDN (require.js, MathJax,
 # mermaid, the widget manager): the report must open offline.
-_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+_OFFLINE_TEMPLATE = (
+    """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {% block jupyter_widgets %}{% endblock jupyter_widgets %}
-{% block extra_css %}<style>
+{% block extra_css %}"""
+    + HTML_MARK
+    + """<style>
   body { max-width: 1280px; margin: 0 auto; padding: 0 16px; }
 </style>{% endblock extra_css %}
 """
+)
 
 
 class ReportError(RuntimeError):
@@ -266,6 +272,23 @@ def _render(
     logger.info("%s: %.1f s", stem, time.perf_counter() - started)
 
 
+def check_report_dir(
+    out_dir: str | os.PathLike[str], stems: Sequence[str], keep_notebooks: bool = False
+) -> None:
+    """Before any notebook runs: every page a report into ``out_dir`` writes (``index.html``
+    and one page per stem) is new or an earlier report's, never a user's file.
+
+    Raises:
+        NotWritableError: naming the first such file (``sppd`` exits 2).
+    """
+    out = Path(out_dir)
+    names = ["index.html", *(f"{stem}.html" for stem in stems)]
+    names += [f"{stem}.ipynb" for stem in stems] if keep_notebooks else []
+    check_writable(out, directory=True)
+    for name in names:
+        check_writable(out / name)
+
+
 def _raise_if_failed(report: Report) -> None:
     if report.failed:
         details = "; ".join(f"{stem}: {error}" for stem, error in report.failed.items())
@@ -303,7 +326,7 @@ def _links(report: Report, entries: Sequence[tuple[str, str, str]]) -> str:
 
 def _write_index(out_dir: Path, title: str, meta: str, body: str) -> Path:
     page = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{HTML_MARK}'
         f"<title>{html.escape(title)}</title><style>{_INDEX_CSS}</style></head><body>"
         f'<h1>{html.escape(title)}</h1><p class="meta">{meta}</p>{body}</body></html>'
     )
@@ -381,8 +404,9 @@ def render_run_report(
         if out_dir is not None
         else run_report_dir(run.path, run.config.get("report_dir"))
     )
-    out.mkdir(parents=True, exist_ok=True)
     stems = list(notebooks or RUN_NOTEBOOKS)
+    check_report_dir(out, stems, keep_notebooks)
+    out.mkdir(parents=True, exist_ok=True)
     report = Report(out_dir=out, index=out / "index.html")
     for stem in stems:
         title, _, extra = RUN_NOTEBOOKS.get(stem, (stem, "", {}))
@@ -421,6 +445,7 @@ def render_compare_report(
     started = time.perf_counter()
     runs = [viz.load_run(path) for path in run_dirs]  # fails early on a missing run
     out = Path(out_dir) if out_dir is not None else Path("reports") / "compare"
+    check_report_dir(out, ["compare_runs"], keep_notebooks)
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out_dir=out, index=out / "index.html")
     parameters = {
@@ -451,6 +476,7 @@ def render_study_report(
     started = time.perf_counter()
     study = load_study(study_dir)  # fails early on a missing study
     out = Path(out_dir) if out_dir is not None else run_report_dir(study.path)
+    check_report_dir(out, ["study"], keep_notebooks)
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out_dir=out, index=out / "index.html")
     parameters = {"study_dir": str(study.path.resolve()), "compare": study.config.compare or None}
@@ -512,13 +538,16 @@ def sweep(
     started = time.perf_counter()
     source = find_notebook(notebook)
     out = Path(out_dir)
+    keys = list(grid)
+    combinations = [
+        dict(zip(keys, v, strict=True)) for v in itertools.product(*(grid[k] for k in keys))
+    ]
+    stems = [f"{source.stem}-{_slug(combination)}" for combination in combinations]
+    check_report_dir(out, stems, keep_notebooks)
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out_dir=out, index=out / "index.html")
     entries = []
-    keys = list(grid)
-    for values in itertools.product(*(grid[key] for key in keys)):
-        combination = dict(zip(keys, values, strict=True))
-        stem = f"{source.stem}-{_slug(combination)}"
+    for combination, stem in zip(combinations, stems, strict=True):
         label = ", ".join(f"{k} = {v}" for k, v in combination.items())
         merged = {**(parameters or {}), **combination}
         _render(stem, merged, out, label, report, keep_notebooks, source=source)

@@ -22,7 +22,8 @@ order and LoRA initialisation). The study directory (``studies/<study_id>/``, wh
     values/<estimator>/                 valued trees, pairs.parquet, sft.parquet, dpo.parquet,
                                         pairs_summary.json (and prm/ for an own PRM)
     <arm>/seed_<s>/train/, eval.parquet, arm.json (written last: the arm × seed is done;
-                                        it records the sha256 of the data it trained on)
+                                        it records the sha256 of the data it trained on,
+                                        and a new arm must match them: no mixed tables)
     study.parquet                       one row per arm × seed × benchmark × metric
     arms.parquet, comparisons.parquet   per-arm intervals and paired comparisons
                                         (``sppd_lib.study_results`` reads and computes them)
@@ -70,6 +71,64 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _finished_arms(study: StudyDir) -> list[tuple[Path, dict[str, Any]]]:
+    """``(arm.json, record)`` of every finished arm × seed, in a stable order."""
+    import json
+
+    found = []
+    for path in sorted(study.path.glob("*/seed_*/arm.json")):
+        try:
+            found.append((path, json.loads(path.read_text(encoding="utf-8"))))
+        except ValueError:
+            raise ConfigError(f"{path} is not valid JSON: delete it to redo that arm") from None
+    return found
+
+
+def _mixed(what: Path, current: str, record: Path, recorded: str) -> ConfigError:
+    return ConfigError(
+        f"{what} has sha256 {current[:16]}, but the finished arm {record} was trained on "
+        f"sha256 {recorded[:16]}: the study's shared data changed, and a new arm would not "
+        "be comparable. Restore the file, or start a new study (another study_id / "
+        "--study-dir)"
+    )
+
+
+def _check_shared_trees(study: StudyDir, finished: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Every finished arm was trained on the trees the study holds now.
+
+    Raises:
+        ConfigError: naming the trees file, the arm record and both hashes.
+    """
+    if not finished or not study.trees.is_file():
+        return
+    current = sha256_file(study.trees)
+    for path, record in finished:
+        recorded = record.get("trees_sha256")
+        if recorded is not None and recorded != current:
+            raise _mixed(study.trees, current, path, recorded)
+
+
+def _check_shared_values(
+    files: dict[str, Path],
+    estimator: str,
+    finished: list[tuple[Path, dict[str, Any]]],
+) -> dict[str, str]:
+    """The sha256 of an arm's data ``files`` (by phase), checked equal to those of every
+    finished arm on the same value estimator; returns them.
+
+    Raises:
+        ConfigError: naming the data file, the arm record and both hashes.
+    """
+    hashes = {phase: sha256_file(path) for phase, path in files.items()}
+    for path, record in finished:
+        if record.get("values") != estimator:
+            continue
+        for phase, recorded in (record.get("data_sha256") or {}).items():
+            if phase in hashes and recorded != hashes[phase]:
+                raise _mixed(files[phase], hashes[phase], path, recorded)
+    return hashes
 
 
 def _take_trees(config: StudyConfig, study: StudyDir, from_run: RunDir) -> None:
@@ -164,10 +223,13 @@ def _run_arm(
     if arm_dir.arm_record.exists() and arm_dir.eval.exists():
         return
     arm_dir.arm_record.unlink(missing_ok=True)  # its eval.parquet was lost: not done
-    arm_dir.path.mkdir(parents=True, exist_ok=True)
     run_config = config.run_config(arm.phases, {**arm.train, "seed": seed}, arm.name)
-    values = study.values(arm.values or "main")
+    estimator = arm.values or "main"
+    values = study.values(estimator)
     files = {phase: values.phase_data(phase) for phase in arm.phases}
+    # Before anything of the arm is made: its data is the data the finished arms had.
+    data_sha256 = _check_shared_values(files, estimator, _finished_arms(study))
+    arm_dir.path.mkdir(parents=True, exist_ok=True)
     logger.info(
         "arm %s, seed %d: %s on values %s", arm.name, seed, "+".join(arm.phases), arm.values
     )
@@ -184,7 +246,7 @@ def _run_arm(
         "phases": arm.phases,
         "values": arm.values,
         "train": config_to_dict(run_config.train),
-        "data_sha256": {phase: sha256_file(path) for phase, path in files.items()},
+        "data_sha256": data_sha256,
         "trees_sha256": sha256_file(study.trees),
         "train_seconds": trained - started,
         "eval_seconds": time.perf_counter() - trained,
@@ -243,6 +305,7 @@ def run_study(
                 _take_trees(config, study, source)
             else:
                 sample_phase(base, policy, model_path, study.root, 1, training_problems(base, 1))
+        _check_shared_trees(study, _finished_arms(study))
         start = study.start_dir(START)
         start.path.mkdir(exist_ok=True)
         eval_phase(base, policy, model_path, start, 0)

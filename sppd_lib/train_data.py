@@ -10,11 +10,13 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
 from sppd_lib.config import ConfigError, TrainConfig
+from sppd_lib.data import DataError
 from sppd_lib.loss import value_margin
 from sppd_lib.packing import Batch, pack_sequences, pad_sequences, sequence_logps
 
@@ -23,10 +25,36 @@ __all__ = [
     "PreferenceDataset",
     "attention_of",
     "batch_of",
+    "check_finite_rows",
     "compute_reference_logps",
     "pair_margins",
     "training_order",
 ]
+
+
+def check_finite_rows(
+    data: pd.DataFrame,
+    source: str,
+    fix: str = "rebuild the file (sppd pairs) or drop those rows",
+) -> None:
+    """Every number of ``data`` (its numeric columns: Δv, values, reference log-probs, ...)
+    is finite, so no NaN reaches a loss that would then train on NaN gradients.
+
+    Raises:
+        DataError: naming ``source`` (the file), the row (0-based), the column and ``fix``.
+    """
+    numeric = data.select_dtypes(include="number").select_dtypes(exclude="bool")
+    if numeric.empty:
+        return
+    finite = np.isfinite(numeric.to_numpy(dtype=float))
+    if finite.all():
+        return
+    row, column = (int(i[0]) for i in np.nonzero(~finite))
+    name = numeric.columns[column]
+    raise DataError(
+        f"{source}: row {row} (0-based): {name} is {numeric.iloc[row, column]} (not a finite "
+        f"number; {int((~finite).any(axis=1).sum())} such row(s)); {fix}"
+    )
 
 
 def _ids(value: Any) -> list[int]:

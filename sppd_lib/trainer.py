@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import ConfigError, TrainConfig, config_to_dict
-from sppd_lib.files import reporting_disk_full, write_parquet_atomic
+from sppd_lib.files import reporting_disk_full, staging_dir, write_parquet_atomic
 from sppd_lib.loss import dpo_loss, sft_loss, sppd_loss
 from sppd_lib.packing import sequence_logps
 from sppd_lib.rundir import TrainDir
@@ -42,12 +41,27 @@ from sppd_lib.train_data import (
     PreferenceDataset,
     attention_of,
     batch_of,
+    check_finite_rows,
     compute_reference_logps,
     pair_margins,
     training_order,
 )
 
-__all__ = ["SPPDTrainer", "TrainResult", "check_train_out", "train"]
+__all__ = ["SPPDTrainer", "TrainResult", "TrainingDivergedError", "check_train_out", "train"]
+
+
+class TrainingDivergedError(ConfigError):
+    """A loss, gradient or weight of the phase is not finite: the phase stops, saves nothing
+    and is not marked done (a user's setting or data, hence a ``ConfigError``: exit 2)."""
+
+
+def _diverged(what: str, phase: str, step: int) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"{phase} training diverged: {what} is not finite at step {step}; nothing was saved "
+        "and the phase is not done. Lower train.learning_rate (or beta, gamma, "
+        "max_grad_norm > 0) or check the pairs, then rerun"
+    )
+
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +100,8 @@ class SPPDTrainer(Trainer):
         if config.phase == "sft":
             loss = sft_loss(token_logps[None], torch.ones_like(token_logps)[None])
             self._metrics["nll"].append(loss.item())
+            if not torch.isfinite(loss.detach()).item():
+                raise _diverged("the loss", config.phase, self.state.global_step)
             return (loss, None) if return_outputs else loss
         chosen_logps, rejected_logps = logps.view(-1, 2).unbind(1)
         pair = (chosen_logps, rejected_logps, inputs["ref_chosen"], inputs["ref_rejected"])
@@ -97,6 +113,8 @@ class SPPDTrainer(Trainer):
             )
         self._record(inputs, losses, chosen_rewards, rejected_rewards)
         loss = losses.mean()
+        if not torch.isfinite(loss.detach()).item():
+            raise _diverged("the loss", config.phase, self.state.global_step)
         return (loss, None) if return_outputs else loss
 
     def _record(
@@ -140,6 +158,26 @@ class SPPDTrainer(Trainer):
                 logs[key] = sum(values) / len(values)
             self._metrics.clear()
         super().log(logs, start_time)
+
+
+def _all_finite(tensors: Any) -> bool:
+    """Whether every tensor of ``tensors`` is finite: one reduction, one device sync."""
+    flags = [torch.isfinite(t.detach()).all() for t in tensors]
+    return bool(torch.stack(flags).all().item()) if flags else True
+
+
+class _FiniteGradients(TrainerCallback):
+    """Stops the phase before an optimizer step on a non-finite gradient (which would make
+    every weight NaN while the logged loss still looks fine)."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        model = kwargs["model"]
+        grads = (p.grad for p in model.parameters() if p.grad is not None)
+        if not _all_finite(grads):
+            raise _diverged("the gradient norm", self.phase, state.global_step + 1)
 
 
 class _JsonlLogger(TrainerCallback):
@@ -264,8 +302,13 @@ def train(
     out_dir: str | os.PathLike[str],
     *,
     progress: bool = True,
+    source: str = "the training data",
 ) -> TrainResult:
     """Train ``model`` on ``data`` for one phase; write everything into ``out_dir``.
+
+    Every number of ``data`` (named ``source`` in errors) must be finite; a non-finite loss,
+    gradient or trained weight stops the phase with :class:`TrainingDivergedError`, before
+    anything is saved to ``out_dir`` (so the phase is never taken as done).
 
     ``out_dir`` gets ``log.jsonl`` (one line per logged step), ``pair_log.parquet`` (per pair
     per step: β·h, margin, loss), ``config.json``, ``metrics.json``, ``adapter/`` (LoRA) and
@@ -279,6 +322,7 @@ def train(
     out_dir = Path(out_dir)
     if len(data) == 0:
         raise ConfigError(f"no {config.phase} training data: nothing to train on")
+    check_finite_rows(data, source)
     if config.max_examples is not None:
         data = data.iloc[: config.max_examples]
     margins, margin_settings = pair_margins(data, config)
@@ -304,7 +348,7 @@ def train(
             shutil.rmtree(work_dir)
         # Made with its mark in place (staged, then renamed): a kill cannot leave it unmarked.
         work_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=work_dir.parent, prefix=f".{work_dir.name}-"))
+        staging = staging_dir(work_dir.parent, work_dir.name)
         (staging / layout.work_mark.name).write_text(
             "made by sppd_lib.trainer.train; safe to delete\n"
         )
@@ -327,7 +371,10 @@ def train(
         args=_training_arguments(config, work_dir, cuda, progress),
         train_dataset=dataset,
         data_collator=PairCollator(config.phase, config.packing, pad_id),
-        callbacks=[_JsonlLogger(TrainDir(work_dir).log, config.phase)],
+        callbacks=[
+            _JsonlLogger(TrainDir(work_dir).log, config.phase),
+            _FiniteGradients(config.phase),
+        ],
         train_config=config,
     )
     started = time.perf_counter()
@@ -344,6 +391,8 @@ def train(
         final_metrics={k: v for k, v in output.metrics.items() if isinstance(v, int | float)},
         margin_settings=margin_settings,
     )
+    if not _all_finite(p for p in policy.parameters()):
+        raise _diverged("a trained weight", config.phase, output.global_step)
     if not trainer.is_world_process_zero():
         return result
     _save(trainer, policy, tokenizer, config, work_dir, result)
@@ -385,6 +434,8 @@ def _save(
             policy.save_pretrained(out.adapter)
     if config.save_merged:
         merged = policy.merge_and_unload() if config.lora_r else policy
+        if not _all_finite(merged.parameters()):  # finite factors can multiply to inf
+            raise _diverged("a merged weight", config.phase, result.steps)
         with reporting_disk_full(out.model):
             merged.save_pretrained(out.model)
             tokenizer.save_pretrained(out.model)

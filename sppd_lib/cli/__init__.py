@@ -13,6 +13,7 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -67,7 +68,27 @@ _RESUME_HINTS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, Slurm and Kubernetes send) taken like Ctrl-C: the same
+    unwinding (locks released, partial files kept) and the same resume hint, exit 143."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:  # only the main thread may handle signals; elsewhere SIGTERM keeps its default
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return _main(argv)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -105,10 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         hint = _RESUME_HINTS.get(args.command, "outputs are written atomically, none is half-made")
-        print(f"\n{prefix}: interrupted; {hint}", file=sys.stderr)
-        return 130
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{prefix}: {how}; {hint}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # a bug of ours: still one line, the traceback behind -v
         if args.verbose:
             traceback.print_exc()

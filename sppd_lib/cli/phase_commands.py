@@ -231,7 +231,13 @@ def _run_pairs(args: argparse.Namespace) -> int:
 
     from sppd_lib.files import write_parquet_atomic
     from sppd_lib.models import ModelError, resolve_model
-    from sppd_lib.pairs import build_pairs, stepwise_records, summarize_pairs, write_pairs
+    from sppd_lib.pairs import (
+        build_pairs,
+        stepwise_records,
+        summarize_pairs,
+        trl_pairs_path,
+        write_pairs,
+    )
 
     config = config_from_args(PairConfig, args, section="pairs")
     if config.rollouts:
@@ -245,6 +251,7 @@ def _run_pairs(args: argparse.Namespace) -> int:
         except ModelError as exc:
             raise ModelError(f"pairs.prm_model: {exc}") from None
     check_out(args.out)
+    check_out(trl_pairs_path(args.out), "--out (its TRL export)")
     check_out(args.stepwise, "--stepwise")
     trees = read_trees(args.trees)
     pairs, reasons = build_pairs(trees, config)
@@ -284,6 +291,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from sppd_lib.models import load_model
     from sppd_lib.pairs import phase_data
+    from sppd_lib.train_data import check_finite_rows
     from sppd_lib.trainer import check_train_out, train
 
     config = config_from_args(TrainConfig, args, section="train")
@@ -303,6 +311,7 @@ def _run_train(args: argparse.Namespace) -> int:
             ) from None
         if len(data) == 0:
             raise DataError(f"{args.pairs} holds no pairs: nothing to train on")
+        check_finite_rows(data, str(args.pairs))
     else:
         pair_config = config_from_args(PairConfig, args, section="pairs")
         trees = read_trees(args.trees)

@@ -119,10 +119,9 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from sppd_lib.files import check_writable
     from sppd_lib.loop import run
     from sppd_lib.metrics import accuracy_by_iteration
-    from sppd_lib.report import run_report_dir
+    from sppd_lib.report import RUN_NOTEBOOKS, check_report_dir, run_report_dir
     from sppd_lib.rundir import RunDir
 
     config = load_run_config(args.config, args.set)
@@ -130,7 +129,7 @@ def _run_run(args: argparse.Namespace) -> int:
     report_dir = run_report_dir(run_dir, config.report_dir)
     if config.report:  # a report that cannot be written should fail now, not after the run
         try:
-            check_writable(report_dir, directory=True)
+            check_report_dir(report_dir, list(RUN_NOTEBOOKS))
         except OSError as exc:
             raise ConfigError(f"report_dir: {exc} (or set report_dir, or report: false)") from None
     started = time.perf_counter()
@@ -191,6 +190,10 @@ def _run_study(args: argparse.Namespace) -> int:
 
     config = load_study_config(args.config, args.set)
     study_dir = args.study_dir or Path("studies") / config.study_id
+    if config.report:  # a page that cannot be written should fail now, not after the study
+        from sppd_lib.report import check_report_dir, run_report_dir
+
+        check_report_dir(run_report_dir(study_dir), ["study"])
     started = time.perf_counter()
     study = run_study(config, study_dir, from_run=args.from_run)
     print(f"\nstudy {study_dir} finished in {(time.perf_counter() - started) / 60:.1f} min")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import re
 import types
 import typing
@@ -24,6 +25,8 @@ __all__ = [
     "ConfigError",
     "apply_overrides",
     "check_choices",
+    "check_finite",
+    "check_plain_name",
     "check_ranges",
     "choices_of",
     "config_from_dict",
@@ -74,11 +77,66 @@ def _field_choices(cls: type) -> dict[str, tuple[Any, ...]]:
 def check_choices(config: Any, where: str) -> None:
     """Raise :class:`ConfigError` for the first ``Literal`` field of ``config`` whose value
     is not one of its choices, naming ``where.key`` and the choices (``__post_init__`` calls
-    it, so a dataclass built in Python is checked as one loaded from YAML)."""
+    it, so a dataclass built in Python is checked as one loaded from YAML). Every number is
+    first checked finite (:func:`check_finite`)."""
+    check_finite(config, where)
     for name, choices in _field_choices(type(config)).items():
         value = getattr(config, name)
         if value is not None and value not in choices:
             raise ConfigError(f"{where}{name} must be one of {choices}, not {value!r}")
+
+
+def check_plain_name(value: str, key: str) -> None:
+    """``value`` (a run or study name, which becomes a directory) is a plain name: letters,
+    digits, ``_``, ``.``, ``-``, not starting with a dot, so ``runs/<name>`` stays in
+    ``runs/`` (no ``../``, no ``/``, no hidden directory)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", value):
+        raise ConfigError(
+            f"{key} must be a plain name (letters, digits, '_', '.', '-'; no '/', not starting "
+            f"with '.'), got {value!r}; to put the run elsewhere, use --run-dir / --study-dir"
+        )
+
+
+def _non_finite(value: Any) -> str | None:
+    """The path (``""``, ``".key"``, ``"[i]"``) of the first non-finite float in ``value``
+    (a number, or one nested in lists and dicts); ``None`` when every number is finite."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ""
+    if isinstance(value, dict | list | tuple):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            found = _non_finite(item)
+            if found is not None:
+                return (f".{key}" if isinstance(value, dict) else f"[{key}]") + found
+    return None
+
+
+def check_finite(config: Any, where: str = "") -> None:
+    """Raise :class:`ConfigError` for the first field of dataclass ``config`` holding a NaN
+    or an infinity (alone, or in a list or dict), naming ``where.key``. Driven by the fields
+    themselves, so no numeric setting of any section escapes it (a NaN passes every
+    ``<=`` check of a range, an ``inf`` every ``> 0``); nested dataclasses are checked
+    when they are built."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            continue
+        found = _non_finite(value)
+        if found is not None:
+            raise ConfigError(
+                f"{where}{item.name}{found} must be a finite number, got {_at(value, found)!r}"
+            )
+
+
+def _at(value: Any, path: str) -> Any:
+    """The item of ``value`` at a path of :func:`_non_finite`."""
+    import re
+
+    for key in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        value = value[key[0]] if key[0] else value[int(key[1])]
+    return value
 
 
 def check_ranges(config: Any, where: str, rules: dict[str, tuple[bool, str]]) -> None:
@@ -149,6 +207,11 @@ def config_from_dict(cls: type[_C], data: dict[str, Any] | None, where: str = ""
             shown = getattr(annotation, "__name__", str(annotation))
             raise ConfigError(f"{key} must be {shown}, got {value!r} ({type(value).__name__})")
         values[name] = float(value) if annotation is float else value
+        found = _non_finite(values[name])
+        if found is not None:  # before __post_init__, whose range checks a NaN would pass
+            raise ConfigError(
+                f"{key}{found} must be a finite number, got {_at(values[name], found)!r}"
+            )
     try:
         return cls(**values)
     except ConfigError as exc:  # a check of __post_init__: name the section too

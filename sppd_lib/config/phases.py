@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from sppd_lib.config.loading import ConfigError, check_choices, check_ranges, option
+from sppd_lib.config.loading import (
+    ConfigError,
+    check_choices,
+    check_finite,
+    check_ranges,
+    option,
+)
 from sppd_lib.data import GENERATED
 from sppd_lib.prompts import DEFAULT_STEP_DELIMITER, SYSTEM_PROMPT
 
@@ -327,6 +333,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         # config_from_dict has checked the types; these are the value ranges.
+        check_finite(self)
         check_ranges(
             self,
             "",

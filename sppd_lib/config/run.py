@@ -11,6 +11,8 @@ from typing import Any, Literal
 from sppd_lib.config.loading import (
     ConfigError,
     check_choices,
+    check_finite,
+    check_plain_name,
     check_ranges,
     config_from_dict,
     config_to_dict,
@@ -56,6 +58,7 @@ class DataConfig:
     arith_seed: int = option(0, "Seed of the generated arithmetic training problems.")
 
     def __post_init__(self) -> None:
+        check_finite(self, "data.")
         check_ranges(
             self, "data.", {"prompts_per_iteration": (self.prompts_per_iteration >= 1, ">= 1")}
         )
@@ -96,6 +99,7 @@ class RayConfig:
     )
 
     def __post_init__(self) -> None:
+        check_finite(self, "ray.")
         check_ranges(
             self,
             "ray.",
@@ -157,6 +161,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "")
+        check_plain_name(self.run_id, "run_id")
         if self.iterations < 0:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
         if self.sft_per_problem < 1:

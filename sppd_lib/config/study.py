@@ -11,6 +11,7 @@ from typing import Any, Literal
 from sppd_lib.config.loading import (
     ConfigError,
     check_choices,
+    check_plain_name,
     config_from_dict,
     config_to_dict,
     load_config,
@@ -123,6 +124,7 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "")
+        check_plain_name(self.study_id, "study_id")
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise ConfigError(f"baselines: unknown {unknown} (choose from {list(BASELINES)})")
