@@ -18,12 +18,20 @@ selection and mask building were ~10% of a greedy evaluation on CPU).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-__all__ = ["STATIC_MODEL_TYPES", "forward_static", "new_kv_buffers", "supports_static_cache"]
+__all__ = [
+    "STATIC_MODEL_TYPES",
+    "DecodeStep",
+    "forward_static",
+    "new_kv_buffers",
+    "supports_static_cache",
+]
 
 #: Model types whose decoder layers :func:`forward_static` reproduces.
 STATIC_MODEL_TYPES = frozenset({"llama", "qwen2"})
@@ -103,3 +111,57 @@ def forward_static(
         hidden = hidden + attention.o_proj(out.reshape(batch, width, -1))
         hidden = hidden + block.mlp(block.post_attention_layernorm(hidden))
     return model.lm_head(base.norm(hidden)) if logits else None
+
+
+class DecodeStep:
+    """One-token decode steps of ``rows`` slots over fixed KV buffers, as one CUDA graph.
+
+    The buffers ``(rows, kv_heads, max_len, head_dim)`` and the inputs live here, at fixed
+    addresses, and attention always reads all ``max_len`` indices (masked past each row's
+    position), so every step has the same shapes and one captured graph replays it: ~300
+    kernel launches and their Python become one launch. With ``capture=False`` (any device;
+    what CPU tests use) :meth:`step` runs :func:`forward_static` eagerly over the same buffers,
+    so the slot bookkeeping around it is the same on both.
+    """
+
+    def __init__(self, model: PreTrainedModel, rows: int, max_len: int, capture: bool) -> None:
+        device = model.lm_head.weight.device
+        self.model, self.rows, self.max_len = model, rows, max_len
+        self.keys, self.values = new_kv_buffers(model, rows, max_len)
+        self.input_ids = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        self.positions = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if capture:
+            try:
+                self._capture()
+            except RuntimeError as exc:  # decode eagerly rather than not at all; say so
+                self.graph = None
+                warnings.warn(f"CUDA graph capture failed, decoding eagerly: {exc}", stacklevel=2)
+
+    def _forward(self) -> torch.Tensor:
+        logits = forward_static(
+            self.model, self.input_ids, self.positions, self.keys, self.values, self.max_len
+        )
+        return logits[:, 0]  # type: ignore[index]
+
+    def _capture(self) -> None:
+        # Warm-up on a side stream first (lazy initialisation must not be captured).
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._forward()  # (rows, vocab), rewritten by every replay
+
+    def step(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Feed ``input_ids (rows,)`` at ``positions (rows,)``; logits ``(rows, vocab)``
+        (on the graph path a view that the next step overwrites)."""
+        self.input_ids[:, 0].copy_(input_ids)
+        self.positions[:, 0].copy_(positions)
+        if self.graph is None:
+            return self._forward()
+        self.graph.replay()
+        return self.logits

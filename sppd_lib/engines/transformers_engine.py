@@ -32,6 +32,7 @@ Decoding has two paths with the same results (to float rounding):
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -41,10 +42,20 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from sppd_lib.engines import Continuation, FinishReason, SamplingSettings
 from sppd_lib.engines.drafting import DRAFT_BUDGET, prompt_lookup_draft
 from sppd_lib.engines.kv_segments import Key, Segment, SegmentStore, compact_slots
-from sppd_lib.engines.static_llama import forward_static, new_kv_buffers, supports_static_cache
+from sppd_lib.engines.static_llama import (
+    DecodeStep,
+    forward_static,
+    new_kv_buffers,
+    supports_static_cache,
+)
 from sppd_lib.models import eos_token_ids
 
 __all__ = ["TransformersEngine", "supports_static_cache"]
+
+#: Decode steps (each a CUDA graph with its KV buffers) an engine keeps: enough for the shapes
+#: of a tree sampling run (slots in 16s up to 64, indices in 256s). SmolLM2-135M in bf16 needs
+#: 0.75 GB for 64 slots x 512 indices.
+MAX_DECODE_GRAPHS = 8
 
 
 class _Rows:
@@ -104,6 +115,7 @@ class TransformersEngine:
         kv_cache_tokens: int = 100_000,
         static_cache: bool | None = None,
         draft_tokens: int = 8,
+        decode_graphs: bool | None = None,
     ) -> None:
         """
         Args:
@@ -115,6 +127,10 @@ class TransformersEngine:
                 (``None``: whenever the model supports it; ``False``: always ``DynamicCache``).
             draft_tokens: greedy calls on the static path verify up to this many drafted tokens
                 per row and step (prompt lookup, :meth:`_greedy_chunk_static`); 0 turns it off.
+            decode_graphs: decode the static path in fixed slots replayed as CUDA graphs
+                (:meth:`_sample_chunk_graphed`; greedy calls then decode one token per step,
+                without drafts). ``None``: on CUDA whenever the static path is used;
+                ``True`` off CUDA runs the same slots eagerly (what CPU tests check).
         """
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -124,6 +140,13 @@ class TransformersEngine:
             raise ValueError(f"no static-cache path for model type {model.config.model_type!r}")
         self.static_cache = supported if static_cache is None else static_cache
         self.draft_tokens = draft_tokens
+        on_cuda = model.device.type == "cuda"
+        self.decode_graphs = self.static_cache and (
+            on_cuda if decode_graphs is None else decode_graphs
+        )
+        self._capture = on_cuda
+        #: Decode steps by (slots, max_len), least recently used first (each holds its buffers).
+        self._steps: OrderedDict[tuple[int, int], DecodeStep] = OrderedDict()
         eos = eos_token_ids(model, tokenizer)
         self.eos_ids = frozenset(eos)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -146,8 +169,9 @@ class TransformersEngine:
         self._kv.budget = tokens
 
     def clear_cache(self) -> None:
-        """Forget every stored segment (call it after the weights change)."""
+        """Forget every stored segment and captured graph (call it after the weights change)."""
         self._kv.clear()
+        self._steps.clear()
 
     # -- sampling -----------------------------------------------------------------------
 
@@ -191,6 +215,8 @@ class TransformersEngine:
             chunk = [tuple(p) for p in prefixes[start : start + per_chunk]]
             if not self.static_cache:
                 sample_chunk = self._sample_chunk
+            elif self.decode_graphs:
+                sample_chunk = self._sample_chunk_graphed
             elif settings.temperature <= 0 and self.draft_tokens > 0:
                 sample_chunk = self._greedy_chunk_static
             else:
@@ -415,10 +441,11 @@ class TransformersEngine:
         return chains
 
     def _static_buffers(
-        self, prefixes: list[Key], n: int, max_len: int
+        self, prefixes: list[Key], n: int, max_len: int, into: DecodeStep | None = None
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-layer KV buffers ``(len(prefixes) * n, kv_heads, max_len, head_dim)`` holding
-        each prefix's KV (``prefix[:-1]``) at indices ``0..len - 2`` of its ``n`` rows."""
+        each prefix's KV (``prefix[:-1]``) at indices ``0..len - 2`` of its ``n`` rows (the
+        buffers of ``into``, zeroed first, if given: it may have more slots and indices)."""
         chains: list[list[Segment] | None] = [self._kv.chain(p) for p in prefixes]
         missing = [i for i, chain in enumerate(chains) if chain is None]
         self.prefix_tokens_reused += sum(
@@ -428,7 +455,12 @@ class TransformersEngine:
             computed = self._prefill_static([prefixes[i] for i in missing])
             for i, chain in zip(missing, computed, strict=True):
                 chains[i] = chain
-        keys, values = new_kv_buffers(self.model, len(prefixes) * n, max_len)
+        if into is None:
+            keys, values = new_kv_buffers(self.model, len(prefixes) * n, max_len)
+        else:
+            keys, values = into.keys, into.values
+            for buffer in (*keys, *values):
+                buffer.zero_()
         for i, chain in enumerate(chains):
             parts = [s for s in chain if s.length]  # type: ignore[union-attr]
             if not parts:
@@ -489,6 +521,62 @@ class TransformersEngine:
                 next_tokens, positions = next_tokens[index], positions[index]
                 batch, live = [batch[j] for j in live], list(range(len(live)))
             inputs, positions = next_tokens, positions + 1
+        return grown.continuations()
+
+    def _decode_step(self, rows: int, max_len: int) -> DecodeStep:
+        """A decode step with at least ``rows`` slots and ``max_len`` indices, reused across
+        calls: slots round up to 16 and indices to 256, so that a few graphs serve a run."""
+        shape = (-(-rows // 16) * 16, -(-max_len // 256) * 256)
+        step = self._steps.pop(shape, None)
+        if step is None:
+            if len(self._steps) >= MAX_DECODE_GRAPHS:
+                self._steps.popitem(last=False)
+            step = DecodeStep(self.model, *shape, capture=self._capture)
+        self._steps[shape] = step
+        return step
+
+    def _sample_chunk_graphed(
+        self,
+        prefixes: list[Key],
+        n: int,
+        settings: SamplingSettings,
+        generator: torch.Generator,
+    ) -> list[list[Continuation]]:
+        """:meth:`_sample_chunk_static` in fixed slots: finished rows keep their slot (fed
+        padding at a frozen position) instead of leaving the buffers, and attention reads all
+        indices, so every step has one shape and replays one CUDA graph. The generator sees
+        the live rows only, in order, as on the other paths: the same samples."""
+        device = self.model.device
+        start = [len(p) - 1 for p in prefixes for _ in range(n)]  # per row: its first position
+        step = self._decode_step(len(start), max(start) + settings.max_tokens)
+        keys, values = self._static_buffers(prefixes, n, step.max_len, into=step)
+        grown = _Rows(self, prefixes, n, settings)
+        slots = step.rows  # rows past len(start) are idle padding at position 0
+        inputs = torch.full((slots,), self.pad_id, dtype=torch.long)
+        inputs[: len(start)] = torch.tensor([p[-1] for p in grown.owner])
+        positions = torch.zeros(slots, dtype=torch.long)
+        positions[: len(start)] = torch.tensor(start)
+        inputs, positions = inputs.to(device), positions.to(device)
+        live = list(range(len(start)))  # slot j holds row j
+        for _ in range(settings.max_tokens):
+            logits = step.step(inputs, positions)
+            live_index = torch.tensor(live, device=device)
+            logits = logits[live_index].float()
+            raw_logprobs = torch.log_softmax(logits, dim=-1)  # before temperature / top-p
+            drawn = self._draw(logits, settings, generator)
+            chosen = raw_logprobs.gather(1, drawn[:, None]).squeeze(1).tolist()
+            still = []
+            for k, (row, token) in enumerate(zip(live, drawn.tolist(), strict=True)):
+                if grown.add(row, token, chosen[k]):
+                    self._store_row(grown, row, keys, values, row, start[row])
+                else:
+                    still.append(k)
+            if not still:
+                break
+            kept = live_index[torch.tensor(still, device=device)]
+            live = [live[k] for k in still]
+            inputs = inputs.new_full((slots,), self.pad_id).index_copy_(0, kept, drawn[still])
+            positions = positions.index_add(0, kept, torch.ones_like(kept))
         return grown.continuations()
 
     # -- greedy decoding with prompt-lookup drafts ----------------------------------------
