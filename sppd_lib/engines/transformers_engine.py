@@ -5,28 +5,25 @@ Two levels of reuse:
 * Within a call, each prefix is prepared once and its KV cache repeated for its ``n``
   children (``DynamicCache.batch_repeat_interleave``).
 * Across calls, the KV of every generated step is kept as a *segment* keyed by the token
-  sequence it ends (an LRU bounded by ``kv_cache_tokens``). A tree expansion asks for
-  ``prompt + steps on the path``; that key's segment chain (prompt, step 1, step 2, ...) is
-  concatenated instead of running the model over the prefix again. This is the tree
-  counterpart of vLLM's prefix caching.
+  sequence it ends (:mod:`sppd_lib.engines.kv_segments`, an LRU bounded by
+  ``kv_cache_tokens``): a tree expansion concatenates its path's segments instead of running
+  the model over the prefix again.
 
-A segment for sequence ``S`` holds the KV of ``S[:-1]`` beyond its parent's segment; the last
-token of ``S`` is always fed in the decode loop, which yields the logits of the first new
-token. Sampling draws from one seeded ``torch.Generator``: the same calls with the same seed
+Sampling draws from one seeded ``torch.Generator``: the same calls with the same seed
 give the same tokens.
 
 Decoding has two paths with the same results (to float rounding):
 
-* Llama-style models (Llama, Qwen2 without sliding windows) decode through :meth:`_forward_static`,
-  which runs the model's own modules but keeps the KV in one preallocated buffer per layer
-  ``(rows, kv_heads, max_len, head_dim)``, left-aligned so that a row's cache index is its
-  position. A step writes one column per row; nothing is concatenated or re-padded, and HF's
-  cache and mask machinery is skipped (profiled: ``DynamicCache`` concatenation, row
-  selection and mask building were ~10% of a greedy evaluation). Finished rows leave the
-  buffers at once (a copy of the KV written so far); greedy decoding waits until an eighth of
-  the batch has finished (its steps are cheap per row; the copies are not).
+* Llama-style models (Llama, Qwen2 without sliding windows) decode through
+  :func:`~sppd_lib.engines.static_llama.forward_static` (its contract is in that module),
+  which keeps the KV in one preallocated buffer per layer ``(rows, kv_heads, max_len,
+  head_dim)``. A step writes one column per row; nothing is concatenated or re-padded.
+  Finished rows leave the buffers at once (a copy of the KV written so far); greedy decoding
+  waits until an eighth of the batch has finished (its steps are cheap per row; the copies
+  are not).
   A call's prefixes that share a prefix (the system prompt) compute it once. Greedy calls
-  also verify prompt-lookup drafts while the batch is small (:meth:`_greedy_chunk_static`):
+  also verify prompt-lookup drafts (:mod:`sppd_lib.engines.drafting`) while the batch is
+  small (:meth:`_greedy_chunk_static`):
   a step costs about the same for 2 rows as for 18 tokens, and the tail of a greedy
   evaluation batch is a few long, often repetitive, responses.
 * Any other causal LM decodes through ``model(...)`` with a ``DynamicCache``; finished rows
@@ -37,66 +34,29 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.engines import Continuation, FinishReason, SamplingSettings
+from sppd_lib.engines.drafting import DRAFT_BUDGET, prompt_lookup_draft
+from sppd_lib.engines.kv_segments import Key, Segment, SegmentStore, compact_slots
+from sppd_lib.engines.static_llama import (
+    DecodeStep,
+    forward_static,
+    new_kv_buffers,
+    supports_static_cache,
+)
 from sppd_lib.models import eos_token_ids
 from sppd_lib.prompts import context_length
 
-__all__ = ["TransformersEngine"]
+__all__ = ["TransformersEngine", "supports_static_cache"]
 
-Key = tuple[int, ...]
-
-#: Query tokens per step (rows plus drafted tokens) up to which greedy decoding drafts. A
-#: decode step's cost is mostly streaming the weights while the batch is small (measured on
-#: SmolLM2-135M, 2-core CPU: 2 rows x 9 tokens cost 1.1x 2 rows x 1 token; 40 rows cost 2.4x
-#: 8 rows), so drafting pays while the batch is small, i.e. in the tail of long responses.
-DRAFT_BUDGET = 32
-
-#: Model types whose decoder layers :meth:`TransformersEngine._forward_static` reproduces.
-STATIC_MODEL_TYPES = frozenset({"llama", "qwen2"})
-
-
-def supports_static_cache(model: PreTrainedModel) -> bool:
-    """Does ``model`` have the plain pre-norm Llama layer (no sliding window, no q/k norm)?"""
-    config = model.config
-    return (
-        config.model_type in STATIC_MODEL_TYPES
-        and not getattr(config, "use_sliding_window", False)
-        and not hasattr(model.model.layers[0].self_attn, "q_norm")
-    )
-
-
-@dataclass
-class _Segment:
-    """KV of some tokens of a sequence, per layer ``(heads, tokens, head_dim)``."""
-
-    parent: Key | None
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-
-    @property
-    def length(self) -> int:
-        return self.keys[0].shape[1] if self.keys else 0
-
-
-def _compact(buffers: list[torch.Tensor], index: torch.Tensor, length: int) -> list[torch.Tensor]:
-    """The slots ``index`` of each KV buffer ``(slots, kv_heads, max_len, head_dim)``; only
-    indices below ``length`` hold KV yet, the rest is zeroed (masked KV must stay finite:
-    SDPA weighs it by 0, and 0 * NaN from uninitialised memory would not vanish)."""
-    out = []
-    for buffer in buffers:
-        new = buffer.new_empty((len(index), *buffer.shape[1:]))
-        new[:, :, :length] = buffer[index, :, :length]
-        new[:, :, length:] = 0
-        out.append(new)
-    return out
+#: Decode steps (each a CUDA graph with its KV buffers) an engine keeps: enough for the shapes
+#: of a tree sampling run (slots in 16s up to 64, indices in 256s). SmolLM2-135M in bf16 needs
+#: 0.75 GB for 64 slots x 512 indices.
+MAX_DECODE_GRAPHS = 8
 
 
 class _Rows:
@@ -156,6 +116,7 @@ class TransformersEngine:
         kv_cache_tokens: int = 100_000,
         static_cache: bool | None = None,
         draft_tokens: int = 8,
+        decode_graphs: bool | None = None,
     ) -> None:
         """
         Args:
@@ -167,24 +128,33 @@ class TransformersEngine:
                 (``None``: whenever the model supports it; ``False``: always ``DynamicCache``).
             draft_tokens: greedy calls on the static path verify up to this many drafted tokens
                 per row and step (prompt lookup, :meth:`_greedy_chunk_static`); 0 turns it off.
+            decode_graphs: decode the static path in fixed slots replayed as CUDA graphs
+                (:meth:`_sample_chunk_graphed`; greedy calls then decode one token per step,
+                without drafts). ``None``: on CUDA whenever the static path is used;
+                ``True`` off CUDA runs the same slots eagerly (what CPU tests check).
         """
         self.model = model.eval()
         self.tokenizer = tokenizer
         #: Longest prompt plus generation, in tokens (prompt-length checks read it).
         self.max_model_len = context_length(tokenizer, model)
         self.max_batch_rows = max_batch_rows
-        self.kv_cache_tokens = kv_cache_tokens
         supported = supports_static_cache(model)
         if static_cache and not supported:
             raise ValueError(f"no static-cache path for model type {model.config.model_type!r}")
         self.static_cache = supported if static_cache is None else static_cache
         self.draft_tokens = draft_tokens
+        on_cuda = model.device.type == "cuda"
+        self.decode_graphs = self.static_cache and (
+            on_cuda if decode_graphs is None else decode_graphs
+        )
+        self._capture = on_cuda
+        #: Decode steps by (slots, max_len), least recently used first (each holds its buffers).
+        self._steps: OrderedDict[tuple[int, int], DecodeStep] = OrderedDict()
         eos = eos_token_ids(model, tokenizer)
         self.eos_ids = frozenset(eos)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         self._may_complete: dict[str, list[bool]] = {}
-        self._segments: OrderedDict[Key, _Segment] = OrderedDict()
-        self._cached_tokens = 0
+        self._kv = SegmentStore(kv_cache_tokens)
         #: Counters of the last ``sample`` call (for throughput measurements).
         self.tokens_generated = 0
         self.prefix_tokens_computed = 0
@@ -192,33 +162,19 @@ class TransformersEngine:
         self.draft_tokens_proposed = 0
         self.draft_tokens_accepted = 0
 
-    # -- the KV segment store -----------------------------------------------------------
+    @property
+    def kv_cache_tokens(self) -> int:
+        """Tokens of step KV kept for later expansions (0: none)."""
+        return self._kv.budget
+
+    @kv_cache_tokens.setter
+    def kv_cache_tokens(self, tokens: int) -> None:
+        self._kv.budget = tokens
 
     def clear_cache(self) -> None:
-        self._segments.clear()
-        self._cached_tokens = 0
-
-    def _store(self, key: Key, segment: _Segment) -> None:
-        if self.kv_cache_tokens <= 0 or key in self._segments:
-            return
-        self._segments[key] = segment
-        self._cached_tokens += segment.length
-        while self._cached_tokens > self.kv_cache_tokens and self._segments:
-            _, evicted = self._segments.popitem(last=False)
-            self._cached_tokens -= evicted.length
-
-    def _chain(self, key: Key) -> list[_Segment] | None:
-        """Segments covering ``key[:-1]``, root first; ``None`` if any link was evicted."""
-        chain = []
-        link: Key | None = key
-        while link is not None:
-            segment = self._segments.get(link)
-            if segment is None:
-                return None
-            self._segments.move_to_end(link)
-            chain.append(segment)
-            link = segment.parent
-        return chain[::-1]
+        """Forget every stored segment and captured graph (call it after the weights change)."""
+        self._kv.clear()
+        self._steps.clear()
 
     # -- sampling -----------------------------------------------------------------------
 
@@ -262,6 +218,8 @@ class TransformersEngine:
             chunk = [tuple(p) for p in prefixes[start : start + per_chunk]]
             if not self.static_cache:
                 sample_chunk = self._sample_chunk
+            elif self.decode_graphs:
+                sample_chunk = self._sample_chunk_graphed
             elif settings.temperature <= 0 and self.draft_tokens > 0:
                 sample_chunk = self._greedy_chunk_static
             else:
@@ -283,13 +241,13 @@ class TransformersEngine:
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
-    def _prefill(self, prefixes: list[Key]) -> list[_Segment]:
+    def _prefill(self, prefixes: list[Key]) -> list[Segment]:
         """Run the model over ``prefix[:-1]`` of each (left-padded); one root segment each."""
         device = self.model.device
         lengths = [len(p) - 1 for p in prefixes]
         width = max(lengths)
         if width == 0:
-            return [_Segment(None, [], []) for _ in prefixes]
+            return [Segment(None, [], []) for _ in prefixes]
         input_ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prefixes), width), dtype=torch.long)
         for row, (prefix, length) in enumerate(zip(prefixes, lengths, strict=True)):
@@ -308,7 +266,7 @@ class TransformersEngine:
         layers = out.past_key_values.layers
         self.prefix_tokens_computed += sum(lengths)
         return [
-            _Segment(
+            Segment(
                 None,
                 [layer.keys[row, :, width - length :].clone() for layer in layers],
                 [layer.values[row, :, width - length :].clone() for layer in layers],
@@ -316,16 +274,16 @@ class TransformersEngine:
             for row, length in enumerate(lengths)
         ]
 
-    def _chains(self, prefixes: list[Key]) -> list[list[_Segment]]:
+    def _chains(self, prefixes: list[Key]) -> list[list[Segment]]:
         """The stored segments covering every ``prefix[:-1]``; missing ones are prefilled."""
-        chains: list[list[_Segment] | None] = [self._chain(p) for p in prefixes]
+        chains: list[list[Segment] | None] = [self._kv.chain(p) for p in prefixes]
         missing = [i for i, chain in enumerate(chains) if chain is None]
         if missing:
             for i, segment in zip(
                 missing, self._prefill([prefixes[i] for i in missing]), strict=True
             ):
                 chains[i] = [segment]
-                self._store(prefixes[i], segment)
+                self._kv.store(prefixes[i], segment)
         self.prefix_tokens_reused += sum(
             len(p) - 1 for i, p in enumerate(prefixes) if i not in missing
         )
@@ -420,61 +378,10 @@ class TransformersEngine:
         length: int,
         logits: bool = True,
     ) -> torch.Tensor | None:
-        """Run ``q`` tokens per row; logits ``(B, q, vocab)`` (``None`` if not ``logits``).
+        """:func:`~sppd_lib.engines.static_llama.forward_static` on this engine's model."""
+        return forward_static(self.model, input_ids, positions, keys, values, length, logits)
 
-        ``input_ids`` and ``positions`` are ``(B, q)``; row ``b``'s token ``i`` is written to
-        cache index ``positions[b, i]`` of ``keys[layer]`` / ``values[layer]`` ``(B, kv_heads,
-        max_len, head_dim)`` and attends to indices ``0..positions[b, i]``. ``length`` is at
-        least ``max(positions) + 1``: attention reads only that much of the buffers. Indices
-        past a row's last written one may hold stale KV; they stay masked until overwritten.
-        """
-        base = self.model.model
-        batch, width = input_ids.shape
-        rows = torch.arange(batch, device=input_ids.device)[:, None]
-        hidden = base.embed_tokens(input_ids)  # (B, q, hidden)
-        cos, sin = base.rotary_emb(hidden, position_ids=positions)
-        kv_heads = keys[0].shape[1]
-        group = self.model.config.num_attention_heads // kv_heads
-        visible = torch.arange(length, device=input_ids.device) <= positions[:, :, None]
-        # (B, 1, group * q, length): SDPA's boolean mask for the grouped queries below (one
-        # token: (B, 1, 1, length), the same for the whole group).
-        visible = visible[:, None].repeat(1, 1, group, 1) if width > 1 else visible[:, None]
-        for layer, block in enumerate(base.layers):
-            attention = block.self_attn
-            shape = (batch, width, -1, attention.head_dim)
-            x = block.input_layernorm(hidden)
-            query = attention.q_proj(x).view(shape).transpose(1, 2)  # (B, heads, q, dim)
-            key = attention.k_proj(x).view(shape).transpose(1, 2)  # (B, kv_heads, q, dim)
-            value = attention.v_proj(x).view(shape).transpose(1, 2)
-            query, key = apply_rotary_pos_emb(query, key, cos, sin)
-            keys[layer][rows, :, positions] = key.transpose(1, 2)  # (B, q, kv_heads, dim)
-            values[layer][rows, :, positions] = value.transpose(1, 2)
-            # The query heads of one KV head attend as one longer query (HF's pack_gqa): no
-            # repeated KV, and SDPA's fused CPU kernel (enable_gqa with a mask is slower).
-            out = F.scaled_dot_product_attention(
-                query.reshape(batch, kv_heads, group * width, -1),
-                keys[layer][:, :, :length],
-                values[layer][:, :, :length],
-                attn_mask=visible,
-                scale=attention.scaling,
-            )  # (B, kv_heads, group * q, dim)
-            out = out.view(batch, -1, width, out.shape[-1]).transpose(1, 2)  # (B, q, heads, dim)
-            hidden = hidden + attention.o_proj(out.reshape(batch, width, -1))
-            hidden = hidden + block.mlp(block.post_attention_layernorm(hidden))
-        return self.model.lm_head(base.norm(hidden)) if logits else None
-
-    def _new_buffers(
-        self, rows: int, max_len: int
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Zeroed per-layer KV buffers ``(rows, kv_heads, max_len, head_dim)``."""
-        config = self.model.config
-        attention = self.model.model.layers[0].self_attn
-        shape = (rows, config.num_key_value_heads, max_len, attention.head_dim)
-        weight = attention.k_proj.weight
-        keys = [weight.new_zeros(shape) for _ in range(config.num_hidden_layers)]
-        return keys, [torch.zeros_like(k) for k in keys]
-
-    def _prefill_static(self, prefixes: list[Key]) -> list[list[_Segment]]:
+    def _prefill_static(self, prefixes: list[Key]) -> list[list[Segment]]:
         """Compute and store the KV of every ``prefix[:-1]``; the chain of each.
 
         The prefixes' longest common prefix (an evaluation's system prompt, a batch's shared
@@ -491,8 +398,8 @@ class TransformersEngine:
         shared = common - 1 if common >= 2 else 0
         root_key = prefixes[0][:common] if shared else None
         width = max(len(p) - 1 for p in prefixes)
-        keys, values = self._new_buffers(len(prefixes), max(width, 1))
-        root = self._chain(root_key) if root_key is not None else None
+        keys, values = new_kv_buffers(self.model, len(prefixes), max(width, 1))
+        root = self._kv.chain(root_key) if root_key is not None else None
         if shared and root is not None:  # the store has it: copy it into every row
             for layer in range(len(keys)):
                 keys[layer][:, :, :shared] = torch.cat([s.keys[layer] for s in root], dim=1)
@@ -507,12 +414,12 @@ class TransformersEngine:
             for layer in range(len(keys)):
                 keys[layer][1:, :, :shared] = keys[layer][0, :, :shared]
                 values[layer][1:, :, :shared] = values[layer][0, :, :shared]
-            segment = _Segment(
+            segment = Segment(
                 None,
                 [k[0, :, :shared].clone() for k in keys],
                 [v[0, :, :shared].clone() for v in values],
             )
-            self._store(root_key, segment)  # type: ignore[arg-type]
+            self._kv.store(root_key, segment)  # type: ignore[arg-type]
             root = [segment]
             self.prefix_tokens_computed += shared  # once: within a call it is not "reused"
         rest = width - shared
@@ -526,22 +433,23 @@ class TransformersEngine:
         chains = []
         for row, prefix in enumerate(prefixes):
             own = slice(shared, len(prefix) - 1)
-            segment = _Segment(
+            segment = Segment(
                 root_key if shared else None,
                 [k[row, :, own].clone() for k in keys],
                 [v[row, :, own].clone() for v in values],
             )
             if prefix != root_key:
-                self._store(prefix, segment)
+                self._kv.store(prefix, segment)
             chains.append([*(root or []), segment])
         return chains
 
     def _static_buffers(
-        self, prefixes: list[Key], n: int, max_len: int
+        self, prefixes: list[Key], n: int, max_len: int, into: DecodeStep | None = None
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-layer KV buffers ``(len(prefixes) * n, kv_heads, max_len, head_dim)`` holding
-        each prefix's KV (``prefix[:-1]``) at indices ``0..len - 2`` of its ``n`` rows."""
-        chains: list[list[_Segment] | None] = [self._chain(p) for p in prefixes]
+        each prefix's KV (``prefix[:-1]``) at indices ``0..len - 2`` of its ``n`` rows (the
+        buffers of ``into``, zeroed first, if given: it may have more slots and indices)."""
+        chains: list[list[Segment] | None] = [self._kv.chain(p) for p in prefixes]
         missing = [i for i, chain in enumerate(chains) if chain is None]
         self.prefix_tokens_reused += sum(
             len(p) - 1 for i, p in enumerate(prefixes) if i not in missing
@@ -550,7 +458,12 @@ class TransformersEngine:
             computed = self._prefill_static([prefixes[i] for i in missing])
             for i, chain in zip(missing, computed, strict=True):
                 chains[i] = chain
-        keys, values = self._new_buffers(len(prefixes) * n, max_len)
+        if into is None:
+            keys, values = new_kv_buffers(self.model, len(prefixes) * n, max_len)
+        else:
+            keys, values = into.keys, into.values
+            for buffer in (*keys, *values):
+                buffer.zero_()
         for i, chain in enumerate(chains):
             parts = [s for s in chain if s.length]  # type: ignore[union-attr]
             if not parts:
@@ -604,28 +517,74 @@ class TransformersEngine:
                 break
             if len(live) < len(batch):  # drop finished slots (as the DynamicCache path does)
                 index = torch.tensor(live, device=device)
-                keys, values = _compact(keys, index, length), _compact(values, index, length)
+                keys, values = (
+                    compact_slots(keys, index, length),
+                    compact_slots(values, index, length),
+                )
                 next_tokens, positions = next_tokens[index], positions[index]
                 batch, live = [batch[j] for j in live], list(range(len(live)))
             inputs, positions = next_tokens, positions + 1
         return grown.continuations()
 
+    def _decode_step(self, rows: int, max_len: int) -> DecodeStep:
+        """A decode step with at least ``rows`` slots and ``max_len`` indices, reused across
+        calls: slots round up to 16 and indices to 256, so that a few graphs serve a run."""
+        shape = (-(-rows // 16) * 16, -(-max_len // 256) * 256)
+        step = self._steps.pop(shape, None)
+        if step is None:
+            if len(self._steps) >= MAX_DECODE_GRAPHS:
+                self._steps.popitem(last=False)
+            step = DecodeStep(self.model, *shape, capture=self._capture)
+        self._steps[shape] = step
+        return step
+
+    def _sample_chunk_graphed(
+        self,
+        prefixes: list[Key],
+        n: int,
+        settings: SamplingSettings,
+        generator: torch.Generator,
+    ) -> list[list[Continuation]]:
+        """:meth:`_sample_chunk_static` in fixed slots: finished rows keep their slot (fed
+        padding at a frozen position) instead of leaving the buffers, and attention reads all
+        indices, so every step has one shape and replays one CUDA graph. The generator sees
+        the live rows only, in order, as on the other paths: the same samples."""
+        device = self.model.device
+        start = [len(p) - 1 for p in prefixes for _ in range(n)]  # per row: its first position
+        step = self._decode_step(len(start), max(start) + settings.max_tokens)
+        keys, values = self._static_buffers(prefixes, n, step.max_len, into=step)
+        grown = _Rows(self, prefixes, n, settings)
+        slots = step.rows  # rows past len(start) are idle padding at position 0
+        inputs = torch.full((slots,), self.pad_id, dtype=torch.long)
+        inputs[: len(start)] = torch.tensor([p[-1] for p in grown.owner])
+        positions = torch.zeros(slots, dtype=torch.long)
+        positions[: len(start)] = torch.tensor(start)
+        inputs, positions = inputs.to(device), positions.to(device)
+        live = list(range(len(start)))  # slot j holds row j
+        for _ in range(settings.max_tokens):
+            logits = step.step(inputs, positions)
+            live_index = torch.tensor(live, device=device)
+            logits = logits[live_index].float()
+            raw_logprobs = torch.log_softmax(logits, dim=-1)  # before temperature / top-p
+            drawn = self._draw(logits, settings, generator)
+            chosen = raw_logprobs.gather(1, drawn[:, None]).squeeze(1).tolist()
+            still = []
+            for k, (row, token) in enumerate(zip(live, drawn.tolist(), strict=True)):
+                if grown.add(row, token, chosen[k]):
+                    self._store_row(grown, row, keys, values, row, start[row])
+                else:
+                    still.append(k)
+            if not still:
+                break
+            kept = live_index[torch.tensor(still, device=device)]
+            live = [live[k] for k in still]
+            inputs = inputs.new_full((slots,), self.pad_id).index_copy_(0, kept, drawn[still])
+            positions = positions.index_add(0, kept, torch.ones_like(kept))
+        return grown.continuations()
+
     # -- greedy decoding with prompt-lookup drafts ----------------------------------------
 
-    @staticmethod
-    def _draft(context: list[int], limit: int) -> list[int]:
-        """Up to ``limit`` tokens that followed the latest earlier occurrence of the context's
-        last 3 (else 2) tokens: a free guess of the greedy continuation (prompt lookup)."""
-        if limit <= 0:
-            return []
-        for size in (3, 2):
-            if len(context) <= size:
-                continue
-            tail = context[-size:]
-            for i in range(len(context) - size - 1, -1, -1):
-                if context[i : i + size] == tail:
-                    return context[i + size : i + size + limit]
-        return []
+    _draft = staticmethod(prompt_lookup_draft)
 
     def _greedy_chunk_static(
         self,
@@ -697,7 +656,10 @@ class TransformersEngine:
             if finished and finished * 8 >= len(batch):  # drop finished slots
                 keep = [j for j, row in enumerate(batch) if row is not None]
                 index = torch.tensor(keep, device=device)
-                keys, values = _compact(keys, index, length), _compact(values, index, length)
+                keys, values = (
+                    compact_slots(keys, index, length),
+                    compact_slots(values, index, length),
+                )
                 batch = [batch[j] for j in keep]
                 position, fed = [position[j] for j in keep], [fed[j] for j in keep]
         return grown.continuations()
@@ -717,9 +679,9 @@ class TransformersEngine:
             return
         parent, new_tokens = grown.owner[row], grown.tokens[row]
         fed = slice(start, start + len(new_tokens))
-        self._store(
+        self._kv.store(
             parent + tuple(new_tokens),
-            _Segment(
+            Segment(
                 parent,
                 [key[slot, :, fed].clone() for key in keys],
                 [value[slot, :, fed].clone() for value in values],
