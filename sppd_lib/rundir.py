@@ -49,6 +49,7 @@ __all__ = [
     "read_json",
     "read_jsonl",
     "read_parquet",
+    "run_report_dir",
     "trl_pairs_path",
 ]
 
@@ -429,3 +430,15 @@ class StudyDir:
             logger.info("resuming study %s", self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.config, _dump_yaml(wanted))
+
+
+def run_report_dir(
+    run_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Where the reports of ``run_dir`` go: ``report_dir`` (a run config's key) if given, else
+    ``<run_dir>/../reports/<run_dir name>`` (``runs/demo`` -> ``runs/reports/demo``). One rule
+    from the run directory, so runs in different directories never share a report folder."""
+    if report_dir is not None:
+        return Path(report_dir)
+    run_dir = Path(os.path.abspath(run_dir))  # `runs/demo/.` names demo, not "."
+    return run_dir.parent / "reports" / run_dir.name
