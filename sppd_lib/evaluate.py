@@ -28,7 +28,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import EvalConfig
 from sppd_lib.data import Problem, load_problems, parse_data_spec
-from sppd_lib.engines import Engine, SamplingSettings, sample_calls
+from sppd_lib.engines import Engine, SamplingSettings, sample_calls, schedules_own_batch
 from sppd_lib.engines.generate import GenerateEngine
 from sppd_lib.grading import grade
 from sppd_lib.prm import PRMScorer, load_scorer
@@ -90,7 +90,7 @@ def _greedy(
     progress: bool = False,
 ) -> list[list[Generation]]:
     settings = SamplingSettings(max_tokens=max_new_tokens, temperature=0.0, top_p=1.0, stop=None)
-    if getattr(engine, "schedules_own_batch", False):  # vLLM: one call, no batch barriers
+    if schedules_own_batch(engine):  # vLLM: one call, no batch barriers
         batch_size = len(prompts)
     return generate_with_engine(
         engine, tokenizer, prompts, 1, settings, batch_size=max(batch_size, 1), progress=progress
@@ -183,7 +183,7 @@ def evaluate(
     (generation time per problem: of its benchmark, or of the one call).
     """
     problem_sets = [benchmark_problems(config, benchmark) for benchmark in config.benchmarks]
-    if getattr(engine, "schedules_own_batch", False):
+    if schedules_own_batch(engine):
         # Short arithmetic answers and long GSM8K ones share one batch, no tail per benchmark.
         every = [problem for problems in problem_sets for problem in problems]
         rows = evaluate_problems(model, tokenizer, every, config, engine=engine, progress=progress)

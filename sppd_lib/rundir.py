@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from sppd_lib.config import ConfigError, load_yaml
+from sppd_lib.config import ConfigError, load_yaml, upgrade_engine_section
 from sppd_lib.files import NotWritableError, RunLock, write_parquet_atomic, write_text_atomic
 from sppd_lib.metrics import SUMMARY_COLUMNS, paired_change, summary_rows
 
@@ -343,6 +343,7 @@ class RunDir:
         """
         if self.config.exists():
             previous = load_yaml(self.config)
+            upgrade_engine_section(previous, str(self.config))
             changed = sorted(set(changed_keys(previous, wanted)) - set(ignore))
             old_iterations = previous.get("iterations")
             new_iterations = wanted.get("iterations")
@@ -418,6 +419,7 @@ class StudyDir:
         for top-level keys in ``growable`` (they add or drop arms, never alter one)."""
         if self.config.exists():
             previous = load_yaml(self.config)
+            upgrade_engine_section(previous, str(self.config))
             changed = sorted(
                 k for k in changed_keys(previous, wanted) if k.split(".")[0] not in growable
             )
