@@ -180,8 +180,10 @@ def test_ray_actors_need_the_engines_gpus() -> None:
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
     settings = ["ray.address=auto", "engine.tensor_parallel_size=2"]
-    with pytest.raises(ConfigError, match=r"ray\.gpus_per_engine \(1\) is less than"):
+    with pytest.raises(ConfigError, match=r"ray\.gpus_per_engine \(1\) must equal engine"):
         load_run_config(smoke, [*settings, "ray.gpus_per_engine=1"])
+    with pytest.raises(ConfigError, match=r"ray\.gpus_per_engine \(2\) must equal engine"):
+        load_run_config(smoke, ["ray.address=auto", "ray.gpus_per_engine=2"])  # the old meaning
     assert (
         load_run_config(smoke, [*settings, "ray.gpus_per_engine=2"]).engine.tensor_parallel_size
         == 2

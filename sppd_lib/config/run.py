@@ -80,7 +80,7 @@ class RayConfig:
     )
     engines: int = option(1, "Engine actors (one engine each, e.g. one per GPU).")
     gpus_per_engine: int = option(
-        1, "GPUs Ray reserves per actor (at least engine.tensor_parallel_size); 0: CPU actors."
+        1, "GPUs Ray reserves per actor: engine.tensor_parallel_size, or 0 for CPU actors."
     )
     cpus_per_engine: float = option(1.0, "CPUs Ray reserves per actor.")
     tasks_per_engine: int = option(
@@ -159,10 +159,12 @@ class RunSections:
                 except DataError as exc:
                     raise ConfigError(f"{key}: {exc}") from None
         gpus, parallel = self.ray.gpus_per_engine, self.engine.tensor_parallel_size
-        if self.ray.address is not None and 0 < gpus < parallel:
+        if self.ray.address is not None and gpus > 0 and gpus != parallel:
+            # gpus_per_engine once set vLLM's tensor-parallel size: say so, not waste GPUs.
             raise ConfigError(
-                f"ray.gpus_per_engine ({gpus}) is less than engine.tensor_parallel_size "
-                f"({parallel}): each actor's engine needs that many GPUs"
+                f"ray.gpus_per_engine ({gpus}) must equal engine.tensor_parallel_size "
+                f"({parallel}): each actor's engine spreads over its GPUs (set "
+                "engine.tensor_parallel_size, or gpus_per_engine: 0 for CPU actors)"
             )
 
 
