@@ -174,3 +174,25 @@ def test_without_sleep_mode_the_engine_is_stopped_on_a_gpu_and_kept_on_a_cpu(
         assert not policy.asleep
         policy.engine("b")
     assert log == expected
+
+
+def test_phase_commands_take_the_engine_section_of_a_run_config_and_their_flags(tmp_path):
+    from sppd_lib.cli import build_parser
+    from sppd_lib.cli.phase_commands import engine_config
+
+    run = tmp_path / "run.yaml"
+    run.write_text("engine: vllm\nvllm: {block_size: 64}\neval: {limit: 2}\n")
+    args = build_parser().parse_args(
+        ["eval", "--config", str(run), "--max-batch-rows", "8", "--tensor-parallel-size", "2"]
+    )
+    config = engine_config(args, "cpu")
+    assert (config.kind, config.block_size, config.device) == ("vllm", 64, "cpu")
+    assert (config.max_batch_rows, config.tensor_parallel_size) == (8, 2)
+    args = build_parser().parse_args(["sample", "--config", str(run), "--engine",
+                                      "transformers", "--out", "t.jsonl.gz"])  # fmt: skip
+    assert engine_config(args, None).kind == "transformers"
+    plain = build_parser().parse_args(["eval", "--dtype", "bfloat16"])
+    assert engine_config(plain, None) == EngineConfig(dtype="bfloat16")
+    bad = build_parser().parse_args(["eval", "--max-model-len", "0"])
+    with pytest.raises(ConfigError, match=r"engine\.max_model_len must be >= 1"):
+        engine_config(bad, None)
