@@ -24,7 +24,7 @@ from dataclasses import replace
 
 import torch
 
-from sppd_lib.config import PairConfig, SamplerConfig, VLLMConfig
+from sppd_lib.config import EngineConfig, PairConfig, SamplerConfig
 from sppd_lib.data import load_problems
 from sppd_lib.engines.transformers_engine import TransformersEngine
 from sppd_lib.grading import extract_answer
@@ -227,7 +227,7 @@ def main() -> None:
     parser.add_argument(
         "--block-size",
         type=int,
-        default=VLLMConfig().block_size,
+        default=EngineConfig().block_size,
         help="vLLM KV block size (default: the vllm config's; 0: vLLM's own default)",
     )
     parser.add_argument("--sync", action="store_true", help="vLLM: also the synchronous driver")

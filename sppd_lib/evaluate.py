@@ -28,7 +28,13 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import EvalConfig
 from sppd_lib.data import DataError, Problem, load_problems, parse_data_spec
-from sppd_lib.engines import Engine, HasContextLength, SamplingSettings, sample_calls
+from sppd_lib.engines import (
+    Engine,
+    HasContextLength,
+    SamplingSettings,
+    sample_calls,
+    schedules_own_batch,
+)
 from sppd_lib.engines.generate import GenerateEngine
 from sppd_lib.grading import grade
 from sppd_lib.prm import PRMScorer, load_scorer
@@ -96,7 +102,7 @@ def _greedy(
     progress: bool = False,
 ) -> list[list[Generation]]:
     settings = SamplingSettings(max_tokens=max_new_tokens, temperature=0.0, top_p=1.0, stop=None)
-    if getattr(engine, "schedules_own_batch", False):  # vLLM: one call, no batch barriers
+    if schedules_own_batch(engine):  # vLLM: one call, no batch barriers
         batch_size = len(prompts)
     return generate_with_engine(
         engine, tokenizer, prompts, 1, settings, batch_size=max(batch_size, 1), progress=progress
@@ -229,7 +235,7 @@ def evaluate(
     check_prompt_lengths(
         [p for problems in problem_sets for p in problems], tokenizer, config, model, engine
     )
-    if getattr(engine, "schedules_own_batch", False):
+    if schedules_own_batch(engine):
         # Short arithmetic answers and long GSM8K ones share one batch, no tail per benchmark.
         every = [problem for problems in problem_sets for problem in problems]
         rows = evaluate_problems(model, tokenizer, every, config, engine=engine, progress=progress)

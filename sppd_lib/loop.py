@@ -21,10 +21,13 @@ from pathlib import Path
 import pandas as pd
 
 from sppd_lib.config import ConfigError, RayConfig, RunConfig, config_to_dict
+from sppd_lib.config.engine import LAYOUT_KEYS
 from sppd_lib.data import DataError, Problem, load_problems, parse_data_spec
+from sppd_lib.engines.factory import check_available
+from sppd_lib.engines.serving import Policy
 from sppd_lib.files import NotWritableError, RunLock, check_writable
 from sppd_lib.metrics import accuracy_by_iteration
-from sppd_lib.phases import Policy, eval_phase, pairs_phase, sample_phase, train_phase
+from sppd_lib.phases import eval_phase, pairs_phase, sample_phase, train_phase
 from sppd_lib.rundir import RunDir
 
 __all__ = ["check_run", "run", "start_run_dir", "training_problems"]
@@ -32,12 +35,14 @@ __all__ = ["check_run", "run", "start_run_dir", "training_problems"]
 logger = logging.getLogger(__name__)
 
 #: Keys that do not decide what the run computes: the reports after it, and where it runs
-#: (the Ray layout; see ``sppd_lib.ray_sampling``), so a run may resume on another cluster.
+#: (the Ray layout, see ``sppd_lib.ray_sampling``, and the engine's device layout), so a run may
+#: resume on another cluster or GPU count.
 _NOT_RUN_KEYS = {
     "report",
     "report_dir",
     "ray",
     *(f"ray.{f.name}" for f in dataclasses.fields(RayConfig)),
+    *(f"engine.{key}" for key in LAYOUT_KEYS),
 }
 
 
@@ -99,11 +104,7 @@ def check_run(config: RunConfig, run_dir: str | os.PathLike[str]) -> None:
             f"ray.address is {config.ray.address!r} but ray is not installed: "
             "pip install -e '.[ray]' (or set ray.address: null)"
         )
-    if config.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ConfigError(
-            "engine is 'vllm' but vllm is not installed: make setup installs it "
-            "(or --set engine=transformers)"
-        )
+    check_available(config.engine)
     models = {"model": config.model}
     if config.pairs.value == "prm":
         models["pairs.prm_model"] = config.pairs.prm_model

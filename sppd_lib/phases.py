@@ -1,5 +1,6 @@
 """The phases of one self-training iteration, each on a :class:`~sppd_lib.rundir.PhaseDir`:
-sampling trees, values and pairs, training, evaluation; and the one engine factory.
+sampling trees, values and pairs, training, evaluation. The engine they sample with is the
+run's :class:`~sppd_lib.engines.serving.Policy`.
 
 The loop (``loop``), the margin study (``study``) and the subcommands (``cli``) call these.
 Each phase writes its artifacts atomically, its done-marker last, and is skipped when that
@@ -17,126 +18,25 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from sppd_lib.config import ConfigError, SamplerConfig, TrainConfig, VLLMConfig
+from sppd_lib.config import ConfigError, SamplerConfig, TrainConfig
+from sppd_lib.engines.serving import Policy
 from sppd_lib.files import write_parquet_atomic, write_text_atomic
 from sppd_lib.rundir import PhaseDir, TrainDir, read_json, write_json
 
 if TYPE_CHECKING:
     from sppd_lib.config import RunConfig
     from sppd_lib.data import Problem
-    from sppd_lib.engines.ray_pool import EnginePool
     from sppd_lib.tree import StepTree
 
 __all__ = [
-    "Policy",
     "add_rollouts",
     "eval_phase",
-    "make_engine",
     "pairs_phase",
     "sample_phase",
     "train_phase",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class Policy:
-    """The current policy and the run's one engine, shared by every phase.
-
-    Transformers weights are loaded once per model directory (:meth:`load`). A vLLM engine
-    is started once per run (about 2 min on a CPU) and handed each new policy's weights
-    (:meth:`~sppd_lib.engines.vllm_engine.VLLMEngine.load_weights`, which also drops its
-    prefix cache). With a ``pool`` (:class:`~sppd_lib.engines.ray_pool.EnginePool`) the
-    engines are Ray actors, which load each new policy. :meth:`close` stops them.
-    """
-
-    def __init__(
-        self,
-        device: str | None,
-        engine: str = "transformers",
-        seed: int = 0,
-        pool: EnginePool | None = None,
-        vllm: VLLMConfig | None = None,
-    ) -> None:
-        self.device, self.engine_kind, self.seed, self.pool = device, engine, seed, pool
-        self.vllm_options = vllm
-        self.path, self.model, self.tokenizer = None, None, None
-        self._vllm: Any = None
-        #: Seconds spent starting engines and swapping weights in (for the phase timings).
-        self.engine_seconds = 0.0
-
-    @classmethod
-    def for_run(cls, config: RunConfig, model_path: str) -> Policy:
-        """The policy of a run: on Ray actors when ``config.ray.address`` is set."""
-        pool = None
-        if config.ray.address is not None:  # actors kept for the whole run
-            from sppd_lib.engines.ray_pool import EnginePool
-
-            pool = EnginePool(
-                config.ray,
-                config.engine,
-                model_path,
-                seed=config.sampler.seed,
-                device=config.device,
-                vllm=config.vllm,
-            )
-        return cls(config.device, config.engine, config.sampler.seed, pool, config.vllm)
-
-    def load(self, path: str) -> tuple[Any, Any]:
-        if self.path != path:
-            from sppd_lib.models import load_model
-
-            self.model = self.tokenizer = None  # free the old weights first
-            self.model, self.tokenizer = load_model(path, device=self.device)
-            self.path = path
-        return self.model, self.tokenizer
-
-    def engine(self, path: str) -> tuple[Any, Any]:
-        """``(engine, tokenizer)`` sampling from the policy at ``path``."""
-        started = time.perf_counter()
-        try:
-            if self.pool is not None:
-                self.pool.load(path)
-                return self.pool.engine(), self.pool.tokenizer
-            if self.engine_kind != "vllm":
-                return make_engine(self.engine_kind, path, policy=self)
-            if self._vllm is not None and not self._vllm.can_load_weights(path):
-                logger.info("%s cannot be reloaded in place: starting a new vLLM engine", path)
-                self._close_vllm()
-            if self._vllm is None:
-                self._vllm, _ = make_engine("vllm", path, seed=self.seed, vllm=self.vllm_options)
-            else:
-                self._vllm.load_weights(path)
-            return self._vllm, self._vllm.tokenizer
-        finally:
-            self.engine_seconds += time.perf_counter() - started
-
-    def make_room_for_training(self) -> None:
-        """On a GPU, stop the vLLM engine before training (its KV reservation, 90% of the
-        GPU by default, would starve the trainer); the next :meth:`engine` call starts it
-        again. On a CPU it stays: RAM is plentiful and a start costs about 2 min."""
-        import torch
-
-        if self._vllm is not None and torch.cuda.is_available():
-            self._close_vllm()
-
-    def _close_vllm(self) -> None:
-        if self._vllm is not None:
-            self._vllm.close()
-            self._vllm = None
-
-    def close(self) -> None:
-        """Stop the run's vLLM engine and Ray actors."""
-        self._close_vllm()
-        if self.pool is not None:
-            self.pool.shutdown()
-            self.pool = None
-
-    def __enter__(self) -> Policy:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 @contextmanager
@@ -151,42 +51,6 @@ def _timed(out: PhaseDir, phase: str, policy: Policy | None = None) -> Iterator[
         record["engine"] = policy.engine_kind
         record["engine_start_seconds"] = round(policy.engine_seconds - engine_before, 2)
     out.record_phase_time(record)
-
-
-def make_engine(
-    kind: str,
-    model: str,
-    *,
-    policy: Policy | None = None,
-    device: str | None = None,
-    seed: int = 0,
-    lora: str | None = None,
-    tensor_parallel_size: int = 1,
-    max_batch_rows: int = 64,
-    vllm: VLLMConfig | None = None,
-) -> tuple[Any, Any]:
-    """``(engine, tokenizer)``: a vLLM engine, or the transformers engine over ``policy``'s
-    weights (loaded on ``device`` when no policy is given). ``lora``,
-    ``tensor_parallel_size`` and ``vllm`` (options, default ``VLLMConfig()``) are vLLM's,
-    ``max_batch_rows`` the transformers engine's."""
-    if kind == "vllm":
-        from sppd_lib.engines.vllm_engine import VLLMEngine
-
-        vllm = vllm or VLLMConfig()
-        engine = VLLMEngine(
-            model,
-            lora_path=lora,
-            tensor_parallel_size=tensor_parallel_size,
-            seed=seed,
-            block_size=vllm.block_size,
-        )
-        return engine, engine.tokenizer
-    from sppd_lib.engines.transformers_engine import TransformersEngine
-
-    if lora:
-        raise ConfigError("--lora is for the vLLM engine; merge it or pass its directory")
-    loaded, tokenizer = (policy or Policy(device)).load(model)
-    return TransformersEngine(loaded, tokenizer, max_batch_rows=max_batch_rows), tokenizer
 
 
 def sample_phase(

@@ -19,20 +19,23 @@ rest; a killed actor loses only its unfinished batches, which are sampled again 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from sppd_lib.config import SamplerConfig
 from sppd_lib.data import Problem
+from sppd_lib.engines import Engine
 from sppd_lib.engines.ray_pool import EnginePool, Task
-from sppd_lib.sampler import merge_tree_files, prepare_trees_file
+from sppd_lib.sampler import merge_tree_files, prepare_trees_file, sample_trees
 
-__all__ = ["sample_to_file_on_pool"]
+__all__ = ["sample_batch", "sample_to_file_on_pool"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ def sample_to_file_on_pool(
     todo = [b for b in range(-(-len(problems) // size)) if b not in done]
     settings = asdict(config)
     tasks = [
-        Task("sample_batch", (list(problems[b * size : (b + 1) * size]), b, settings, meta))
+        Task("call", (sample_batch, list(problems[b * size : (b + 1) * size]), b, settings, meta))
         for b in todo
     ]
     bar = tqdm(total=len(tasks), desc="tree batches", unit="batch", disable=not progress)
@@ -79,3 +82,31 @@ def sample_to_file_on_pool(
     merge_tree_files([partial], out, partial_ok=True)  # in problem order
     partial.unlink()
     return out
+
+
+def sample_batch(
+    engine: Engine,
+    tokenizer: Any,
+    problems: list[Problem],
+    batch_index: int,
+    config: dict[str, Any],
+    meta: dict | None,
+) -> list[str]:
+    """Inside an actor (:meth:`~sppd_lib.engines.ray_pool.EngineActor.call`): the trees of the
+    plain sampler's batch ``batch_index`` (its ``problems``), as the JSON lines of a trees
+    file: :func:`~sppd_lib.sampler.sample_trees` itself runs, on a list where this batch
+    stands at its place, the batches before it skipped."""
+    sampler = SamplerConfig(**config)
+    first = batch_index * sampler.problems_per_batch
+    # The skipped batches are never read: placeholders keep this batch's index and seeds.
+    placed = [None] * first + list(problems)
+    trees = sample_trees(
+        engine,
+        tokenizer,
+        placed,  # type: ignore[arg-type]
+        sampler,
+        progress=False,
+        meta=meta,
+        skip_batches=range(batch_index),
+    )
+    return [json.dumps(tree.to_dict(), ensure_ascii=False) for tree in trees]

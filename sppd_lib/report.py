@@ -33,6 +33,7 @@ from sppd_lib import viz
 from sppd_lib.config import config_to_dict as config_dict
 from sppd_lib.config import parse_yaml
 from sppd_lib.files import HTML_MARK, check_writable
+from sppd_lib.rundir import run_report_dir
 from sppd_lib.viz.identity import run_started
 
 __all__ = [
@@ -370,18 +371,6 @@ def _generated() -> str:
 # ---------------------------------------------------------------------------------------
 # Public entry points
 # ---------------------------------------------------------------------------------------
-
-
-def run_report_dir(
-    run_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None = None
-) -> Path:
-    """Where the reports of ``run_dir`` go: ``report_dir`` (a run config's key) if given, else
-    ``<run_dir>/../reports/<run_dir name>`` (``runs/demo`` -> ``runs/reports/demo``). One rule
-    from the run directory, so runs in different directories never share a report folder."""
-    if report_dir is not None:
-        return Path(report_dir)
-    run_dir = Path(os.path.abspath(run_dir))  # `runs/demo/.` names demo, not "."
-    return run_dir.parent / "reports" / run_dir.name
 
 
 def render_run_report(

@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from sppd_lib.config import ConfigError, load_yaml
+from sppd_lib.config import ConfigError, load_yaml, upgrade_engine_section
 from sppd_lib.data import DataError
 from sppd_lib.files import NotWritableError, RunLock, write_parquet_atomic, write_text_atomic
 from sppd_lib.metrics import SUMMARY_COLUMNS, paired_change, summary_rows
@@ -50,6 +50,7 @@ __all__ = [
     "read_json",
     "read_jsonl",
     "read_parquet",
+    "run_report_dir",
     "trl_pairs_path",
 ]
 
@@ -387,6 +388,7 @@ class RunDir:
         """
         if self.config.exists():
             previous = load_yaml(self.config)
+            upgrade_engine_section(previous, str(self.config))
             changed = sorted(set(changed_keys(previous, wanted)) - set(ignore))
             old_iterations = previous.get("iterations")
             new_iterations = wanted.get("iterations")
@@ -462,6 +464,7 @@ class StudyDir:
         for top-level keys in ``growable`` (they add or drop arms, never alter one)."""
         if self.config.exists():
             previous = load_yaml(self.config)
+            upgrade_engine_section(previous, str(self.config))
             changed = sorted(
                 k for k in changed_keys(previous, wanted) if k.split(".")[0] not in growable
             )
@@ -474,3 +477,15 @@ class StudyDir:
             logger.info("resuming study %s", self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.config, _dump_yaml(wanted))
+
+
+def run_report_dir(
+    run_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Where the reports of ``run_dir`` go: ``report_dir`` (a run config's key) if given, else
+    ``<run_dir>/../reports/<run_dir name>`` (``runs/demo`` -> ``runs/reports/demo``). One rule
+    from the run directory, so runs in different directories never share a report folder."""
+    if report_dir is not None:
+        return Path(report_dir)
+    run_dir = Path(os.path.abspath(run_dir))  # `runs/demo/.` names demo, not "."
+    return run_dir.parent / "reports" / run_dir.name

@@ -38,7 +38,13 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import ConfigError, SamplerConfig
 from sppd_lib.data import DataError, Problem
-from sppd_lib.engines import Continuation, Engine, HasContextLength, SamplingSettings
+from sppd_lib.engines import (
+    Continuation,
+    Engine,
+    HasContextLength,
+    SamplingSettings,
+    StreamingEngine,
+)
 from sppd_lib.files import reporting_disk_full, write_text_atomic
 from sppd_lib.grading import extract_answer
 from sppd_lib.prompts import (
@@ -237,7 +243,7 @@ def sample_trees(
     batch. ``None`` (default): stream when the engine can. The two drivers seed differently,
     so they give different (equally valid) trees.
     """
-    can_stream = hasattr(engine, "submit") and hasattr(engine, "collect")
+    can_stream = isinstance(engine, StreamingEngine)
     if streaming is None:
         streaming = can_stream
     if streaming and not can_stream:

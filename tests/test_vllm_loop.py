@@ -31,7 +31,7 @@ def test_a_vllm_run_starts_one_engine_and_evaluates_each_policy(tmp_path, monkey
 
         def __init__(self, model: str, **options) -> None:
             started.append(model)
-            super().__init__(model, max_model_len=1024, **options)
+            super().__init__(model, **options)
 
         def load_weights(self, model: str) -> None:
             loaded.append(model)
@@ -39,7 +39,9 @@ def test_a_vllm_run_starts_one_engine_and_evaluates_each_policy(tmp_path, monkey
 
     monkeypatch.setattr(vllm_engine, "VLLMEngine", CountingEngine)
     # The smoke run (tiny random PRM values, so pairs exist) with the real policy on vLLM.
-    config = load_run_config(SMOKE, ["model=smollm2-135m-instruct", "engine=vllm"])
+    config = load_run_config(
+        SMOKE, ["model=smollm2-135m-instruct", "engine=vllm", "engine.max_model_len=1024"]
+    )
     run_dir = tmp_path / "run"
     summary = run(config, run_dir)
 

@@ -8,7 +8,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from sppd_lib.config import ConfigError, RunConfig, config_from_dict, load_yaml
+from sppd_lib.config import (
+    ConfigError,
+    RunConfig,
+    config_from_dict,
+    load_yaml,
+    migrate_engine_keys,
+)
 from sppd_lib.data import DataError
 
 __all__ = [
@@ -32,6 +38,7 @@ def _config_file(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     if not hasattr(args, "_config_data"):
         args._config_data = load_yaml(args.config)
+        migrate_engine_keys(args._config_data, str(args.config))
     return args._config_data
 
 

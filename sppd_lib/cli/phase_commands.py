@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
-import typing
 from pathlib import Path
 
 from sppd_lib.cli.common import (
@@ -18,52 +18,63 @@ from sppd_lib.cli.common import (
     read_trees,
 )
 from sppd_lib.config import (
+    ENGINE_KINDS,
     ConfigError,
+    EngineConfig,
     EvalConfig,
     PairConfig,
-    RunConfig,
     SamplerConfig,
     TrainConfig,
-    VLLMConfig,
     add_config_flags,
     config_from_dict,
     generator_options,
 )
 from sppd_lib.data import DataError
+from sppd_lib.engines import ReloadingEngine
 
 __all__ = ["add_eval", "add_merge", "add_pairs", "add_sample", "add_train"]
 
 
 def engine_flags(parser: argparse.ArgumentParser) -> None:
-    """The engine that decodes (``sppd sample``, ``sppd eval``)."""
+    """The engine that decodes (``sppd sample``, ``sppd eval``): the ``engine:`` section of
+    ``--config`` (a run config's) overridden by these flags, generated from
+    :class:`~sppd_lib.config.EngineConfig`."""
     parser.add_argument(
         "--engine",
-        choices=typing.get_args(typing.get_type_hints(RunConfig)["engine"]),
-        default="transformers",
-        help="decoding engine",
+        dest="kind",
+        choices=ENGINE_KINDS,
+        default=None,
+        help="decoding engine, engine.kind (default: --config's, else transformers)",
     )
     parser.add_argument("--lora", default=None, help="LoRA adapter dir (vLLM engine)")
-    parser.add_argument(
-        "--tensor-parallel-size", type=int, default=1, help="GPUs per model (vLLM engine)"
-    )
-    parser.add_argument(
-        "--max-batch-rows", type=int, default=64, help="rows decoded together (transformers)"
-    )
-    add_config_flags(parser, VLLMConfig)
+    add_config_flags(parser, EngineConfig, skip=("kind", "device"))
+
+
+def engine_config(args: argparse.Namespace, device: str | None) -> EngineConfig:
+    """The ``engine:`` section of ``--config`` (if any) overridden by the engine flags; the
+    engine runs on ``engine.device``, else ``device`` (the policy's)."""
+    where = f"{args.config}: " if getattr(args, "config", None) else ""
+    section = _config_file(args).get("engine") or {}  # `engine: KIND` is a mapping by now
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}engine must be a mapping or an engine name, got {section!r}")
+    data = dict(section)
+    for field in dataclasses.fields(EngineConfig):
+        value = getattr(args, field.name, None)
+        if value is not None and field.name != "device":
+            data[field.name] = value
+    try:
+        config = config_from_dict(EngineConfig, data, "engine.")
+    except ValueError as exc:
+        raise ConfigError(where + str(exc)) from None
+    return dataclasses.replace(config, device=config.device or device)
 
 
 def _engine_of(args: argparse.Namespace, name: str, device: str | None) -> tuple:
-    from sppd_lib.phases import make_engine
+    from sppd_lib.engines.factory import build_engine, check_available
 
-    return make_engine(
-        args.engine,
-        name,
-        device=device,
-        lora=args.lora,
-        tensor_parallel_size=args.tensor_parallel_size,
-        max_batch_rows=args.max_batch_rows,
-        vllm=_vllm_options(args),
-    )
+    config = engine_config(args, device)
+    check_available(config)
+    return build_engine(config, name, lora=args.lora)
 
 
 def add_eval(subparsers: argparse._SubParsersAction) -> None:
@@ -96,7 +107,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     try:
         results = evaluate(None, tokenizer, config, engine=engine)
     finally:
-        if hasattr(engine, "close"):
+        if isinstance(engine, ReloadingEngine):  # an engine with processes of its own
             engine.close()
     if args.out is not None:
         write_parquet_atomic(results, args.out)
@@ -135,14 +146,6 @@ def add_sample(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_sample)
 
 
-def _vllm_options(args: argparse.Namespace) -> VLLMConfig:
-    """The ``vllm:`` section of ``--config`` (if any) overridden by its flags."""
-    data = dict(_config_file(args).get("vllm") or {})
-    if args.block_size is not None:
-        data["block_size"] = args.block_size
-    return config_from_dict(VLLMConfig, data, "vllm.")
-
-
 def _run_sample(args: argparse.Namespace) -> int:
     from sppd_lib.data import load_problems
     from sppd_lib.rundir import file_lock
@@ -160,7 +163,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     if not problems:
         raise DataError(f"--dataset {args.dataset} gives no problems to sample (--limit, --shard?)")
     check_out(args.out)
-    meta = {"model": name, "engine": args.engine, "shard": args.shard}
+    meta = {"model": name, "engine": engine_config(args, device).kind, "shard": args.shard}
     with file_lock(args.out, "trees file"):
         engine, tokenizer = _engine_of(args, name, device)
         started = time.perf_counter()

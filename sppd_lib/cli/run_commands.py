@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,27 @@ from sppd_lib.config import ConfigError, load_run_config, load_study_config
 __all__ = ["add_report", "add_run", "add_study", "add_sweep"]
 
 KEEP_NOTEBOOKS_HELP = "also keep the executed .ipynb beside each page (about 5 MB each)"
+
+#: What reports need beyond the core install (the ``notebooks`` extra); the loop needs none.
+REPORT_PACKAGES = ("plotly", "papermill", "nbconvert", "nbformat", "jupyter_client", "ipykernel")
+
+
+def check_report_packages(what: str) -> None:
+    """Raise :class:`ConfigError` naming the missing packages when the ``notebooks`` extra is
+    not installed, so ``what`` (a report) fails at its start, not after a whole run."""
+    missing = []
+    for name in REPORT_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ImportError:  # a parent package that is itself missing
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise ConfigError(
+            f"{what} needs the notebooks extra (missing: {', '.join(missing)}): "
+            "pip install -e '.[notebooks]'"
+        )
 
 
 def add_report(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +61,7 @@ def add_report(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    check_report_packages("sppd report")
     from sppd_lib.report import (
         ReportError,
         render_compare_report,
@@ -88,6 +111,7 @@ def add_sweep(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    check_report_packages("sppd sweep")
     from sppd_lib.report import ReportError, parse_grid, sweep
 
     try:
@@ -121,13 +145,15 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
 def _run_run(args: argparse.Namespace) -> int:
     from sppd_lib.loop import run
     from sppd_lib.metrics import accuracy_by_iteration
-    from sppd_lib.report import RUN_NOTEBOOKS, check_report_dir, run_report_dir
-    from sppd_lib.rundir import RunDir
+    from sppd_lib.rundir import RunDir, run_report_dir
 
     config = load_run_config(args.config, args.set)
     run_dir = args.run_dir or Path("runs") / config.run_id
     report_dir = run_report_dir(run_dir, config.report_dir)
     if config.report:  # a report that cannot be written should fail now, not after the run
+        check_report_packages("report: true (or set report: false)")
+        from sppd_lib.report import RUN_NOTEBOOKS, check_report_dir
+
         try:
             check_report_dir(report_dir, list(RUN_NOTEBOOKS))
         except OSError as exc:
@@ -189,9 +215,12 @@ def _run_study(args: argparse.Namespace) -> int:
     from sppd_lib.study_results import format_arm_table
 
     config = load_study_config(args.config, args.set)
+    if config.report:
+        check_report_packages("report: true (or set report: false)")
     study_dir = args.study_dir or Path("studies") / config.study_id
     if config.report:  # a page that cannot be written should fail now, not after the study
-        from sppd_lib.report import check_report_dir, run_report_dir
+        from sppd_lib.report import check_report_dir
+        from sppd_lib.rundir import run_report_dir
 
         check_report_dir(run_report_dir(study_dir), ["study"])
     started = time.perf_counter()

@@ -36,6 +36,7 @@ __all__ = [
     "migrate_margin_keys",
     "option",
     "parse_yaml",
+    "shorthand_overrides",
     "type_matches",
 ]
 
@@ -199,6 +200,9 @@ def config_from_dict(cls: type[_C], data: dict[str, Any] | None, where: str = ""
         annotation = hints[name]
         key = f"{where}{name}"
         if dataclasses.is_dataclass(annotation):
+            shorthand = getattr(annotation, "shorthand", None)  # a section's ClassVar
+            if shorthand is not None and isinstance(value, str):  # `engine: vllm`
+                value = {shorthand: value}
             if not isinstance(value, dict):
                 raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
             values[name] = config_from_dict(annotation, value, f"{key}.")  # type: ignore[arg-type]
@@ -344,6 +348,30 @@ def migrate_margin_keys(data: dict[str, Any], where: str) -> None:
     )
 
 
+def shorthand_overrides(cls: type, overrides: list[str]) -> list[str]:
+    """``section=VALUE`` of a section with a shorthand field (``engine=vllm``) as
+    ``section.field=VALUE``, so the rest of the section given in the file stays."""
+    hints = typing.get_type_hints(cls)
+    rewritten = []
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        section = hints.get(key) if sep else None
+        shorthand = (
+            getattr(section, "shorthand", None) if dataclasses.is_dataclass(section) else None
+        )
+        if shorthand is not None and isinstance(_scalar(raw), str):
+            override = f"{key}.{shorthand}={raw}"
+        rewritten.append(override)
+    return rewritten
+
+
+def _scalar(raw: str) -> Any:
+    try:
+        return parse_yaml(raw)
+    except Exception:  # reported by apply_overrides
+        return None
+
+
 def load_config(cls: type[_C], path: str | Path, overrides: list[str] | None = None) -> _C:
     """A ``cls`` (a run or study config) from YAML with ``key.sub=value`` overrides (values
     parsed as YAML); old ``pairs.margin`` keys are moved to ``train``.
@@ -351,8 +379,13 @@ def load_config(cls: type[_C], path: str | Path, overrides: list[str] | None = N
     Raises:
         ConfigError: missing file, unknown key, wrong type or value, naming file and key.
     """
-    data = apply_overrides(load_yaml(path), overrides or [])
+    from sppd_lib.config.engine import migrate_engine_keys
+
+    data = load_yaml(path)
+    migrate_engine_keys(data, str(path))
+    data = apply_overrides(data, shorthand_overrides(cls, overrides or []))
     migrate_margin_keys(data, str(path))
+    migrate_engine_keys(data, str(path))
     try:
         return config_from_dict(cls, data)
     except ConfigError as exc:

@@ -31,7 +31,6 @@ __all__ = [
     "Phase",
     "SamplerConfig",
     "TrainConfig",
-    "VLLMConfig",
 ]
 
 PAPER = "arXiv 2502.13516"
@@ -113,24 +112,6 @@ class SamplerConfig:
             )
         if not self.step_delimiter:
             raise ConfigError("sampler.step_delimiter must be a non-empty string")
-
-
-@dataclass
-class VLLMConfig:
-    """Options of the vLLM engine (read when ``engine: vllm``)."""
-
-    block_size: int | None = option(
-        32,
-        "Tokens per KV-cache block. Prefix caching shares whole blocks only, so a tree whose "
-        "steps are a few dozen tokens long shares little of its prefixes with big blocks: 32 "
-        "was fastest per complete path for SmolLM2-135M trees on CPU (README, sampler "
-        "benchmark). null: vLLM's default (128 on CPU, 16 on GPUs). Cached prefixes make "
-        "trees less exactly reproducible (README, Determinism).",
-    )
-
-    def __post_init__(self) -> None:
-        if self.block_size is not None and not self.block_size >= 1:
-            raise ConfigError(f"vllm.block_size must be >= 1 or null, got {self.block_size}")
 
 
 @dataclass

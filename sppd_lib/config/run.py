@@ -1,13 +1,14 @@
-"""The run config: model, curriculum, engine and the config of every phase (a section each)."""
+"""The run config: model, curriculum, engine and the config of every phase (a section each);
+the sections a margin study shares with it (``RunSections``)."""
 
 from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from sppd_lib.config.engine import EngineConfig, check_device_name
 from sppd_lib.config.loading import (
     ConfigError,
     check_choices,
@@ -27,14 +28,11 @@ from sppd_lib.config.phases import (
     Phase,
     SamplerConfig,
     TrainConfig,
-    VLLMConfig,
     generator_options,
 )
 from sppd_lib.data import DataError, check_data_name
 
-__all__ = ["DataConfig", "RayConfig", "RunConfig", "load_run_config"]
-
-_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+__all__ = ["DataConfig", "RayConfig", "RunConfig", "RunSections", "load_run_config"]
 
 
 @dataclass
@@ -85,7 +83,7 @@ class RayConfig:
     )
     engines: int = option(1, "Engine actors (one engine each, e.g. one per GPU).")
     gpus_per_engine: int = option(
-        1, "GPUs per actor: the vLLM engine's tensor-parallel size; 0 for CPU actors."
+        1, "GPUs Ray reserves per actor: engine.tensor_parallel_size, or 0 for CPU actors."
     )
     cpus_per_engine: float = option(1.0, "CPUs Ray reserves per actor.")
     tasks_per_engine: int = option(
@@ -119,37 +117,22 @@ class RayConfig:
 
 
 @dataclass
-class RunConfig:
-    """A whole SPPD run: model, curriculum and the config of every phase."""
+class RunSections:
+    """What a run and a margin study share: the policy, its engine and the config of every
+    phase (a study's arms are runs of one iteration built from these sections)."""
 
-    run_id: str = option("sppd", "Name of the run; its directory is runs/<run_id>.")
     model: str = option(
         "smollm2-135m-instruct", "Starting policy (alias, directory, .gguf, hub id)."
     )
     device: str | None = option(None, "cpu or cuda (default: cuda if present).")
-    iterations: int = option(
-        2, f"Self-training iterations after iteration 0 (evaluation only); {PAPER}: 2 stages."
-    )
-    phases: list[Phase] = option(["sppd"], "Training phases of every iteration, in order.")
-    first_phases: list[Phase] | None = option(
-        None,
-        f"Phases of iteration 1 if different, e.g. [sft, dpo, sppd] for a base model ({PAPER} "
-        "stage 1).",
+    engine: EngineConfig = field(
+        default_factory=EngineConfig,
+        metadata={"help": "The policy's engine; a string is its kind (engine: vllm)."},
     )
     phase_train: dict[str, dict[str, Any]] = option(
         {}, "Train settings per phase over `train`, e.g. {sft: {optimizer: adamw, ...}}."
     )
-    engine: Literal["transformers", "vllm"] = option(
-        "transformers", "Sampling engine: 'transformers' or 'vllm'."
-    )
-    vllm: VLLMConfig = field(
-        default_factory=VLLMConfig, metadata={"help": "vLLM engine options (engine: vllm)."}
-    )
     sft_per_problem: int = option(4, "τ+ paths per problem for the sft phase.")
-    report: bool = option(True, "`sppd run` ends by writing HTML reports (see report_dir).")
-    report_dir: str | None = option(
-        None, "Where `sppd run` writes its reports; null: <run_dir>/../reports/<run_dir name>."
-    )
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training prompts."})
     sampler: SamplerConfig = field(default_factory=SamplerConfig, metadata={"help": "Sampler."})
     pairs: PairConfig = field(default_factory=PairConfig, metadata={"help": "Values, pairs."})
@@ -159,21 +142,11 @@ class RunConfig:
         default_factory=RayConfig, metadata={"help": "Sampling and evaluation on Ray actors."}
     )
 
-    def __post_init__(self) -> None:
-        check_choices(self, "")
-        check_plain_name(self.run_id, "run_id")
-        if self.iterations < 0:
-            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+    def check_sections(self) -> None:
+        """Checks across the shared sections (their own ``__post_init__`` checked each)."""
         if self.sft_per_problem < 1:
             raise ConfigError(f"sft_per_problem must be >= 1, got {self.sft_per_problem}")
-        if self.device is not None and not _DEVICE.fullmatch(self.device):
-            raise ConfigError(f"device must be cpu, cuda, cuda:N, mps or null, not {self.device!r}")
-        for key in ("phases", "first_phases"):
-            for phase in getattr(self, key) or []:
-                if phase not in PHASES:
-                    raise ConfigError(f"{key}: unknown phase {phase!r} (choose from {PHASES})")
-        if not self.phases:
-            raise ConfigError("phases must name at least one phase")
+        check_device_name(self.device, "device")
         for phase, settings in self.phase_train.items():
             if phase not in PHASES:
                 raise ConfigError(f"phase_train: unknown phase {phase!r} (choose from {PHASES})")
@@ -189,6 +162,47 @@ class RunConfig:
                     check_data_name(name)
                 except DataError as exc:
                     raise ConfigError(f"{key}: {exc}") from None
+        gpus, parallel = self.ray.gpus_per_engine, self.engine.tensor_parallel_size
+        if self.ray.address is not None and gpus > 0 and gpus != parallel:
+            # gpus_per_engine once set vLLM's tensor-parallel size: say so, not waste GPUs.
+            raise ConfigError(
+                f"ray.gpus_per_engine ({gpus}) must equal engine.tensor_parallel_size "
+                f"({parallel}): each actor's engine spreads over its GPUs (set "
+                "engine.tensor_parallel_size, or gpus_per_engine: 0 for CPU actors)"
+            )
+
+
+@dataclass
+class RunConfig(RunSections):
+    """A whole SPPD run: model, curriculum and the config of every phase."""
+
+    run_id: str = option("sppd", "Name of the run; its directory is runs/<run_id>.")
+    iterations: int = option(
+        2, f"Self-training iterations after iteration 0 (evaluation only); {PAPER}: 2 stages."
+    )
+    phases: list[Phase] = option(["sppd"], "Training phases of every iteration, in order.")
+    first_phases: list[Phase] | None = option(
+        None,
+        f"Phases of iteration 1 if different, e.g. [sft, dpo, sppd] for a base model ({PAPER} "
+        "stage 1).",
+    )
+    report: bool = option(True, "`sppd run` ends by writing HTML reports (see report_dir).")
+    report_dir: str | None = option(
+        None, "Where `sppd run` writes its reports; null: <run_dir>/../reports/<run_dir name>."
+    )
+
+    def __post_init__(self) -> None:
+        check_choices(self, "")
+        check_plain_name(self.run_id, "run_id")
+        if self.iterations < 0:
+            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+        self.check_sections()
+        for key in ("phases", "first_phases"):
+            for phase in getattr(self, key) or []:
+                if phase not in PHASES:
+                    raise ConfigError(f"{key}: unknown phase {phase!r} (choose from {PHASES})")
+        if not self.phases:
+            raise ConfigError("phases must name at least one phase")
 
     def phases_of(self, iteration: int) -> list[str]:
         return list(self.first_phases or self.phases) if iteration == 1 else list(self.phases)

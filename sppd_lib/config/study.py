@@ -3,10 +3,11 @@ seeds trained from one start on shared trees and pairs."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from sppd_lib.config.loading import (
     ConfigError,
@@ -17,15 +18,8 @@ from sppd_lib.config.loading import (
     load_config,
     option,
 )
-from sppd_lib.config.phases import (
-    EvalConfig,
-    PairConfig,
-    Phase,
-    SamplerConfig,
-    TrainConfig,
-    VLLMConfig,
-)
-from sppd_lib.config.run import DataConfig, RunConfig
+from sppd_lib.config.phases import PairConfig, Phase
+from sppd_lib.config.run import RunConfig, RunSections
 
 __all__ = [
     "BASELINES",
@@ -58,40 +52,17 @@ class ArmConfig:
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(RunSections):
     """A margin study: arms × seeds trained from one start on the same trees and pairs.
 
-    The run-config sections (``model`` ... ``eval``) mean what they mean in a run config
-    (``sppd_lib.config.RunConfig``) for its first iteration: ``data`` gives the training
-    prompts of the one set of trees, ``eval`` the held-out problems every arm is scored on.
+    The run sections (``model`` ... ``ray``, :class:`~sppd_lib.config.RunSections`) mean what
+    they mean in a run config for its first iteration: ``model`` is the start, sampler and
+    reference, ``data`` gives the training prompts of the one set of trees, ``pairs`` the
+    first value estimator, ``train`` the settings every arm starts from (arms override some),
+    ``eval`` the held-out problems every arm is scored on.
     """
 
     study_id: str = option("study", "Name of the study; its directory is studies/<study_id>.")
-    model: str = option("smollm2-135m-instruct", "Starting policy, sampler and reference.")
-    device: str | None = option(None, "cpu or cuda (default: cuda if present).")
-    engine: Literal["transformers", "vllm"] = option(
-        "transformers", "Sampling engine: 'transformers' or 'vllm'."
-    )
-    vllm: VLLMConfig = field(
-        default_factory=VLLMConfig, metadata={"help": "vLLM engine options (engine: vllm)."}
-    )
-    sft_per_problem: int = option(4, "τ+ paths per problem for sft phases.")
-    phase_train: dict[str, dict[str, Any]] = option(
-        {}, "Train settings per phase over `train`, e.g. {sft: {learning_rate: 1e-4}}."
-    )
-    data: DataConfig = field(
-        default_factory=DataConfig, metadata={"help": "Training prompts of the shared trees."}
-    )
-    sampler: SamplerConfig = field(default_factory=SamplerConfig, metadata={"help": "Sampler."})
-    pairs: PairConfig = field(
-        default_factory=PairConfig,
-        metadata={"help": "The first value estimator and the Δv filter."},
-    )
-    train: TrainConfig = field(
-        default_factory=TrainConfig,
-        metadata={"help": "Train settings of every arm (arms override some of them)."},
-    )
-    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Held-out evaluation."})
     values: dict[str, dict[str, Any]] = option(
         {},
         "Value estimators, name -> overrides of `pairs`, e.g. {mc: {}, prm_own: {value: prm, "
@@ -163,22 +134,14 @@ class StudyConfig:
         self, phases: list[str], train: dict[str, Any] | None = None, name: str = "study"
     ) -> RunConfig:
         """The run config of one arm (its first iteration): what the loop's phases read."""
+        whole = config_to_dict(self)
         settings = {
+            **{f.name: whole[f.name] for f in dataclasses.fields(RunSections)},
             "run_id": self.study_id,
-            "model": self.model,
-            "device": self.device,
             "iterations": 1,
             "phases": list(phases),
-            "phase_train": self.phase_train,
-            "engine": self.engine,
-            "vllm": config_to_dict(self.vllm),
-            "sft_per_problem": self.sft_per_problem,
             "report": False,
-            "data": config_to_dict(self.data),
-            "sampler": config_to_dict(self.sampler),
-            "pairs": config_to_dict(self.pairs),
-            "train": {**config_to_dict(self.train), **(train or {})},
-            "eval": config_to_dict(self.eval),
+            "train": {**whole["train"], **(train or {})},
         }
         where = "" if name == "study" else f"arm {name}: "
         try:

@@ -1,4 +1,13 @@
-"""Sampling engines: one protocol, two implementations (transformers, vLLM).
+"""Sampling engines: the capabilities as Protocols, two implementations (transformers, vLLM).
+
+Capabilities (callers test them with ``isinstance``, never by probing attributes):
+:class:`Engine` samples (every engine); :class:`StreamingEngine` also takes requests one by
+one (``submit`` / ``collect`` / ``pending`` / ``abort``: vLLM's continuous batching);
+:class:`ReloadingEngine` swaps in a new policy's weights and is stopped with ``close``;
+:class:`SleepingEngine` frees its device memory while the policy trains;
+:class:`EnginePoolLike` runs several calls at once; an engine that fills its own batch
+declares ``schedules_own_batch`` (:func:`schedules_own_batch`). ``engines.factory`` builds
+an engine from the ``engine:`` section, ``engines.serving`` owns the run's engine.
 
 Contract: given prefixes (token ids), sample ``n`` continuations of each that stop at the step
 delimiter or EOS, and return for every continuation its token ids, text, finish reason and the
@@ -13,13 +22,18 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "BatchScheduler",
     "Call",
     "Continuation",
     "Engine",
     "EnginePoolLike",
     "HasContextLength",
+    "ReloadingEngine",
     "SamplingSettings",
+    "SleepingEngine",
+    "StreamingEngine",
     "sample_calls",
+    "schedules_own_batch",
 ]
 
 FinishReason = Literal["delimiter", "eos", "length"]
@@ -47,6 +61,7 @@ class Continuation:
     finish_reason: FinishReason
 
 
+@runtime_checkable
 class Engine(Protocol):
     """Anything that samples step continuations; see the module docstring for the contract."""
 
@@ -62,6 +77,79 @@ class HasContextLength(Protocol):
     """An engine that knows the longest sequence (prompt and generation) it can hold."""
 
     max_model_len: int
+
+
+@runtime_checkable
+class StreamingEngine(Engine, Protocol):
+    """An engine whose requests join its running batch as they come (no barrier across
+    trees); the tree sampler streams on it (``sampler.sample_trees``)."""
+
+    def submit(
+        self, request_id: str, prefix: Sequence[int], n: int, settings: SamplingSettings
+    ) -> None:
+        """Queue ``n`` continuations of ``prefix``, seeded by ``settings.seed`` alone."""
+        ...
+
+    def collect(self) -> list[tuple[str, list[Continuation]]]:
+        """Run until at least one pending request finished; every finished one, by id."""
+        ...
+
+    def pending(self) -> int:
+        """Requests submitted and not yet collected."""
+        ...
+
+    def abort(self) -> None:
+        """Drop every pending request."""
+        ...
+
+
+@runtime_checkable
+class ReloadingEngine(Engine, Protocol):
+    """An engine that lives longer than one policy: it is handed each new policy's weights
+    (when it can take them exactly) and is stopped explicitly."""
+
+    def can_load_weights(self, model: str) -> bool:
+        """Can :meth:`load_weights` swap ``model`` in exactly (else build a new engine)?"""
+        ...
+
+    def load_weights(self, model: str) -> None:
+        """Serve ``model`` (a directory) from now on; its cached prefixes are forgotten."""
+        ...
+
+    def close(self) -> None:
+        """Stop the engine and free what it holds."""
+        ...
+
+
+@runtime_checkable
+class SleepingEngine(ReloadingEngine, Protocol):
+    """A reloading engine that can free its device memory while the policy trains and take
+    it back after, much faster than a new engine starts. ``can_sleep`` is false where the
+    backend has no sleep mode (then the engine stays up, or is closed to free a GPU)."""
+
+    can_sleep: bool
+
+    def sleep(self) -> None:
+        """Free the device memory (KV cache; weights per the sleep level)."""
+        ...
+
+    def wake_up(self) -> None:
+        """Take the memory back; the caller then loads the next policy's weights."""
+        ...
+
+
+@runtime_checkable
+class BatchScheduler(Protocol):
+    """An engine that keeps its own continuous batch full, so a caller should hand it all
+    its prompts in one call rather than in batches that each wait for their longest response
+    (greedy evaluation does: ``sppd_lib.evaluate``)."""
+
+    schedules_own_batch: bool
+
+
+def schedules_own_batch(engine: Engine) -> bool:
+    """Does ``engine`` want every prompt in one call (:class:`BatchScheduler`)?"""
+    return isinstance(engine, BatchScheduler) and engine.schedules_own_batch
 
 
 #: One ``Engine.sample`` call: ``(prefixes, n, settings)``.

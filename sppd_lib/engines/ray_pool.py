@@ -3,9 +3,10 @@ engine for CPU clusters and tests), the driver sends each task to the least-load
 an actor that dies is replaced and its unfinished tasks are run again.
 
 The pool lives as long as a run: :meth:`EnginePool.load` points every actor at a new policy
-(vLLM reloads the weights in place and drops its prefix cache; the transformers engine loads
-the model again). Needs the ``ray`` extra; nothing else in ``sppd_lib`` imports this module
-(or ray) unless ``ray.address`` is set.
+(each actor's :class:`~sppd_lib.engines.serving.Policy` applies the reload rule). The pool
+knows engines only through the factory and runs work it is handed (:meth:`EngineActor.call`):
+it imports nothing above ``sppd_lib.engines``. Needs the ``ray`` extra; nothing else in
+``sppd_lib`` imports this module (or ray) unless ``ray.address`` is set.
 
 The model directory must be readable at the same path on every node (a shared filesystem,
 as the run directory is when the trained policies are loaded by the actors).
@@ -16,11 +17,11 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sppd_lib.config import RayConfig, VLLMConfig
+from sppd_lib.config import EngineConfig, RayConfig
 from sppd_lib.engines import Call, Continuation, SamplingSettings
 
 __all__ = [
@@ -34,62 +35,24 @@ logger = logging.getLogger(__name__)
 
 
 class EngineActor:
-    """What runs inside one Ray actor: one engine over the current policy.
+    """What runs inside one Ray actor: one engine over the current policy, built and reloaded
+    by a :class:`~sppd_lib.engines.serving.Policy` of the actor's own from the run's
+    ``engine:`` section (so an actor's results are the plain run's)."""
 
-    ``kind`` is ``"vllm"`` or ``"transformers"`` (the engines of the plain run, so an
-    actor's results are the plain run's).
-    """
+    def __init__(self, config: EngineConfig, model: str, *, seed: int = 0) -> None:
+        from sppd_lib.engines.serving import Policy
 
-    def __init__(
-        self,
-        kind: str,
-        model: str,
-        *,
-        seed: int = 0,
-        device: str | None = None,
-        tensor_parallel_size: int = 1,
-        max_batch_rows: int = 64,
-        block_size: int | None = None,
-    ) -> None:
-        self.kind, self.seed, self.device = kind, seed, device
-        self.tensor_parallel_size, self.max_batch_rows = tensor_parallel_size, max_batch_rows
-        self.block_size = block_size
+        self.serving = Policy(config, seed)
         self.path: str | None = None
         self.engine: Any = None
-        self.model: Any = None
         self.tokenizer: Any = None
         self.load(model)
 
     def load(self, path: str) -> None:
         """Serve the policy at ``path`` (nothing to do when it is the current one)."""
-        if path == self.path:
-            return
-        if self.kind == "vllm":
-            from sppd_lib.engines.vllm_engine import VLLMEngine
-
-            if self.engine is not None and not self.engine.can_load_weights(path):
-                self.engine.close()  # a tied LM head with new embeddings: a new engine
-                self.engine = None
-            if self.engine is None:
-                self.engine = VLLMEngine(
-                    path,
-                    tensor_parallel_size=self.tensor_parallel_size,
-                    seed=self.seed,
-                    block_size=self.block_size,
-                )
-            else:  # in place, and the old KV forgotten
-                self.engine.load_weights(path)
-            self.tokenizer = self.engine.tokenizer
-        else:
-            from sppd_lib.engines.transformers_engine import TransformersEngine
-            from sppd_lib.models import load_model
-
-            self.engine = self.model = None  # free the old weights first
-            self.model, self.tokenizer = load_model(path, device=self.device)
-            self.engine = TransformersEngine(
-                self.model, self.tokenizer, max_batch_rows=self.max_batch_rows
-            )
-        self.path = path
+        if path != self.path:
+            self.engine, self.tokenizer = self.serving.engine(path)
+            self.path = path
 
     def ping(self) -> str | None:
         return self.path
@@ -100,31 +63,11 @@ class EngineActor:
         """One engine call, as :meth:`~sppd_lib.engines.Engine.sample`."""
         return self.engine.sample(prefixes, n, settings)
 
-    def sample_batch(
-        self, problems: list[Any], batch_index: int, config: dict[str, Any], meta: dict | None
-    ) -> list[str]:
-        """The trees of the plain sampler's batch ``batch_index`` (its ``problems``), as the
-        JSON lines of a trees file: :func:`~sppd_lib.sampler.sample_trees` itself runs, on
-        a list where this batch stands at its place, the batches before it skipped."""
-        import json
-
-        from sppd_lib.config import SamplerConfig
-        from sppd_lib.sampler import sample_trees
-
-        sampler = SamplerConfig(**config)
-        first = batch_index * sampler.problems_per_batch
-        # The skipped batches are never read: placeholders keep this batch's index and seeds.
-        placed = [None] * first + list(problems)
-        trees = sample_trees(
-            self.engine,
-            self.tokenizer,
-            placed,  # type: ignore[arg-type]
-            sampler,
-            progress=False,
-            meta=meta,
-            skip_batches=range(batch_index),
-        )
-        return [json.dumps(tree.to_dict(), ensure_ascii=False) for tree in trees]
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(engine, tokenizer, *args)`` on this actor's engine: how a caller runs
+        a whole unit of work next to the engine (the tree sampler runs a batch of trees:
+        ``sppd_lib.ray_sampling``). ``function`` must be importable on the workers."""
+        return function(self.engine, self.tokenizer, *args)
 
 
 @dataclass(frozen=True)
@@ -141,20 +84,17 @@ class EnginePool:
     def __init__(
         self,
         config: RayConfig,
-        kind: str,
+        engine: EngineConfig,
         model: str,
         *,
         seed: int = 0,
-        device: str | None = None,
-        max_batch_rows: int = 64,
-        vllm: VLLMConfig | None = None,
     ) -> None:
         """Connect to (or start) the cluster of ``config.address`` unless Ray is already
-        initialised in this process, and start the actors on ``model`` (a resolved path);
-        vLLM actors take the options of ``vllm`` (default ``VLLMConfig()``)."""
+        initialised in this process, and start the actors on ``model`` (a resolved path),
+        each with the engine of ``engine``."""
         import ray
 
-        self.config, self.kind = config, kind
+        self.config, self.engine_config, self.seed = config, engine, seed
         self._started_ray = False
         if not ray.is_initialized():
             address = None if config.address == "local" else config.address
@@ -169,13 +109,6 @@ class EnginePool:
             max_restarts=0,  # the pool replaces a dead actor itself, on the current policy
             runtime_env={"env_vars": env} if env else None,
         )
-        self._options = {
-            "seed": seed,
-            "device": device,
-            "tensor_parallel_size": max(config.gpus_per_engine, 1),
-            "max_batch_rows": max_batch_rows,
-            "block_size": (vllm or VLLMConfig()).block_size,
-        }
         self.path = model
         self.actors = [self._new_actor() for _ in range(config.engines)]
         ray.get([actor.ping.remote() for actor in self.actors])  # fail here, not mid-phase
@@ -187,7 +120,7 @@ class EnginePool:
         self._tokenizer_path: str | None = None
 
     def _new_actor(self) -> Any:
-        return self._actor_class.remote(self.kind, self.path, **self._options)
+        return self._actor_class.remote(self.engine_config, self.path, seed=self.seed)
 
     @property
     def tokenizer(self) -> Any:

@@ -21,11 +21,22 @@ from typing import Any
 from sppd_lib.engines import Continuation, FinishReason, SamplingSettings
 from sppd_lib.models import resolve_model
 
-__all__ = ["VLLMEngine", "reloads_in_place"]
+__all__ = ["VLLMEngine", "reloads_in_place", "sleep_mode_available"]
+
+
+def sleep_mode_available() -> bool:
+    """Does this vLLM build support sleep mode here? vLLM's own platform answer: CUDA, ROCm
+    and XPU do; its CPU backend does not (and refuses ``enable_sleep_mode``)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
 
 
 class VLLMEngine:
-    """Samples step continuations with ``vllm.LLM`` (same protocol as the transformers engine)."""
+    """Samples step continuations with ``vllm.LLM``: an :class:`~sppd_lib.engines.Engine`,
+    :class:`~sppd_lib.engines.StreamingEngine`, :class:`~sppd_lib.engines.SleepingEngine`
+    (hence reloading) and :class:`~sppd_lib.engines.BatchScheduler`. Built by
+    ``sppd_lib.engines.factory.build_engine`` from the ``engine:`` section."""
 
     #: vLLM keeps its own continuous batch full, so a caller should hand it all its prompts in
     #: one call rather than in batches that each wait for their longest response (greedy
@@ -42,6 +53,7 @@ class VLLMEngine:
         max_model_len: int = 4096,
         seed: int = 0,
         block_size: int | None = None,
+        sleep_level: int | None = None,
         **llm_options: Any,
     ) -> None:
         """``model`` is anything ``sppd_lib.models.resolve_model`` accepts (GGUF via the cache).
@@ -49,6 +61,9 @@ class VLLMEngine:
         ``block_size``: tokens per KV block (``None``: vLLM's default, 128 on CPU). Prefix
         caching reuses whole blocks only, so tree steps of a few dozen tokens need small
         blocks to share their prefix (see the README's sampler benchmark).
+        ``sleep_level``: start vLLM in sleep mode, so :meth:`sleep` frees the GPU at this
+        level (1: weights to CPU RAM, 2: weights dropped) during training; ignored where
+        :func:`sleep_mode_available` says no (``can_sleep`` is then false).
         ``llm_options`` go to ``vllm.LLM`` unchanged (e.g. ``gpu_memory_utilization``, which
         on the CPU backend is the share of RAM reserved for the KV cache).
         """
@@ -64,6 +79,11 @@ class VLLMEngine:
 
         if block_size is not None:
             llm_options["block_size"] = block_size
+        self.sleep_level = sleep_level if sleep_level and sleep_mode_available() else None
+        #: Can :meth:`sleep` free the device (sleep mode asked for and available)?
+        self.can_sleep = self.sleep_level is not None
+        if self.can_sleep:
+            llm_options["enable_sleep_mode"] = True
         if not torch.cuda.is_available():
             # CPU backend: fp32 as everywhere on CPU here, and a modest RAM reservation.
             llm_options.setdefault("dtype", "float32")
@@ -93,6 +113,9 @@ class VLLMEngine:
 
             self.lora_request = LoRARequest("sppd-adapter", 1, lora_path)
         self.tokens_generated = 0
+        self.asleep = False
+        #: The weights were dropped by a level-2 sleep: the next load reloads even the same.
+        self._weights_dropped = False
         #: Pending streamed requests: vLLM's request id -> the caller's.
         self._pending: dict[str, str] = {}
         self._submitted = 0
@@ -114,13 +137,45 @@ class VLLMEngine:
             ValueError: :meth:`can_load_weights` says no (start a new engine instead).
         """
         path = resolve_model(model)
-        if path == self.model_path:
+        if path == self.model_path and not self._weights_dropped:
             return
         if not self.can_load_weights(path):
             raise ValueError(f"{path}: a tied LM head with new embeddings; start a new engine")
+        self._check_awake()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
         self.llm.reset_prefix_cache()
-        self.model_path = path
+        self.model_path, self._weights_dropped = path, False
+
+    def sleep(self) -> None:
+        """Free the GPU for training: vLLM drops its KV cache and moves the weights to CPU
+        RAM (level 1) or drops them (level 2). :meth:`wake_up` takes the memory back.
+
+        Raises:
+            RuntimeError: sleep mode is off or unavailable (``can_sleep``), or streamed
+                requests are pending.
+        """
+        if not self.can_sleep:
+            raise RuntimeError("this engine was started without sleep mode (can_sleep)")
+        if self._pending:
+            raise RuntimeError("sleep() while streamed requests are pending: collect() them")
+        if self.asleep:
+            return
+        self.llm.sleep(level=self.sleep_level)
+        self.asleep = True
+        self._weights_dropped = self.sleep_level == 2
+
+    def wake_up(self) -> None:
+        """Take the GPU memory back after :meth:`sleep` (the prefix cache starts empty); after
+        a level-2 sleep the weights must be loaded again (:meth:`load_weights`)."""
+        if not self.asleep:
+            return
+        self.llm.wake_up()
+        self.llm.reset_prefix_cache()
+        self.asleep = False
+
+    def _check_awake(self) -> None:
+        if self.asleep:
+            raise RuntimeError("the vLLM engine is asleep: wake_up() first")
 
     def close(self) -> None:
         """Stop vLLM's engine processes now (rather than at interpreter exit)."""
@@ -135,6 +190,7 @@ class VLLMEngine:
 
         if self._pending:  # LLM.generate would run them and drop their outputs
             raise RuntimeError("sample() while streamed requests are pending: collect() them")
+        self._check_awake()
         # A seed per request: identical prefixes must not get identical children.
         # vLLM seeds child j of a request with seed + j: stride n keeps them apart.
         params = [
@@ -165,6 +221,7 @@ class VLLMEngine:
 
         if request_id in self._pending.values():
             raise ValueError(f"request {request_id!r} is already pending")
+        self._check_awake()
         # One output per request, when all n children are done (not one per token).
         params = _sampling_params(
             n, settings, settings.seed, output_kind=RequestOutputKind.FINAL_ONLY
