@@ -440,9 +440,10 @@ def step_verdict(text: str) -> Verdict:
 
 def final_claim_value(text: str) -> Fraction | None:
     """The result of the last claim of ``text`` when it is a bare number ("... = 36."), the
-    answer a solution states by ending on an equation; ``None`` otherwise."""
+    answer a solution states by ending on an equation; ``None`` otherwise (also when a
+    computation is left without its result: the solution did not finish)."""
     check = check_step(text)
-    if not check.claims:
+    if not check.claims or check.unfinished:
         return None
     last = check.claims[-1].sides[-1]
     body = last.replace(" ", "").replace(",", "")
