@@ -122,7 +122,7 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
 def _run_run(args: argparse.Namespace) -> int:
     from sppd_lib.files import check_writable
     from sppd_lib.loop import run
-    from sppd_lib.metrics import accuracy_by_iteration
+    from sppd_lib.metrics import accuracy_by_iteration, gain_headline
     from sppd_lib.report import run_report_dir
     from sppd_lib.rundir import RunDir
 
@@ -158,6 +158,8 @@ def _run_run(args: argparse.Namespace) -> int:
             print(f"sppd run: report failed: {exc}", file=sys.stderr)
             return 1
         print(f"\nreports: {written.index}")
+    if len(change):  # last, where a user looks first: did the run help, and how surely?
+        print("\n" + gain_headline(change))
     return 0
 
 
