@@ -98,3 +98,20 @@ def test_study_table_reads_valued_trees_and_adds_missing_estimators(tmp_path, ca
     printed = capsys.readouterr().out
     assert "value estimators against the exact step checker" in printed
     assert "bellman_mean" in printed and "calibration" in printed
+
+
+def test_calibration_figure_has_one_line_per_estimator() -> None:
+    from sppd_lib.viz.estimators import estimator_calibration_figure
+    from sppd_lib.viz.style import is_empty_figure
+
+    summary, calibration = estimator_quality(
+        [process_tree(), duplicate_tree()], ("mc", "bellman_max")
+    )
+    figure = estimator_calibration_figure(summary, calibration)
+    names = [trace.name for trace in figure.data]
+    assert names[0] == "calibrated" and len(names) == 3
+    assert names[1].startswith("mc (AUC ") and "chosen false 25%" in names[1]
+    mc_points = calibration[calibration["estimator"] == "mc"]
+    assert len(figure.data[1].x) == len(mc_points)
+    empty = estimator_calibration_figure(summary.iloc[:0], calibration.iloc[:0])
+    assert is_empty_figure(empty)
