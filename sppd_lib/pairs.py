@@ -57,7 +57,8 @@ def value_trees(trees: Iterable[StepTree], config: PairConfig) -> Iterator[StepT
     for tree in trees:
         if config.merge_siblings:
             merge_identical_siblings(tree)
-        grade_leaves(tree, config.leaf_answer)
+        if tree.meta.get("leaf_answer", "last_number") != config.leaf_answer:
+            grade_leaves(tree, config.leaf_answer)  # graded by another rule when sampled
         yield apply_values(
             tree,
             config.value,

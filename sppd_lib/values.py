@@ -84,11 +84,14 @@ def grade_leaf(text: str, tree: StepTree, rule: LeafAnswer = "auto") -> Grade:
 
 
 def grade_leaves(tree: StepTree, rule: LeafAnswer = "auto") -> None:
-    """Record the answer and its correctness on every terminal node (``rule``: LeafAnswer)."""
+    """Record the answer and its correctness on every terminal node (``rule``: LeafAnswer),
+    and the rule in ``tree.meta["leaf_answer"]`` (trees without it were graded by
+    ``last_number``, the only rule before)."""
     for node in tree.nodes:
         if node.terminal:
             result = grade_leaf(tree.path_text(node.id), tree, rule)
             node.answer, node.correct = result.pred, result.correct
+    tree.meta["leaf_answer"] = rule
 
 
 def _post_order(tree: StepTree) -> list[int]:

@@ -167,3 +167,16 @@ def test_pairs_carry_checker_verdicts_and_process_check_filters() -> None:
     tree.problem.source = "gsm8k"
     rows, _ = step_pairs(mc_values(tree), PairConfig(process_check=True))
     assert len(rows) == 3 and {row["chosen_check"] for row in rows} == {None}
+
+
+def test_value_trees_regrade_only_trees_graded_by_another_rule() -> None:
+    tree = arith_tree()
+    lucky = add(tree, 0, "We compute 2 * 7 and add -7 to get 7", final=True)
+    grade_leaves(tree, "last_number")  # as trees sampled before issue 24
+    (valued,) = list(value_trees([copy.deepcopy(tree)], PairConfig()))
+    assert valued.nodes[lucky].correct is False and valued.meta["leaf_answer"] == "auto"
+    (kept,) = list(value_trees([copy.deepcopy(tree)], PairConfig(leaf_answer="last_number")))
+    assert kept.nodes[lucky].correct is True
+    del tree.meta["leaf_answer"]  # trees from before the rule was recorded: last_number
+    (old,) = list(value_trees([tree], PairConfig()))
+    assert old.nodes[lucky].correct is False
