@@ -17,7 +17,7 @@ import math
 import os
 import typing
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -324,10 +324,10 @@ def merge_identical_siblings(tree: StepTree) -> int:
         return 0
     kept: list[tuple[StepNode, int | None]] = [(tree.nodes[ROOT], None)]  # (node, new parent)
     # Each entry: the new id of a kept node, and the old ids of its (merged) children.
-    queue: list[tuple[int, list[int]]] = [(ROOT, list(children.get(ROOT, [])))]
+    queue = deque([(ROOT, list(children.get(ROOT, [])))])
     removed = 0
     while queue:
-        parent_new, child_ids = queue.pop(0)
+        parent_new, child_ids = queue.popleft()
         groups: dict[str, list[StepNode]] = {}
         for child_id in sorted(child_ids):
             child = tree.nodes[child_id]
