@@ -26,6 +26,7 @@ __all__ = [
     "accuracy_by_iteration",
     "accuracy_table",
     "best_of_n",
+    "gain_headline",
     "maj_at_n",
     "mcnemar_exact",
     "paired_bootstrap",
@@ -161,6 +162,25 @@ def paired_change(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
         )
     columns = ["benchmark", "problems", "before", "after", "gained", "lost", "p_value"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def gain_headline(change: pd.DataFrame) -> str:
+    """One line per benchmark of :func:`paired_change` (with its ``iteration``): the
+    held-out gain of the last iteration against iteration 0 and its paired p-value, the last
+    thing ``sppd run`` prints."""
+    lines = []
+    for row in change.itertuples(index=False):
+        points = 100 * (row.after - row.before)
+        lines.append(
+            f"{row.benchmark}: {100 * row.before:.1f}% -> {100 * row.after:.1f}% "
+            f"({points:+.1f} points on {row.problems} problems; {row.gained} gained, "
+            f"{row.lost} lost; exact McNemar p = {row.p_value:.3g})"
+        )
+    iteration = int(change["iteration"].iloc[0]) if "iteration" in change and len(change) else 0
+    return (
+        f"held-out gain, iteration {iteration} against iteration 0 (greedy pass@1):\n  "
+        + "\n  ".join(lines)
+    )
 
 
 def _vote_winner(groups: list[list[int]], weights: Sequence[float]) -> int | None:

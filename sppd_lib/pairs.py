@@ -21,11 +21,13 @@ from typing import Any
 
 import pandas as pd
 
+from sppd_lib.checker import Verdict, step_verdict
 from sppd_lib.config import PairConfig
+from sppd_lib.data import GENERATED
 from sppd_lib.files import write_parquet_atomic
 from sppd_lib.rundir import trl_pairs_path
-from sppd_lib.tree import StepNode, StepTree
-from sppd_lib.values import apply_values
+from sppd_lib.tree import StepNode, StepTree, merge_identical_siblings
+from sppd_lib.values import apply_values, grade_leaves, outcome_counts
 
 __all__ = [
     "build_pairs",
@@ -46,11 +48,17 @@ logger = logging.getLogger(__name__)
 
 
 def value_trees(trees: Iterable[StepTree], config: PairConfig) -> Iterator[StepTree]:
-    """Each tree with every node valued by ``config``'s estimator (a PRM is loaded once)."""
+    """Each tree, its identical siblings merged (``config.merge_siblings``), its leaves graded
+    by ``config.leaf_answer`` and every node valued by ``config``'s estimator (in place; a
+    PRM is loaded once)."""
     from sppd_lib.prm import load_scorer
 
     scorer = load_scorer(config.prm_model) if config.value == "prm" else None
     for tree in trees:
+        if config.merge_siblings:
+            merge_identical_siblings(tree)
+        if tree.meta.get("leaf_answer", "last_number") != config.leaf_answer:
+            grade_leaves(tree, config.leaf_answer)  # graded by another rule when sampled
         yield apply_values(
             tree,
             config.value,
@@ -79,9 +87,59 @@ def _skip_reason(tree: StepTree, config: PairConfig) -> str | None:
     return None
 
 
+def _same_step(a: StepNode, b: StepNode) -> bool:
+    return a.text.split() == b.text.split()
+
+
+def _is_generated(tree: StepTree) -> bool:
+    return tree.problem.source in GENERATED
+
+
+class _ProcessTruth:
+    """The checker's verdicts on a tree's steps, computed once each (generated arithmetic)."""
+
+    def __init__(self, tree: StepTree) -> None:
+        self.tree = tree
+        self._verdicts: dict[int, Verdict] = {}
+        self._counts: dict[int, tuple[int, int]] | None = None
+
+    def verdict(self, node: StepNode) -> Verdict:
+        if node.id not in self._verdicts:
+            self._verdicts[node.id] = step_verdict(node.text)
+        return self._verdicts[node.id]
+
+    def sound_chosen(self, node: StepNode) -> bool:
+        """Every claim holds, or it is a correct final answer after a prefix with no false claim."""
+        verdict = self.verdict(node)
+        if verdict == "true":
+            return True
+        return (
+            verdict == "no_claim"
+            and node.is_complete
+            and bool(node.correct)
+            and all(self.verdict(step) != "false" for step in self.tree.path(node.id))
+        )
+
+    def wrong_rejected(self, node: StepNode) -> bool:
+        """A false claim, or only wrong complete outcomes below it."""
+        if self.verdict(node) == "false":
+            return True
+        if self._counts is None:
+            self._counts = outcome_counts(self.tree)
+        correct, total = self._counts[node.id]
+        return total > 0 and correct == 0
+
+
 def _pair_row(
-    tree: StepTree, parent: StepNode, win: StepNode, lose: StepNode, config: PairConfig
+    tree: StepTree,
+    parent: StepNode,
+    win: StepNode,
+    lose: StepNode,
+    config: PairConfig,
+    truth: _ProcessTruth | None = None,
 ) -> dict[str, Any]:
+    if _same_step(win, lose):  # step_pairs never pairs them; a pair of equal sides is a bug
+        raise ValueError(f"{tree.problem.id}: pair of equal steps {win.id}, {lose.id}")
     delta = win.value - lose.value  # type: ignore[operator]
     prefix = tree.path(parent.id)
     return {
@@ -108,6 +166,9 @@ def _pair_row(
         "chosen_terminal": win.terminal,
         "rejected_terminal": lose.terminal,
         "value_source": win.value_source,
+        # The exact step checker's verdicts (generated arithmetic; None elsewhere).
+        "chosen_check": truth.verdict(win) if truth else None,
+        "rejected_check": truth.verdict(lose) if truth else None,
     }
 
 
@@ -117,6 +178,7 @@ def step_pairs(tree: StepTree, config: PairConfig) -> tuple[list[dict[str, Any]]
     if reason is not None:
         return [], reason
     rows = []
+    truth = _ProcessTruth(tree) if _is_generated(tree) else None
     for parent in tree.nodes:
         siblings = [c for c in tree.children(parent.id) if _has_evidence(c, config)]
         siblings.sort(key=lambda c: c.value, reverse=True)  # type: ignore[arg-type, return-value]
@@ -127,8 +189,14 @@ def step_pairs(tree: StepTree, config: PairConfig) -> tuple[list[dict[str, Any]]
         else:
             couples = list(itertools.combinations(siblings, 2))
         for win, lose in couples:
-            if win.value - lose.value > config.threshold:  # type: ignore[operator]
-                rows.append(_pair_row(tree, parent, win, lose, config))
+            if not win.value - lose.value > config.threshold:  # type: ignore[operator]
+                continue
+            if _same_step(win, lose):  # unmerged trees (merge_siblings false): nothing to learn
+                continue
+            checked = config.process_check and truth is not None
+            if checked and not (truth.sound_chosen(win) and truth.wrong_rejected(lose)):  # type: ignore[union-attr]
+                continue
+            rows.append(_pair_row(tree, parent, win, lose, config, truth))
     return rows, None if rows else f"no sibling gap above {config.threshold}"
 
 
@@ -195,7 +263,7 @@ _COLUMNS = [  # the keys of _pair_row, for an empty result
     "rejected_ids", "chosen_ref_logps", "rejected_ref_logps", "chosen_ref_logp",
     "rejected_ref_logp", "value_chosen", "value_rejected", "delta_value", "depth",
     "parent_node", "chosen_node", "rejected_node", "chosen_terminal", "rejected_terminal",
-    "value_source",
+    "value_source", "chosen_check", "rejected_check",
 ]  # fmt: skip
 
 

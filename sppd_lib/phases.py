@@ -95,6 +95,7 @@ def add_rollouts(config: RunConfig, trees: list[StepTree], engine: Any, seed: in
             max_tokens=config.sampler.max_total_tokens,
             temperature=config.sampler.temperature,
             seed=seed * 100_003 + index,
+            leaf_answer=config.pairs.leaf_answer,
         )
     return sampled
 

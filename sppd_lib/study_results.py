@@ -40,6 +40,7 @@ __all__ = [
     "arm_summary",
     "compare_arms",
     "default_comparisons",
+    "estimator_quality_table",
     "flipped_problems",
     "format_arm_table",
     "load_study",
@@ -293,3 +294,45 @@ def format_arm_table(arms: pd.DataFrame, metric: str = "pass@1") -> pd.DataFrame
             )
     order = list(dict.fromkeys(rows["arm"]))
     return wide.reindex(order).rename_axis(None, axis=1)
+
+
+def estimator_quality_table(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each value estimator of the study against the exact step checker on its generated
+    arithmetic trees (``sppd_lib.estimator_quality``): the summary (AUC, share of pairs whose
+    chosen step is false, ...) and the calibration by value bin. The study's estimators are
+    read from their valued trees (rollouts and an own PRM included); ``mc``, ``bellman_max``
+    and ``bellman_mean`` the study did not configure are computed on the shared trees. Empty
+    tables when there are no valued trees or no arithmetic claims."""
+    from sppd_lib.estimator_quality import estimator_quality, valued_tree_quality
+    from sppd_lib.tree import read_trees
+
+    summaries, calibrations = [], []
+    covered = set()
+    estimators = study.config.estimators
+    for name, pair_config in estimators.items():
+        trees_file = study.directory.values(name).trees
+        if not trees_file.is_file():
+            continue
+        summary, calibration = valued_tree_quality(name, list(read_trees(trees_file)), pair_config)
+        summaries.append(pd.DataFrame([summary]))
+        calibrations.append(calibration)
+        if not pair_config.rollouts and pair_config.value != "prm":
+            covered.add(
+                pair_config.value
+                if pair_config.value == "mc"
+                else f"bellman_{pair_config.bellman_aggregate}"
+            )
+    missing = [e for e in ("mc", "bellman_max", "bellman_mean") if e not in covered]
+    if missing and study.directory.trees.is_file() and estimators:
+        base = next(iter(estimators.values()))
+        summary, calibration = estimator_quality(
+            list(read_trees(study.directory.trees)), missing, base
+        )
+        summaries.append(summary)
+        calibrations.append(calibration)
+    if not summaries:
+        return pd.DataFrame(), pd.DataFrame()
+    summary = pd.concat(summaries, ignore_index=True)
+    if not summary["steps"].sum():
+        return pd.DataFrame(), pd.DataFrame()
+    return summary, pd.concat(calibrations, ignore_index=True)

@@ -17,7 +17,7 @@ import math
 import os
 import typing
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ __all__ = [
     "TerminalReason",
     "TreeStats",
     "mean_logprob",
+    "merge_identical_siblings",
     "read_trees",
     "write_trees",
 ]
@@ -289,6 +290,80 @@ class StepTree:
             data["meta"],
             data.get("prompt_text", ""),
         )
+
+
+def _step_key(text: str) -> str:
+    """Sibling steps with the same key say the same thing (whitespace does not count)."""
+    return " ".join(text.split())
+
+
+def _representative(copies: list[StepNode], children: dict[int, list[int]]) -> StepNode:
+    """The copy that stays: one that grew children, else a complete one, else the first."""
+    for copy in copies:
+        if children.get(copy.id):
+            return copy
+    return next((copy for copy in copies if copy.is_complete), copies[0])
+
+
+def merge_identical_siblings(tree: StepTree) -> int:
+    """Merge sibling steps with the same text (whitespace aside) into one node, in place.
+
+    The kept copy (one with children, else a complete one, else the first) takes the
+    children of all copies (merged again one level down, and so on) and their evidence:
+    rollout counts add up, and every other complete copy adds its outcome to
+    ``info["merged_correct"]`` / ``info["merged_total"]``, which the value backups count as
+    leaves of the node. So a sibling group never holds two equal steps, Monte-Carlo counts of
+    every other node stay exactly as they were, and a pair with equal sides cannot arise.
+    ``info["merged_ids"]`` keeps the ids the copies had. Node ids are renumbered (parents
+    before children) only when something was merged. Returns the number of nodes removed.
+    """
+    children = {key: list(ids) for key, ids in tree._children.items()}
+    if all(
+        len({_step_key(tree.nodes[i].text) for i in ids}) == len(ids) for ids in children.values()
+    ):
+        return 0
+    kept: list[tuple[StepNode, int | None]] = [(tree.nodes[ROOT], None)]  # (node, new parent)
+    # Each entry: the new id of a kept node, and the old ids of its (merged) children.
+    queue = deque([(ROOT, list(children.get(ROOT, [])))])
+    removed = 0
+    while queue:
+        parent_new, child_ids = queue.popleft()
+        groups: dict[str, list[StepNode]] = {}
+        for child_id in sorted(child_ids):
+            child = tree.nodes[child_id]
+            groups.setdefault(_step_key(child.text), []).append(child)
+        for copies in groups.values():
+            keep = _representative(copies, children)
+            info = dict(keep.info)
+            grandchildren: list[int] = []
+            for copy in copies:
+                grandchildren.extend(children.get(copy.id, []))
+                if copy is keep:
+                    continue
+                removed += 1
+                for key in ("rollout_correct", "rollout_total", "merged_correct", "merged_total"):
+                    info[key] = info.get(key, 0) + copy.info.get(key, 0)
+                if copy.is_complete:
+                    info["merged_total"] = info.get("merged_total", 0) + 1
+                    info["merged_correct"] = info.get("merged_correct", 0) + int(bool(copy.correct))
+            if len(copies) > 1:
+                info["merged_ids"] = sorted(
+                    {i for c in copies for i in (c.info.get("merged_ids") or [c.id])}
+                )
+            new_id = len(kept)
+            kept.append((dataclasses.replace(keep, info=info), parent_new))
+            queue.append((new_id, grandchildren))
+    nodes = []
+    for new_id, (node, parent_new) in enumerate(kept):
+        parent_depth = nodes[parent_new].depth if parent_new is not None else -1
+        nodes.append(
+            dataclasses.replace(node, id=new_id, parent_id=parent_new, depth=parent_depth + 1)
+        )
+    tree.nodes = nodes
+    tree._children = {}
+    for node in nodes[1:]:
+        tree._children.setdefault(node.parent_id, []).append(node.id)  # type: ignore[arg-type]
+    return removed
 
 
 def write_trees(path: str | os.PathLike[str], trees: Iterable[StepTree]) -> int:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from sppd_lib.cli import main
 from sppd_lib.config import ConfigError, load_run_config
 from sppd_lib.loop import run, training_problems
+from sppd_lib.metrics import gain_headline, mcnemar_exact
 from sppd_lib.rundir import RunDir
 
 
@@ -116,6 +117,11 @@ def test_smoke_run_writes_every_artifact(tmp_path, capsys) -> None:
     assert main(["run", "--config", str(SMOKE), "--run-dir", str(run_dir)]) == 0
     printed = capsys.readouterr().out
     assert "pass@1 by iteration" in printed and "change from iteration 0 to 1" in printed
+    # The run ends on the held-out gain and its paired p-value, one line per benchmark.
+    tail = printed.strip().splitlines()[-1 - len(change) :]
+    assert tail[0].startswith("held-out gain, iteration 1 against iteration 0")
+    assert [line.split(":")[0].strip() for line in tail[1:]] == list(change.index)
+    assert all("McNemar p = " in line for line in tail[1:])
     with pytest.raises(ConfigError, match=r"sampler\.k"):
         run(load_run_config(SMOKE, ["sampler.k=3"]), run_dir)
 
@@ -175,3 +181,15 @@ def test_killed_run_resumes_to_the_same_artifacts(tmp_path) -> None:
     assert got.keys() == want.keys()
     assert all((got[k] == want[k]).all() for k in got)
     pd.testing.assert_frame_equal(summary_table(resumed), summary_table(reference))
+
+
+def test_gain_headline_states_gain_counts_and_p_value() -> None:
+    change = pd.DataFrame(
+        [{"benchmark": "arith", "problems": 200, "before": 0.115, "after": 0.16, "gained": 31,
+          "lost": 22, "p_value": mcnemar_exact(31, 22), "iteration": 2}]
+    )  # fmt: skip
+    line = gain_headline(change).splitlines()[1].strip()
+    assert line == (
+        "arith: 11.5% -> 16.0% (+4.5 points on 200 problems; 31 gained, 22 lost; "
+        f"exact McNemar p = {mcnemar_exact(31, 22):.3g})"
+    )

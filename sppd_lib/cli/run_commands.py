@@ -8,6 +8,7 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sppd_lib.cli.common import set_flag
 from sppd_lib.config import ConfigError, load_run_config, load_study_config
@@ -144,7 +145,7 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_run(args: argparse.Namespace) -> int:
     from sppd_lib.loop import run
-    from sppd_lib.metrics import accuracy_by_iteration
+    from sppd_lib.metrics import accuracy_by_iteration, gain_headline
     from sppd_lib.rundir import RunDir, run_report_dir
 
     config = load_run_config(args.config, args.set)
@@ -182,6 +183,8 @@ def _run_run(args: argparse.Namespace) -> int:
             print(f"sppd run: report failed: {exc}", file=sys.stderr)
             return 1
         print(f"\nreports: {written.index}")
+    if len(change):  # last, where a user looks first: did the run help, and how surely?
+        print("\n" + gain_headline(change))
     return 0
 
 
@@ -210,6 +213,26 @@ def add_study(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_study)
 
 
+def _print_estimator_quality(study: Any) -> None:
+    """The value estimators against exact process truth (generated arithmetic only)."""
+    from sppd_lib.estimator_quality import format_quality_table
+    from sppd_lib.study_results import estimator_quality_table
+
+    summary, calibration = estimator_quality_table(study)
+    if summary.empty:
+        return
+    print(
+        "\nvalue estimators against the exact step checker (steps with arithmetic claims; "
+        "auc: a true step valued above a false one; chosen_false: pairs whose chosen step "
+        "is false; gap_below_1: pairs with delta v < 1):\n" + format_quality_table(summary)
+    )
+    table = calibration.pivot(index="bin", columns="estimator", values="true_share")
+    print(
+        "\ncalibration: share of true steps by value bin\n"
+        + table.to_string(float_format=lambda x: f"{100 * x:.0f}%")
+    )
+
+
 def _run_study(args: argparse.Namespace) -> int:
     from sppd_lib.study import run_study
     from sppd_lib.study_results import format_arm_table
@@ -236,6 +259,7 @@ def _run_study(args: argparse.Namespace) -> int:
             "interval; gained/lost: problems that flip on the majority over seeds; p: exact "
             "McNemar):\n" + shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")
         )
+    _print_estimator_quality(study)
     if config.report:
         from sppd_lib.report import ReportError, render_study_report
 

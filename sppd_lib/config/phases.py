@@ -148,6 +148,29 @@ class PairConfig:
     path_rule: Literal["final", "mean", "min"] = option(
         "final", "Rank of a complete path: value of its 'final' step, its 'mean' or 'min'."
     )
+    leaf_answer: Literal["auto", "stated", "last_number"] = option(
+        "auto",
+        "How a complete leaf (and a rollout) is graded before the backup: 'stated' counts "
+        "only an answer the solution states (\\boxed{}, 'the answer is N', or '= N' ending "
+        "its last equation; for generated arithmetic a number, so a restated question "
+        "answers nothing), 'last_number' also takes the last number of the text (the "
+        "general extraction, the rule before issue 24), 'auto' is 'stated' for generated "
+        "arithmetic and 'last_number' elsewhere (ours: arithmetic answers are numbers, and "
+        "the demo audit found 62% of leaves graded by a number that merely came last).",
+    )
+    merge_siblings: bool = option(
+        True,
+        "Merge sibling steps with the same text (whitespace aside) into one node before the "
+        "backup, their evidence summed (tree.merge_identical_siblings), so no pair has equal "
+        "sides (ours; false: the trees as sampled).",
+    )
+    process_check: bool = option(
+        False,
+        "Generated arithmetic only: keep a step pair only when the exact step checker "
+        "(sppd_lib.checker) agrees: the chosen step's claims all hold (or it states the "
+        "correct answer after a prefix with no false claim) and the rejected step has a "
+        "false claim or leads only to wrong answers (ours).",
+    )
 
     def __post_init__(self) -> None:
         check_choices(self, "pairs.")
