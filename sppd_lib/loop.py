@@ -26,6 +26,7 @@ from sppd_lib.files import NotWritableError, RunLock, check_writable
 from sppd_lib.metrics import accuracy_by_iteration
 from sppd_lib.phases import Policy, eval_phase, pairs_phase, sample_phase, train_phase
 from sppd_lib.rundir import RunDir
+from sppd_lib.tracking import RunTracker, check_trackers, iteration_metrics
 
 __all__ = ["check_run", "run", "start_run_dir", "training_problems"]
 
@@ -38,6 +39,7 @@ _NOT_RUN_KEYS = {
     "report_dir",
     "ray",
     *(f"ray.{f.name}" for f in dataclasses.fields(RayConfig)),
+    "train.report_to",
 }
 
 
@@ -94,6 +96,7 @@ def check_run(config: RunConfig, run_dir: str | os.PathLike[str]) -> None:
     from sppd_lib.models import ModelError, check_device, resolve_model
 
     check_device(config.device)
+    check_trackers(config.train.report_to)
     if config.ray.address is not None and importlib.util.find_spec("ray") is None:
         raise ConfigError(
             f"ray.address is {config.ray.address!r} but ray is not installed: "
@@ -158,13 +161,51 @@ def run(config: RunConfig, run_dir: str | os.PathLike[str] | None = None) -> pd.
         return _loop(config, directory)
 
 
+def _tracked_metrics(directory: RunDir, summary: pd.DataFrame, iteration: int) -> dict[str, float]:
+    """The metrics of ``iteration`` a tracker gets (:func:`sppd_lib.tracking.iteration_metrics`)."""
+    out = directory.iteration(iteration)
+    pairs = out.read_pairs() if iteration > 0 else None
+    return iteration_metrics(
+        summary[summary["iteration"] == iteration],
+        out.read_pairs_summary() if iteration > 0 else None,
+        pairs["delta_value"] if pairs is not None and len(pairs) else None,
+        out.read_phase_times(),
+    )
+
+
+def _update_model_card(
+    config: RunConfig, model_path: str, summary: pd.DataFrame, iteration: int
+) -> None:
+    """The trained policy's card (and its adapter's) with the iteration and its evaluation."""
+    from sppd_lib.model_card import CardInfo, base_model_id, write_model_card
+    from sppd_lib.rundir import TrainDir, read_json
+
+    train_dir = TrainDir(Path(model_path).parent)
+    settings, metrics = read_json(train_dir.config), read_json(train_dir.metrics)
+    if settings is None or metrics is None:  # not a directory our trainer wrote
+        return
+    card = CardInfo(
+        base_model=base_model_id(model_path) or config.model,
+        phase=settings["phase"],
+        settings=settings,
+        examples=int(metrics["examples"]),
+        iteration=iteration,
+        run_id=config.run_id,
+        evaluation=summary[summary["iteration"] == iteration],
+    )
+    for directory, library in ((train_dir.adapter, "peft"), (train_dir.model, "transformers")):
+        if directory.is_dir():
+            write_model_card(directory, dataclasses.replace(card, library_name=library))
+
+
 def _loop(config: RunConfig, directory: RunDir) -> pd.DataFrame:
     from sppd_lib.models import resolve_model
 
     model_path = resolve_model(config.model)
     started = time.perf_counter()
+    tracker = RunTracker(config.train.report_to, config.run_id, directory.tensorboard)
     # One engine (or one pool of Ray actors) for the whole run, given each new policy.
-    with Policy.for_run(config, model_path) as policy:
+    with tracker, Policy.for_run(config, model_path) as policy:
         for iteration in range(config.iterations + 1):
             out = directory.iteration(iteration)
             out.path.mkdir(parents=True, exist_ok=True)
@@ -186,5 +227,8 @@ def _loop(config: RunConfig, directory: RunDir) -> pd.DataFrame:
             minutes = (time.perf_counter() - started) / 60
             table = accuracy_by_iteration(summary).to_string(float_format=lambda x: f"{x:.3f}")
             logger.info("pass@1 after iteration %d (%.1f min):\n%s", iteration, minutes, table)
+            tracker.log(_tracked_metrics(directory, summary, iteration), step=iteration)
+            if iteration > 0:
+                _update_model_card(config, model_path, summary, iteration)
     directory.write_final_model(model_path)
     return summary

@@ -15,6 +15,7 @@ optimisation loop, ``accelerate launch`` (DDP, FSDP, DeepSpeed) works unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -35,8 +36,10 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from sppd_lib.config import ConfigError, TrainConfig, config_to_dict
 from sppd_lib.files import write_parquet_atomic
 from sppd_lib.loss import dpo_loss, sft_loss, sppd_loss
+from sppd_lib.model_card import CardInfo, write_model_card
 from sppd_lib.packing import sequence_logps
 from sppd_lib.rundir import TrainDir
+from sppd_lib.tracking import check_trackers, trackers_of
 from sppd_lib.train_data import (
     PairCollator,
     PreferenceDataset,
@@ -139,7 +142,15 @@ class SPPDTrainer(Trainer):
             for key, values in self._metrics.items():
                 logs[key] = sum(values) / len(values)
             self._metrics.clear()
-        super().log(logs, start_time)
+        # One trainer epoch holds `epochs` shuffled passes over the data: every log line (and
+        # tracker) counts the passes. The loop sets state.epoch afresh each step.
+        epoch = self.state.epoch
+        if epoch is not None:
+            self.state.epoch = epoch * self.train_config.epochs
+        try:
+            super().log(logs, start_time)
+        finally:
+            self.state.epoch = epoch
 
 
 class _JsonlLogger(TrainerCallback):
@@ -195,7 +206,9 @@ def _training_arguments(config: TrainConfig, work_dir: Path, cuda: bool, progres
         bf16=bf16,
         logging_steps=config.logging_steps,
         save_strategy="no",
-        report_to="none",
+        # TensorBoard through our own callback (its directory is the phase's, not a global
+        # environment variable); wandb and mlflow through transformers' callbacks.
+        report_to=[t for t in trackers_of(config.report_to) if t != "tensorboard"] or "none",
         remove_unused_columns=False,
         train_sampling_strategy="sequential",  # training_order already shuffled
         seed=config.seed,
@@ -204,6 +217,17 @@ def _training_arguments(config: TrainConfig, work_dir: Path, cuda: bool, progres
         dataloader_drop_last=False,
         ddp_find_unused_parameters=False,
     )
+
+
+def _tracker_callbacks(config: TrainConfig, work_dir: Path) -> list[TrainerCallback]:
+    """TensorBoard event files in the phase's ``tensorboard/`` (moved with the work dir)."""
+    if "tensorboard" not in config.report_to:
+        return []
+    check_trackers(config.report_to)
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(TrainDir(work_dir).tensorboard)))]
 
 
 def _prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:
@@ -277,6 +301,7 @@ def train(
     when it carries the work-dir mark written when it was made.
     """
     out_dir = Path(out_dir)
+    base_model = model.name_or_path  # for the model card, before LoRA wraps the model
     if len(data) == 0:
         raise ConfigError(f"no {config.phase} training data: nothing to train on")
     if config.max_examples is not None:
@@ -327,7 +352,10 @@ def train(
         args=_training_arguments(config, work_dir, cuda, progress),
         train_dataset=dataset,
         data_collator=PairCollator(config.phase, config.packing, pad_id),
-        callbacks=[_JsonlLogger(TrainDir(work_dir).log, config.phase)],
+        callbacks=[
+            _JsonlLogger(TrainDir(work_dir).log, config.phase),
+            *_tracker_callbacks(config, work_dir),
+        ],
         train_config=config,
     )
     started = time.perf_counter()
@@ -346,7 +374,7 @@ def train(
     )
     if not trainer.is_world_process_zero():
         return result
-    _save(trainer, policy, tokenizer, config, work_dir, result)
+    _save(trainer, policy, tokenizer, config, work_dir, result, base_model)
     layout.work_mark.unlink()
     if out_dir.exists():
         out_dir.rmdir()  # empty (check_train_out): nothing of anyone's is lost
@@ -363,6 +391,7 @@ def _save(
     config: TrainConfig,
     work_dir: Path,
     result: TrainResult,
+    base_model: str,
 ) -> None:
     out = TrainDir(work_dir)
     shutil.rmtree(out.checkpoints, ignore_errors=True)
@@ -386,3 +415,8 @@ def _save(
         merged = policy.merge_and_unload() if config.lora_r else policy
         merged.save_pretrained(out.model)
         tokenizer.save_pretrained(out.model)
+    # After PEFT's save: its empty template in adapter/ is replaced by our card.
+    card = CardInfo(base_model, config.phase, saved, result.examples)
+    for directory, library in ((out.adapter, "peft"), (out.model, "transformers")):
+        if directory.is_dir():
+            write_model_card(directory, dataclasses.replace(card, library_name=library))

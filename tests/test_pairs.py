@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from sppd_lib.config import PairConfig
 from sppd_lib.data import Problem
 from sppd_lib.pairs import (
+    TRL_COLUMNS,
     build_pairs,
     path_pairs,
     positive_paths,
@@ -215,15 +216,9 @@ def test_exports_load_back_unchanged(tmp_path) -> None:
     write_pairs(pairs, path)
     pd.testing.assert_frame_equal(pd.read_parquet(path), pairs)
     trl = pd.read_parquet(tmp_path / "pairs.trl.parquet")
-    assert list(trl.columns) == [
-        "prompt",
-        "chosen",
-        "rejected",
-        "delta_value",
-        "value_chosen",
-        "value_rejected",
-    ]
+    assert list(trl.columns) == TRL_COLUMNS
     assert trl["chosen"].tolist() == pairs["chosen"].tolist()
+    assert trl["ref_chosen_logps"].tolist() == pairs["chosen_ref_logp"].tolist()
     stepwise = stepwise_records(trees)
     assert set(stepwise.columns) == {"prompt", "completions", "labels"}
     assert all(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 import typing
 from pathlib import Path
@@ -220,7 +221,19 @@ def add_pairs(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--trees", type=Path, required=True, help="trees file (.jsonl.gz)")
     parser.add_argument("--out", type=Path, required=True, help="pairs file (.parquet)")
-    parser.add_argument("--stepwise", type=Path, default=None, help="stepwise records (.parquet)")
+    parser.add_argument(
+        "--stepwise",
+        type=Path,
+        default=None,
+        help="also write TRL stepwise records (prompt, completions, labels) for PRM training",
+    )
+    parser.add_argument(
+        "--stepwise-threshold",
+        type=float,
+        default=None,
+        help="hard 0/1 stepwise labels (value >= this); default: soft labels (the values), "
+        "which TRL's PRM trainer would truncate to 0 with int()",
+    )
     parser.add_argument("--config", type=Path, default=None, help="YAML file of config fields")
     add_config_flags(parser, PairConfig)
     parser.set_defaults(run=_run_pairs)
@@ -250,7 +263,13 @@ def _run_pairs(args: argparse.Namespace) -> int:
     pairs, reasons = build_pairs(trees, config)
     write_pairs(pairs, args.out)
     if args.stepwise is not None:
-        write_parquet_atomic(stepwise_records(trees), args.stepwise)
+        if args.stepwise_threshold is None:
+            print(
+                "note: --stepwise labels are soft values; TRL's PRM trainer casts labels with "
+                "int() (every value below 1 becomes 0): pass --stepwise-threshold for hard labels",
+                file=sys.stderr,
+            )
+        write_parquet_atomic(stepwise_records(trees, args.stepwise_threshold), args.stepwise)
     print(json.dumps(summarize_pairs(pairs, len(trees), reasons), indent=1))
     return 0
 
