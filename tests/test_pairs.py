@@ -263,8 +263,11 @@ def test_cli_pairs(tmp_path, capsys) -> None:
     assert "trees file not found" in capsys.readouterr().err
     assert main([*argv, "--pairing", "big"]) == 2
     assert "pairs.pairing must be one of" in capsys.readouterr().err
-    assert main([*argv, "--value", "mc", "--rollouts", "2"]) == 2  # no model to roll out with
+    # Rollouts need the sampling model: no --rollouts flag, and a --set of it is refused.
+    assert main([*argv, "--value", "mc", "--set", "pairs.rollouts=2"]) == 2
     assert "pairs.rollouts needs the model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--value", "mc", "--rollouts", "2"])
 
 
 @pytest.mark.slow

@@ -3,8 +3,9 @@
 (``cli.run_commands``: run, study, report, sweep).
 
 Config flags are generated from the dataclass configs (``sppd_lib.config.flags``), so every
-knob has its help text, default and choices in ``--help``; ``--config FILE`` loads a YAML file
-of the same fields and flags given on the command line override it.
+knob has its help text, default and choices in ``--help``. One override rule for every
+command: defaults < ``--config FILE`` (YAML) < ``--set key=value`` (repeatable, YAML values)
+< explicit flags (``--k 16`` on a phase command, ``--sampler.k 16`` on ``run`` / ``study``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SPPD workbench: step-level self-training of LLM math reasoners.",
     )
     _global_flags(parser, False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     phase, runs = phase_commands, run_commands
     for add in (phase.add_eval, phase.add_sample, phase.add_merge, phase.add_pairs,
@@ -42,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in subparsers.choices.values():
         _global_flags(sub, argparse.SUPPRESS)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sppd-workbench")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:

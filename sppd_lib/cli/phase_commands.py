@@ -12,10 +12,12 @@ from pathlib import Path
 
 from sppd_lib.cli.common import (
     _config_file,
+    _set_overrides,
     check_out,
     config_from_args,
     model_flags,
     model_of,
+    override_flags,
     read_trees,
 )
 from sppd_lib.config import (
@@ -27,12 +29,16 @@ from sppd_lib.config import (
     TrainConfig,
     VLLMConfig,
     add_config_flags,
+    apply_overrides,
     config_from_dict,
     generator_options,
 )
 from sppd_lib.data import DataError
 
 __all__ = ["add_eval", "add_merge", "add_pairs", "add_sample", "add_train"]
+
+#: Pair settings that need the sampling model (not loaded by `sppd pairs` / `sppd train`).
+NEEDS_MODEL = ("rollouts",)
 
 
 def engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -70,10 +76,14 @@ def _engine_of(args: argparse.Namespace, name: str, device: str | None) -> tuple
 def add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="greedy pass@1 of a model on benchmarks",
-        description="Greedy pass@1 of a model on benchmarks; writes one row per response.",
+        help="evaluate a model on benchmarks (greedy pass@1; maj/vote/best@N with num_samples)",
+        description=(
+            "Evaluate a model on benchmarks: greedy pass@1 and, with --num-samples N, maj@N, "
+            "vote@N and best@N (a PRM scores best@N); writes one row per response."
+        ),
     )
     model_flags(parser)
+    override_flags(parser, {"eval": EvalConfig, "vllm": VLLMConfig}, "--set eval.limit=50")
     parser.add_argument(
         "--out", type=Path, default=None, help="parquet file for the responses (default: none)"
     )
@@ -120,6 +130,7 @@ def add_sample(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     model_flags(parser)
+    override_flags(parser, {"sampler": SamplerConfig, "vllm": VLLMConfig}, "--set sampler.k=16")
     parser.add_argument(
         "--dataset",
         default="arith",
@@ -139,6 +150,7 @@ def add_sample(subparsers: argparse._SubParsersAction) -> None:
 def _vllm_options(args: argparse.Namespace) -> VLLMConfig:
     """The ``vllm:`` section of ``--config`` (if any) overridden by its flags."""
     data = dict(_config_file(args).get("vllm") or {})
+    apply_overrides(data, _set_overrides(args, VLLMConfig, "vllm"))
     if args.block_size is not None:
         data["block_size"] = args.block_size
     return config_from_dict(VLLMConfig, data, "vllm.")
@@ -214,9 +226,10 @@ def add_pairs(subparsers: argparse._SubParsersAction) -> None:
         "pairs",
         help="value step trees and build preference pairs",
         description=(
-            "Back up values over sampled trees (mc or bellman) and write sibling step pairs "
-            "with Δv above the threshold and their margins (parquet, plus a TRL-format "
-            "<out>.trl.parquet). --stepwise also writes TRL stepwise records (soft labels)."
+            "Back up values over sampled trees (mc, bellman or a PRM) and write sibling step "
+            "pairs with Δv above the threshold (parquet; the margin γ·Δv is a training "
+            "setting), plus <out>.trl.parquet for TRL's DPOTrainer (reference log-probs, "
+            "which steps end the solution). --stepwise also writes TRL stepwise records."
         ),
     )
     parser.add_argument("--trees", type=Path, required=True, help="trees file (.jsonl.gz)")
@@ -234,8 +247,9 @@ def add_pairs(subparsers: argparse._SubParsersAction) -> None:
         help="hard 0/1 stepwise labels (value >= this); default: soft labels (the values), "
         "which TRL's PRM trainer would truncate to 0 with int()",
     )
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of config fields")
-    add_config_flags(parser, PairConfig)
+    override_flags(parser, {"pairs": PairConfig}, "--set pairs.threshold=0.3")
+    # Rollouts need the model that sampled the trees: `sppd run` / `sppd study` only.
+    add_config_flags(parser, PairConfig, skip=NEEDS_MODEL)
     parser.set_defaults(run=_run_pairs)
 
 
@@ -286,13 +300,14 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     model_flags(parser)
+    override_flags(parser, {"train": TrainConfig, "pairs": PairConfig}, "--set train.beta=0.2")
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--pairs", type=Path, help="pairs file (.parquet) from `sppd pairs`")
     data.add_argument("--trees", type=Path, help="trees file (.jsonl.gz) from `sppd sample`")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--sft-per-problem", type=int, default=4, help="τ+ paths per problem")
     add_config_flags(parser, TrainConfig)
-    add_config_flags(parser, PairConfig)
+    add_config_flags(parser, PairConfig, skip=NEEDS_MODEL)
     parser.set_defaults(run=_run_train)
 
 

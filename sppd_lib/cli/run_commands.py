@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 
 from sppd_lib.cli.common import set_flag
-from sppd_lib.config import ConfigError, load_run_config, load_study_config
+from sppd_lib.config import (
+    ConfigError,
+    RunConfig,
+    StudyConfig,
+    add_config_flags,
+    flag_overrides,
+    load_run_config,
+    load_study_config,
+)
 
 __all__ = ["add_report", "add_run", "add_study", "add_sweep"]
 
@@ -108,13 +116,15 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
             "Run the self-training loop of a run config (configs/demo.yaml, configs/smoke.yaml, "
             "configs/paper_qwen2.5_7b.yaml). Every phase writes its artifact into "
             "runs/<run_id>/iter_<k>/; rerunning the same command resumes after the last "
-            "finished phase. Every field of sppd_lib.config.RunConfig (and its sections data, "
-            "sampler, pairs, train, eval) can be overridden with --set section.key=value."
+            "finished phase. Every field of sppd_lib.config.RunConfig (and of its sections) "
+            "can be overridden with --section.field (e.g. --sampler.k 16) or --set "
+            "section.key=value; order: defaults < --config < --set < explicit flags."
         ),
     )
     parser.add_argument("--config", type=Path, required=True, help="run config (YAML)")
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<run_id>")
     set_flag(parser, "--set sampler.k=16 --set iterations=3")
+    add_config_flags(parser, RunConfig, sections=True)
     parser.set_defaults(run=_run_run)
 
 
@@ -125,7 +135,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from sppd_lib.report import run_report_dir
     from sppd_lib.rundir import RunDir
 
-    config = load_run_config(args.config, args.set)
+    config = load_run_config(args.config, [*args.set, *flag_overrides(args, RunConfig)])
     run_dir = args.run_dir or Path("runs") / config.run_id
     report_dir = run_report_dir(run_dir, config.report_dir)
     if config.report:  # a report that cannot be written should fail now, not after the run
@@ -182,6 +192,7 @@ def add_study(subparsers: argparse._SubParsersAction) -> None:
         help="take the trees of iteration 1 of this run (same starting model) instead of sampling",
     )
     set_flag(parser, "--set seeds=[0,1] --set train.epochs=2")
+    add_config_flags(parser, StudyConfig, sections=True)
     parser.set_defaults(run=_run_study)
 
 
@@ -189,7 +200,7 @@ def _run_study(args: argparse.Namespace) -> int:
     from sppd_lib.study import run_study
     from sppd_lib.study_results import format_arm_table
 
-    config = load_study_config(args.config, args.set)
+    config = load_study_config(args.config, [*args.set, *flag_overrides(args, StudyConfig)])
     study_dir = args.study_dir or Path("studies") / config.study_id
     started = time.perf_counter()
     study = run_study(config, study_dir, from_run=args.from_run)

@@ -5,7 +5,7 @@ loading (``loading``) and the CLI flags generated from them (``flags``).
 Nothing here imports torch or transformers, so a config can be read and checked anywhere.
 """
 
-from sppd_lib.config.flags import add_config_flags
+from sppd_lib.config.flags import add_config_flags, flag_overrides
 from sppd_lib.config.loading import (
     ConfigError,
     apply_overrides,
@@ -61,6 +61,7 @@ __all__ = [
     "check_ranges",
     "config_from_dict",
     "config_to_dict",
+    "flag_overrides",
     "generator_options",
     "load_config",
     "load_run_config",
