@@ -42,6 +42,7 @@ class CardInfo:
     iteration: int | None = None  # the loop's iteration, when trained by `sppd run`
     run_id: str | None = None
     evaluation: pd.DataFrame | None = None  # summary rows: benchmark, metric, value, ...
+    data: str | None = None  # where the training prompts came from, e.g. "gsm8k (train)"
     extra_tags: list[str] = field(default_factory=list)
 
 
@@ -101,9 +102,10 @@ def model_card(info: CardInfo) -> str:
     if base_id is not None:
         front["base_model"] = base_id
     front["library_name"] = info.library_name
-    front["tags"] = ["sppd", "process-preference", info.phase, "math-reasoning", *info.extra_tags]
+    tags = ["sppd", "process-preference", info.phase, "math-reasoning", *info.extra_tags]
     if info.library_name == "peft":
-        front["tags"].append("lora")
+        tags.append("lora")
+    front["tags"] = list(dict.fromkeys(tags))
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).rstrip(),
@@ -121,6 +123,7 @@ def model_card(info: CardInfo) -> str:
         f"{_METHODS.get(info.phase, info.phase)}, on {info.examples} training examples"
         + (f" sampled by the policy of iteration {info.iteration - 1}." if info.iteration else "."),
         "",
+        *([f"Training prompts: {info.data}.", ""] if info.data else []),
         "| setting | value |",
         "|---|---|",
         *_settings_lines(info),

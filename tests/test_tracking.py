@@ -76,7 +76,8 @@ def test_trained_policy_has_a_model_card(tracked_run) -> None:
         for row in summary[summary["iteration"] == 1].itertuples(index=False):
             assert f"| {row.benchmark} | {row.metric} | {row.value:.3f} | " in text
             assert f"{int(row.correct)} / {int(row.n)}" in text
-        assert "| `gamma` | 1.0 |" in text
+        assert "| `gamma` | 1.0 |" in text and "Training prompts: arith, train split" in text
+        assert front["tags"].count("sppd") == 1
 
 
 def test_card_names_the_hub_base_and_never_replaces_a_users_readme(tmp_path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from sppd_lib.cli import phase_commands, run_commands
 from sppd_lib.config import ConfigError
 from sppd_lib.data import DataError
+from sppd_lib.logs import configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -57,8 +58,8 @@ def _version() -> str:
 
 def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
-        "-v", "--verbose", action="store_true", default=default, help="debug logging and, on an "
-        "error, the traceback"
+        "-v", "--verbose", action="store_true", default=default, help="debug logging, every "
+        "third-party log line (vLLM, transformers, papermill) and, on an error, the traceback"
     )  # fmt: skip
     parser.add_argument(
         "--allow-download",
@@ -79,11 +80,8 @@ _RESUME_HINTS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    # Before anything imports vLLM or transformers: they read their levels from the environment.
+    configure_logging(args.verbose)
     if args.allow_download:
         os.environ["SPPD_ALLOW_DOWNLOAD"] = "1"  # read by models / data; children inherit it
     from sppd_lib.files import LockedError

@@ -7,6 +7,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sppd_lib.cli.common import set_flag
 from sppd_lib.config import (
@@ -158,6 +159,7 @@ def _run_run(args: argparse.Namespace) -> int:
                 index=False, float_format=lambda x: f"{x:.3f}"
             )
         )
+    _print_outputs(RunDir(run_dir))
     if config.report:
         from sppd_lib.report import ReportError, render_run_report
 
@@ -166,8 +168,31 @@ def _run_run(args: argparse.Namespace) -> int:
         except ReportError as exc:  # the run itself is complete; only a page failed
             print(f"sppd run: report failed: {exc}", file=sys.stderr)
             return 1
-        print(f"\nreports: {written.index}")
+        print(f"report: {written.index}")
     return 0
+
+
+def _print_outputs(directory: Any) -> None:
+    """What the run made, for the end of ``sppd run``: the final policy, the TRL exports,
+    the tracker files and the time each phase took."""
+    final = directory.final_model.read_text().strip() if directory.final_model.is_file() else ""
+    if final:
+        path = Path(final) if Path(final).is_absolute() else directory.path / final
+        print(f"\nfinal model: {path}")
+    exports = [
+        directory.iteration(k).pairs_trl
+        for k in directory.iterations()
+        if directory.iteration(k).pairs_trl.is_file()
+    ]
+    if exports:
+        print("TRL exports (step pairs for DPOTrainer): " + ", ".join(map(str, exports)))
+    if directory.tensorboard.is_dir():
+        print(f"TensorBoard: tensorboard --logdir {directory.path}")
+    times = directory.phase_times()
+    if len(times):
+        by_phase = times.groupby("phase", sort=False)["seconds"].sum()
+        shown = ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in by_phase.items())
+        print(f"phase times (all iterations): {shown}; total {times['seconds'].sum():.0f} s")
 
 
 def add_study(subparsers: argparse._SubParsersAction) -> None:
