@@ -3,6 +3,7 @@ TensorBoard event files read back, the trainer's epochs, the cards of the traine
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -29,11 +30,45 @@ def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return found
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+#: The run-level progress lines of the smoke loop, filled by ``tracked_run``.
+PROGRESS = _Lines()
+
+
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     run_dir = tmp_path_factory.mktemp("tracked") / "smoke"
     config = load_run_config(SMOKE, ["train.report_to=[tensorboard]"])
-    return run_dir, run(config, run_dir)
+    loop_logger = logging.getLogger("sppd_lib.loop")
+    level = loop_logger.level
+    loop_logger.setLevel(logging.INFO)
+    loop_logger.addHandler(PROGRESS)
+    try:
+        return run_dir, run(config, run_dir)
+    finally:
+        loop_logger.removeHandler(PROGRESS)
+        loop_logger.setLevel(level)
+
+
+def test_progress_lines_name_iteration_and_phase(tracked_run) -> None:
+    shown = [line for line in PROGRESS.lines if line.startswith("iteration ") and "·" in line]
+    phases = [line.split(" · ")[:2] for line in shown]
+    assert phases == [
+        ["iteration 0/1", "evaluating"],
+        ["iteration 1/1", "sampling"],
+        ["iteration 1/1", "values and pairs"],
+        ["iteration 1/1", "training"],
+        ["iteration 1/1", "evaluating"],
+    ]
+    assert all(line.split(" · ")[2].endswith(" elapsed") for line in shown)
 
 
 def test_tensorboard_holds_the_loops_metrics(tracked_run) -> None:
