@@ -30,7 +30,13 @@ from typing import Any
 import pandas as pd
 import torch
 from accelerate import PartialState
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    PreTrainedModel,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import ConfigError, TrainConfig, config_to_dict
@@ -151,6 +157,14 @@ class SPPDTrainer(Trainer):
             super().log(logs, start_time)
         finally:
             self.state.epoch = epoch
+
+
+class _BarOnly(ProgressCallback):
+    """The training progress bar without a printed dict per logged step: those lines are in
+    ``log.jsonl`` and the trackers (``-v`` keeps transformers' printing)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        return None
 
 
 class _JsonlLogger(TrainerCallback):
@@ -358,9 +372,20 @@ def train(
         ],
         train_config=config,
     )
+    if not logger.isEnabledFor(logging.DEBUG) and trainer.pop_callback(ProgressCallback):
+        trainer.add_callback(_BarOnly())
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started
+    logger.info(
+        "%s: %d steps over %d epoch(s), mean loss %.4f, %.0f s (log: %s)",
+        config.phase,
+        output.global_step,
+        config.epochs,
+        output.training_loss,
+        seconds,
+        TrainDir(out_dir).log,
+    )
     result = TrainResult(
         out_dir=out_dir,
         model_dir=None,
