@@ -237,7 +237,6 @@ def _tracker_callbacks(config: TrainConfig, work_dir: Path) -> list[TrainerCallb
     """TensorBoard event files in the phase's ``tensorboard/`` (moved with the work dir)."""
     if "tensorboard" not in config.report_to:
         return []
-    check_trackers(config.report_to)
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
@@ -315,6 +314,7 @@ def train(
     when it carries the work-dir mark written when it was made.
     """
     out_dir = Path(out_dir)
+    check_trackers(config.report_to)  # a missing wandb / mlflow fails before any work
     base_model = model.name_or_path  # for the model card, before LoRA wraps the model
     if len(data) == 0:
         raise ConfigError(f"no {config.phase} training data: nothing to train on")

@@ -134,3 +134,21 @@ def test_card_names_the_hub_base_and_never_replaces_a_users_readme(tmp_path) -> 
 def test_unknown_tracker_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="report_to"):
         load_run_config(SMOKE, ["train.report_to=[neptune]"])
+
+
+def test_missing_tracker_fails_at_start_with_the_install_command(monkeypatch, tmp_path) -> None:
+    import importlib.util
+
+    from sppd_lib.tracking import check_trackers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        "sppd_lib.tracking.importlib.util.find_spec",
+        lambda name, *a: None if name in ("wandb", "mlflow") else real(name, *a),
+    )
+    check_trackers(["none", "tensorboard"])
+    with pytest.raises(ConfigError, match=r"wandb is not installed \(pip install wandb\)"):
+        check_trackers(["tensorboard", "wandb"])
+    with pytest.raises(ConfigError, match="mlflow is not installed"):
+        run(load_run_config(SMOKE, ["train.report_to=[mlflow]"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # checked before anything is written
