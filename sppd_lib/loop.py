@@ -29,8 +29,9 @@ from sppd_lib.files import NotWritableError, RunLock, check_writable
 from sppd_lib.metrics import accuracy_by_iteration
 from sppd_lib.phases import eval_phase, pairs_phase, sample_phase, train_phase
 from sppd_lib.rundir import RunDir
+from sppd_lib.tracking import RunTracker, check_trackers, iteration_metrics
 
-__all__ = ["check_run", "run", "start_run_dir", "training_problems"]
+__all__ = ["RunProgress", "check_run", "run", "start_run_dir", "training_problems"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ _NOT_RUN_KEYS = {
     "ray",
     *(f"ray.{f.name}" for f in dataclasses.fields(RayConfig)),
     *(f"engine.{key}" for key in LAYOUT_KEYS),
+    "train.report_to",
 }
 
 
@@ -99,6 +101,7 @@ def check_run(config: RunConfig, run_dir: str | os.PathLike[str]) -> None:
     from sppd_lib.models import ModelError, check_device, resolve_model
 
     check_device(config.device)
+    check_trackers(config.train.report_to)
     if config.ray.address is not None and importlib.util.find_spec("ray") is None:
         raise ConfigError(
             f"ray.address is {config.ray.address!r} but ray is not installed: "
@@ -178,20 +181,111 @@ def _check_model_present(model_path: str, directory: RunDir, needed_for: str) ->
         )
 
 
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+
+class RunProgress:
+    """The run-level progress line, one per phase that runs: ``iteration k/N · phase ·
+    elapsed · ETA``. The ETA is the mean time of the training iterations this process ran
+    (iteration 0 only evaluates), times the iterations left, less the current one's time."""
+
+    def __init__(self, iterations: int) -> None:
+        self.iterations = iterations
+        self.started = time.perf_counter()
+        self.iteration = 0
+        self.iteration_started = self.started
+        self.ran = False
+        self.durations: list[float] = []
+
+    def start_iteration(self, iteration: int) -> None:
+        self.iteration, self.iteration_started, self.ran = iteration, time.perf_counter(), False
+
+    def phase(self, name: str) -> None:
+        self.ran = True
+        now = time.perf_counter()
+        eta = ""
+        if self.durations and self.iteration > 0:
+            mean = sum(self.durations) / len(self.durations)
+            left = mean * (self.iterations - self.iteration + 1) - (now - self.iteration_started)
+            eta = f" · ETA {_clock(max(left, 0.0))}"
+        logger.info(
+            "iteration %d/%d · %s · %s elapsed%s",
+            self.iteration,
+            self.iterations,
+            name,
+            _clock(now - self.started),
+            eta,
+        )
+
+    def end_iteration(self) -> None:
+        if self.ran and self.iteration > 0:  # a resumed iteration's time says nothing
+            self.durations.append(time.perf_counter() - self.iteration_started)
+
+
+def _tracked_metrics(directory: RunDir, summary: pd.DataFrame, iteration: int) -> dict[str, float]:
+    """The metrics of ``iteration`` a tracker gets (:func:`sppd_lib.tracking.iteration_metrics`)."""
+    out = directory.iteration(iteration)
+    pairs = out.read_pairs() if iteration > 0 else None
+    return iteration_metrics(
+        summary[summary["iteration"] == iteration],
+        out.read_pairs_summary() if iteration > 0 else None,
+        pairs["delta_value"] if pairs is not None and len(pairs) else None,
+        out.read_phase_times(),
+    )
+
+
+def _update_model_card(
+    config: RunConfig, model_path: str, summary: pd.DataFrame, iteration: int
+) -> None:
+    """The trained policy's card (and its adapter's) with the iteration and its evaluation."""
+    from sppd_lib.model_card import CardInfo, base_model_id, write_model_card
+    from sppd_lib.rundir import TrainDir, read_json
+
+    train_dir = TrainDir(Path(model_path).parent)
+    settings, metrics = read_json(train_dir.config), read_json(train_dir.metrics)
+    if settings is None or metrics is None:  # not a directory our trainer wrote
+        return
+    card = CardInfo(
+        base_model=base_model_id(model_path) or config.model,
+        phase=settings["phase"],
+        settings=settings,
+        examples=int(metrics["examples"]),
+        iteration=iteration,
+        run_id=config.run_id,
+        evaluation=summary[summary["iteration"] == iteration],
+        data=(
+            ", ".join(f"{name} ({share:g})" for name, share in config.data.mix.items())
+            if config.data.mix
+            else config.data.name
+        )
+        + f", {config.data.split} split, {config.data.prompts_per_iteration} prompts per "
+        "iteration",
+    )
+    for directory, library in ((train_dir.adapter, "peft"), (train_dir.model, "transformers")):
+        if directory.is_dir():
+            write_model_card(directory, dataclasses.replace(card, library_name=library))
+
+
 def _loop(config: RunConfig, directory: RunDir) -> pd.DataFrame:
     from sppd_lib.models import resolve_model
 
     model_path = resolve_model(config.model)
     started = time.perf_counter()
+    tracker = RunTracker(config.train.report_to, config.run_id, directory.tensorboard)
     # One engine (or one pool of Ray actors) for the whole run, given each new policy.
-    with Policy.for_run(config, model_path) as policy:
+    progress = RunProgress(config.iterations)
+    with tracker, Policy.for_run(config, model_path) as policy:
         for iteration in range(config.iterations + 1):
             out = directory.iteration(iteration)
             if iteration > 0 and not out.train.done.exists():
                 _check_model_present(model_path, directory, f"iteration {iteration} starts from it")
             out.path.mkdir(parents=True, exist_ok=True)
+            progress.start_iteration(iteration)
             if iteration > 0:
                 if not out.trees.exists():  # the prompts are loaded only to sample them
+                    progress.phase("sampling")
                     problems = training_problems(config, iteration)
                     sample_phase(config, policy, model_path, out, iteration, problems)
 
@@ -199,18 +293,28 @@ def _loop(config: RunConfig, directory: RunDir) -> pd.DataFrame:
                     # The model that sampled the trees rolls out under them.
                     return policy.engine(path)
 
+                if not out.pairs.exists():
+                    progress.phase("values and pairs")
                 pairs_phase(config, out, iteration, engine_for)
                 policy.make_room_for_training()
+                if not out.train.done.exists():
+                    progress.phase("training")
                 model_path = train_phase(config, model_path, out, iteration)
                 if not out.evaluated(with_samples=bool(config.eval.num_samples)):
                     _check_model_present(
                         model_path, directory, f"iteration {iteration} is evaluated with it"
                     )
+            if not out.evaluated(with_samples=bool(config.eval.num_samples)):
+                progress.phase("evaluating")
             eval_phase(config, policy, model_path, out, iteration)
+            progress.end_iteration()
             summary = directory.summary_table()
             directory.write_summary(summary)
             minutes = (time.perf_counter() - started) / 60
             table = accuracy_by_iteration(summary).to_string(float_format=lambda x: f"{x:.3f}")
             logger.info("pass@1 after iteration %d (%.1f min):\n%s", iteration, minutes, table)
+            tracker.log(_tracked_metrics(directory, summary, iteration), step=iteration)
+            if iteration > 0:
+                _update_model_card(config, model_path, summary, iteration)
     directory.write_final_model(model_path)
     return summary

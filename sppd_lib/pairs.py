@@ -165,6 +165,9 @@ def _pair_row(
         "rejected_node": lose.id,
         "chosen_terminal": win.terminal,
         "rejected_terminal": lose.terminal,
+        # The step ends the solution (an answer or EOS), so EOS belongs after it.
+        "chosen_final": win.terminal_reason in ("answer", "eos"),
+        "rejected_final": lose.terminal_reason in ("answer", "eos"),
         "value_source": win.value_source,
         # The exact step checker's verdicts (generated arithmetic; None elsewhere).
         "chosen_check": truth.verdict(win) if truth else None,
@@ -263,7 +266,7 @@ _COLUMNS = [  # the keys of _pair_row, for an empty result
     "rejected_ids", "chosen_ref_logps", "rejected_ref_logps", "chosen_ref_logp",
     "rejected_ref_logp", "value_chosen", "value_rejected", "delta_value", "depth",
     "parent_node", "chosen_node", "rejected_node", "chosen_terminal", "rejected_terminal",
-    "value_source", "chosen_check", "rejected_check",
+    "chosen_final", "rejected_final", "value_source", "chosen_check", "rejected_check",
 ]  # fmt: skip
 
 
@@ -323,25 +326,57 @@ def phase_data(
     return build_pairs(trees, config, valued=valued)[0]
 
 
+#: Columns of the TRL export (``<stem>.trl.parquet``); see :mod:`sppd_lib.trl_export`.
+TRL_COLUMNS = [
+    "prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps",
+    "chosen_final", "rejected_final", "sampled_chosen_ids", "sampled_rejected_ids",
+    "delta_value", "value_chosen", "value_rejected",
+]  # fmt: skip
+
+
 def to_trl_preference(pairs: pd.DataFrame) -> pd.DataFrame:
-    """TRL's preference format (``prompt``, ``chosen``, ``rejected``) plus the values and Δv
-    (a margin for TRL's ``margin`` column is γ·Δv for the γ of your choice)."""
-    return pairs[
-        ["prompt", "chosen", "rejected", "delta_value", "value_chosen", "value_rejected"]
-    ].copy()
+    """TRL's preference format for ``DPOTrainer``: ``prompt`` (the chat prompt and the steps
+    before the pair), ``chosen``, ``rejected`` (one step each) and, per TRL's names, the
+    reference log-probs ``ref_chosen_logps`` / ``ref_rejected_logps`` (the sampler's, summed
+    over the step's tokens: the reference of SPPD is the policy that sampled).
+
+    ``chosen_final`` / ``rejected_final`` say whether a step ends the solution: TRL appends
+    EOS to every completion, which only a final step should get; ``sampled_*_ids`` are the
+    sampled tokens the reference log-probs belong to. :func:`sppd_lib.trl_export.step_dpo_trainer`
+    uses both. Δv and the values ride along (a margin for TRL is γ·Δv for your γ).
+    """
+    out = pairs.rename(
+        columns={
+            "chosen_ref_logp": "ref_chosen_logps",
+            "rejected_ref_logp": "ref_rejected_logps",
+            "chosen_ids": "sampled_chosen_ids",
+            "rejected_ids": "sampled_rejected_ids",
+        }
+    )
+    for side in ("chosen", "rejected"):
+        if f"{side}_final" not in out:  # whole-solution pairs: every completion ends
+            out[f"{side}_final"] = True
+    return out[TRL_COLUMNS].copy()
 
 
-def stepwise_records(trees: Iterable[StepTree]) -> pd.DataFrame:
-    """TRL's stepwise format per complete path: ``prompt``, ``completions`` (steps) and soft
-    ``labels`` (each step's value), e.g. to train a PRM on ``mc`` labels."""
+def stepwise_records(trees: Iterable[StepTree], threshold: float | None = None) -> pd.DataFrame:
+    """TRL's stepwise format per complete path: ``prompt``, ``completions`` (steps) and
+    ``labels``: each step's value (soft, e.g. ``mc`` values in [0, 1]), or with
+    ``threshold`` hard labels (value >= threshold).
+
+    TRL's PRM trainer casts every label with ``int()``, which truncates: a soft 0.9 becomes
+    0, so only hard labels (or a threshold) keep their meaning there.
+    """
     rows = []
     for tree in trees:
         for path in tree.complete_paths():
+            values = [float(s.value or 0.0) for s in path]
+            labels = values if threshold is None else [v >= threshold for v in values]
             rows.append(
                 {
                     "prompt": tree.prompt_text or tree.problem.question,
                     "completions": [s.text for s in path],
-                    "labels": [float(s.value or 0.0) for s in path],
+                    "labels": labels,
                 }
             )
     return pd.DataFrame(rows, columns=["prompt", "completions", "labels"])

@@ -4,11 +4,13 @@ files. Every other module asks these classes for a path.
 ::
 
     runs/<run_id>/config.yaml  inputs.json  summary.parquet  final_model.txt  .lock
+                  tensorboard/             (train.report_to: [tensorboard])
     runs/<run_id>/iter_<k>/trees.jsonl.gz  pairs.parquet  pairs.trl.parquet  pairs_summary.json
                            eval.parquet  eval_samples.parquet  phase_times.jsonl
                            train/log.jsonl  train/pair_log.parquet  train/done.json
                            train/<phase>/   (a TrainDir: log.jsonl, pair_log.parquet,
-                                             config.json, metrics.json, adapter/, model/)
+                                             config.json, metrics.json, adapter/, model/,
+                                             README.md (model card), tensorboard/)
 
     studies/<study_id>/study.yaml  trees.jsonl.gz  trees_source.json
                        start/                   (a PhaseDir: the starting model's eval)
@@ -166,6 +168,8 @@ class TrainDir:
         self.work = self.path.with_name(self.path.name + ".partial")
         self.work_mark = self.work / ".sppd-train-work"
         self.checkpoints = self.path / "checkpoints"
+        #: TensorBoard event files of the trainer's log (train.report_to: [tensorboard]).
+        self.tensorboard = self.path / "tensorboard"
 
     def phase(self, phase: str) -> TrainDir:
         return TrainDir(self.path / phase)
@@ -286,6 +290,8 @@ class RunDir:
         self.summary = self.path / "summary.parquet"
         #: Written last: the run is finished; holds the final policy's directory.
         self.final_model = self.path / "final_model.txt"
+        #: TensorBoard event files of the loop's metrics (train.report_to: [tensorboard]).
+        self.tensorboard = self.path / "tensorboard"
 
     def iteration(self, iteration: int) -> PhaseDir:
         return PhaseDir(self.path / f"iter_{iteration}")

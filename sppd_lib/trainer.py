@@ -15,6 +15,7 @@ optimisation loop, ``accelerate launch`` (DDP, FSDP, DeepSpeed) works unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,14 +29,22 @@ from typing import Any
 import pandas as pd
 import torch
 from accelerate import PartialState
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    PreTrainedModel,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sppd_lib.config import ConfigError, TrainConfig, config_to_dict
 from sppd_lib.files import reporting_disk_full, staging_dir, write_parquet_atomic
 from sppd_lib.loss import dpo_loss, sft_loss, sppd_loss
+from sppd_lib.model_card import CardInfo, write_model_card
 from sppd_lib.packing import sequence_logps
 from sppd_lib.rundir import TrainDir
+from sppd_lib.tracking import check_trackers, trackers_of
 from sppd_lib.train_data import (
     PairCollator,
     PreferenceDataset,
@@ -157,7 +166,23 @@ class SPPDTrainer(Trainer):
             for key, values in self._metrics.items():
                 logs[key] = sum(values) / len(values)
             self._metrics.clear()
-        super().log(logs, start_time)
+        # One trainer epoch holds `epochs` shuffled passes over the data: every log line (and
+        # tracker) counts the passes. The loop sets state.epoch afresh each step.
+        epoch = self.state.epoch
+        if epoch is not None:
+            self.state.epoch = epoch * self.train_config.epochs
+        try:
+            super().log(logs, start_time)
+        finally:
+            self.state.epoch = epoch
+
+
+class _BarOnly(ProgressCallback):
+    """The training progress bar without a printed dict per logged step: those lines are in
+    ``log.jsonl`` and the trackers (``-v`` keeps transformers' printing)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        return None
 
 
 def _all_finite(tensors: Any) -> bool:
@@ -233,7 +258,9 @@ def _training_arguments(config: TrainConfig, work_dir: Path, cuda: bool, progres
         bf16=bf16,
         logging_steps=config.logging_steps,
         save_strategy="no",
-        report_to="none",
+        # TensorBoard through our own callback (its directory is the phase's, not a global
+        # environment variable); wandb and mlflow through transformers' callbacks.
+        report_to=[t for t in trackers_of(config.report_to) if t != "tensorboard"] or "none",
         remove_unused_columns=False,
         train_sampling_strategy="sequential",  # training_order already shuffled
         seed=config.seed,
@@ -242,6 +269,16 @@ def _training_arguments(config: TrainConfig, work_dir: Path, cuda: bool, progres
         dataloader_drop_last=False,
         ddp_find_unused_parameters=False,
     )
+
+
+def _tracker_callbacks(config: TrainConfig, work_dir: Path) -> list[TrainerCallback]:
+    """TensorBoard event files in the phase's ``tensorboard/`` (moved with the work dir)."""
+    if "tensorboard" not in config.report_to:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(TrainDir(work_dir).tensorboard)))]
 
 
 def _prepare_model(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:
@@ -320,6 +357,8 @@ def train(
     when it carries the work-dir mark written when it was made.
     """
     out_dir = Path(out_dir)
+    check_trackers(config.report_to)  # a missing wandb / mlflow fails before any work
+    base_model = model.name_or_path  # for the model card, before LoRA wraps the model
     if len(data) == 0:
         raise ConfigError(f"no {config.phase} training data: nothing to train on")
     check_finite_rows(data, source)
@@ -374,12 +413,24 @@ def train(
         callbacks=[
             _JsonlLogger(TrainDir(work_dir).log, config.phase),
             _FiniteGradients(config.phase),
+            *_tracker_callbacks(config, work_dir),
         ],
         train_config=config,
     )
+    if not logger.isEnabledFor(logging.DEBUG) and trainer.pop_callback(ProgressCallback):
+        trainer.add_callback(_BarOnly())
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started
+    logger.info(
+        "%s: %d steps over %d epoch(s), mean loss %.4f, %.0f s (log: %s)",
+        config.phase,
+        output.global_step,
+        config.epochs,
+        output.training_loss,
+        seconds,
+        TrainDir(out_dir).log,
+    )
     result = TrainResult(
         out_dir=out_dir,
         model_dir=None,
@@ -395,7 +446,7 @@ def train(
         raise _diverged("a trained weight", config.phase, output.global_step)
     if not trainer.is_world_process_zero():
         return result
-    _save(trainer, policy, tokenizer, config, work_dir, result)
+    _save(trainer, policy, tokenizer, config, work_dir, result, base_model)
     layout.work_mark.unlink()
     if out_dir.exists():
         out_dir.rmdir()  # empty (check_train_out): nothing of anyone's is lost
@@ -412,6 +463,7 @@ def _save(
     config: TrainConfig,
     work_dir: Path,
     result: TrainResult,
+    base_model: str,
 ) -> None:
     out = TrainDir(work_dir)
     shutil.rmtree(out.checkpoints, ignore_errors=True)
@@ -439,3 +491,8 @@ def _save(
         with reporting_disk_full(out.model):
             merged.save_pretrained(out.model)
             tokenizer.save_pretrained(out.model)
+    # After PEFT's save: its empty template in adapter/ is replaced by our card.
+    card = CardInfo(base_model, config.phase, saved, result.examples)
+    for directory, library in ((out.adapter, "peft"), (out.model, "transformers")):
+        if directory.is_dir():
+            write_model_card(directory, dataclasses.replace(card, library_name=library))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from sppd_lib.config import PairConfig
 from sppd_lib.data import Problem
 from sppd_lib.pairs import (
+    TRL_COLUMNS,
     build_pairs,
     path_pairs,
     positive_paths,
@@ -215,15 +216,9 @@ def test_exports_load_back_unchanged(tmp_path) -> None:
     write_pairs(pairs, path)
     pd.testing.assert_frame_equal(pd.read_parquet(path), pairs)
     trl = pd.read_parquet(tmp_path / "pairs.trl.parquet")
-    assert list(trl.columns) == [
-        "prompt",
-        "chosen",
-        "rejected",
-        "delta_value",
-        "value_chosen",
-        "value_rejected",
-    ]
+    assert list(trl.columns) == TRL_COLUMNS
     assert trl["chosen"].tolist() == pairs["chosen"].tolist()
+    assert trl["ref_chosen_logps"].tolist() == pairs["chosen_ref_logp"].tolist()
     stepwise = stepwise_records(trees)
     assert set(stepwise.columns) == {"prompt", "completions", "labels"}
     assert all(
@@ -268,8 +263,11 @@ def test_cli_pairs(tmp_path, capsys) -> None:
     assert "trees file not found" in capsys.readouterr().err
     assert main([*argv, "--pairing", "big"]) == 2
     assert "pairs.pairing must be one of" in capsys.readouterr().err
-    assert main([*argv, "--value", "mc", "--rollouts", "2"]) == 2  # no model to roll out with
+    # Rollouts need the sampling model: no --rollouts flag, and a --set of it is refused.
+    assert main([*argv, "--value", "mc", "--set", "pairs.rollouts=2"]) == 2
     assert "pairs.rollouts needs the model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--value", "mc", "--rollouts", "2"])
 
 
 @pytest.mark.slow

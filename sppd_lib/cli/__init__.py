@@ -3,8 +3,9 @@
 (``cli.run_commands``: run, study, report, sweep).
 
 Config flags are generated from the dataclass configs (``sppd_lib.config.flags``), so every
-knob has its help text, default and choices in ``--help``; ``--config FILE`` loads a YAML file
-of the same fields and flags given on the command line override it.
+knob has its help text, default and choices in ``--help``. One override rule for every
+command: defaults < ``--config FILE`` (YAML) < ``--set key=value`` (repeatable, YAML values)
+< explicit flags (``--k 16`` on a phase command, ``--sampler.k 16`` on ``run`` / ``study``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from sppd_lib.cli import phase_commands, run_commands
 from sppd_lib.config import ConfigError
 from sppd_lib.data import DataError
+from sppd_lib.logs import configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SPPD workbench: step-level self-training of LLM math reasoners.",
     )
     _global_flags(parser, False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     phase, runs = phase_commands, run_commands
     for add in (phase.add_eval, phase.add_sample, phase.add_merge, phase.add_pairs,
@@ -46,10 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sppd-workbench")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
-        "-v", "--verbose", action="store_true", default=default, help="debug logging and, on an "
-        "error, the traceback"
+        "-v", "--verbose", action="store_true", default=default, help="debug logging, every "
+        "third-party log line (vLLM, transformers, papermill) and, on an error, the traceback"
     )  # fmt: skip
     parser.add_argument(
         "--allow-download",
@@ -90,11 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    # Before anything imports vLLM or transformers: they read their levels from the environment.
+    configure_logging(args.verbose)
     if args.allow_download:
         os.environ["SPPD_ALLOW_DOWNLOAD"] = "1"  # read by models / data; children inherit it
     from safetensors import SafetensorError

@@ -11,6 +11,7 @@ from typing import Any
 from sppd_lib.config import (
     ConfigError,
     RunConfig,
+    apply_overrides,
     config_from_dict,
     load_yaml,
     migrate_engine_keys,
@@ -23,6 +24,7 @@ __all__ = [
     "config_from_args",
     "model_flags",
     "model_of",
+    "override_flags",
     "read_trees",
     "set_flag",
 ]
@@ -50,6 +52,7 @@ def config_from_args(cls: type, args: argparse.Namespace, section: str) -> Any:
     sections, or a key of ``RunConfig`` that ``cls`` lacks) is validated whole, then its
     ``section`` is used. Top-level ``model`` / ``device`` are the policy (:func:`model_of`).
     """
+    section_name = section
     data = {k: v for k, v in _config_file(args).items() if k not in _MODEL_KEYS}
     own = {f.name for f in dataclasses.fields(cls)}
     run_keys = {f.name for f in dataclasses.fields(RunConfig)} - own - set(_MODEL_KEYS)
@@ -61,6 +64,7 @@ def config_from_args(cls: type, args: argparse.Namespace, section: str) -> Any:
         data = dict(data.get(section) or {})
     else:
         section = None
+    apply_overrides(data, _set_overrides(args, cls, section_name))
     for field in dataclasses.fields(cls):
         value = getattr(args, field.name, None)
         if value is not None:
@@ -70,6 +74,37 @@ def config_from_args(cls: type, args: argparse.Namespace, section: str) -> Any:
         return config_from_dict(cls, data, f"{section}." if section else "")
     except ValueError as exc:  # __post_init__ checks
         raise ConfigError(where + str(exc)) from None
+
+
+def _set_overrides(args: argparse.Namespace, cls: type, section: str) -> list[str]:
+    """The ``--set`` overrides of ``section`` (``section.key=value`` or a bare ``key=value``
+    of a field of ``cls``), section prefix removed; a key of no section of this command is a
+    :class:`ConfigError` naming the keys it takes."""
+    sections: dict[str, type] = getattr(args, "set_sections", {section: cls})
+    mine = []
+    for override in getattr(args, "set", None) or []:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set wants key=value, got {override!r}")
+        head, dot, rest = key.partition(".")
+        if dot and head in sections:
+            if head == section:
+                mine.append(f"{rest}={value}")
+            continue
+        owners = [name for name, owner in sections.items() if _has_field(owner, head)]
+        if not dot and owners:
+            if section == owners[0]:
+                mine.append(override)
+            continue
+        raise ConfigError(
+            f"--set {key}: not a key of this command (its keys: {', '.join(sections)} "
+            "fields, as key=value or section.key=value)"
+        )
+    return mine
+
+
+def _has_field(cls: type, name: str) -> bool:
+    return any(f.name == name for f in dataclasses.fields(cls))
 
 
 def model_of(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -99,7 +134,7 @@ def check_out(path: Path | None, flag: str = "--out") -> None:
 
 
 def model_flags(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--device`` and ``--config``."""
+    """``--model`` and ``--device``."""
     parser.add_argument(
         "--model",
         default=None,
@@ -112,7 +147,22 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="cpu, cuda or cuda:N (default: --config's, else cuda if present)",
     )
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of config fields")
+
+
+def override_flags(
+    parser: argparse.ArgumentParser, sections: dict[str, type], example: str
+) -> None:
+    """``--config FILE`` and ``--set KEY=VALUE`` of a phase command whose config sections are
+    ``sections`` (``{"train": TrainConfig, ...}``): the same override rule as ``sppd run``
+    (defaults < --config < --set < explicit flags)."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML file of config fields (at the top level, or a run config's sections)",
+    )
+    set_flag(parser, example)
+    parser.set_defaults(set_sections=sections)
 
 
 def set_flag(parser: argparse.ArgumentParser, example: str) -> None:
@@ -122,7 +172,8 @@ def set_flag(parser: argparse.ArgumentParser, example: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a config value, e.g. {example}",
+        help=f"override a config value (YAML), e.g. {example}; order: defaults < --config < "
+        "--set < explicit flags",
     )
 
 

@@ -6,15 +6,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 
 from sppd_lib.cli.common import (
     _config_file,
+    _set_overrides,
     check_out,
     config_from_args,
     model_flags,
     model_of,
+    override_flags,
     read_trees,
 )
 from sppd_lib.config import (
@@ -26,6 +29,7 @@ from sppd_lib.config import (
     SamplerConfig,
     TrainConfig,
     add_config_flags,
+    apply_overrides,
     config_from_dict,
     generator_options,
 )
@@ -33,6 +37,9 @@ from sppd_lib.data import DataError
 from sppd_lib.engines import ReloadingEngine
 
 __all__ = ["add_eval", "add_merge", "add_pairs", "add_sample", "add_train"]
+
+#: Pair settings that need the sampling model (not loaded by `sppd pairs` / `sppd train`).
+NEEDS_MODEL = ("rollouts",)
 
 
 def engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +65,7 @@ def engine_config(args: argparse.Namespace, device: str | None) -> EngineConfig:
     if not isinstance(section, dict):
         raise ConfigError(f"{where}engine must be a mapping or an engine name, got {section!r}")
     data = dict(section)
+    apply_overrides(data, _set_overrides(args, EngineConfig, "engine"))
     for field in dataclasses.fields(EngineConfig):
         value = getattr(args, field.name, None)
         if value is not None and field.name != "device":
@@ -80,10 +88,14 @@ def _engine_of(args: argparse.Namespace, name: str, device: str | None) -> tuple
 def add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="greedy pass@1 of a model on benchmarks",
-        description="Greedy pass@1 of a model on benchmarks; writes one row per response.",
+        help="evaluate a model on benchmarks (greedy pass@1; maj/vote/best@N with num_samples)",
+        description=(
+            "Evaluate a model on benchmarks: greedy pass@1 and, with --num-samples N, maj@N, "
+            "vote@N and best@N (a PRM scores best@N); writes one row per response."
+        ),
     )
     model_flags(parser)
+    override_flags(parser, {"eval": EvalConfig, "engine": EngineConfig}, "--set eval.limit=50")
     parser.add_argument(
         "--out", type=Path, default=None, help="parquet file for the responses (default: none)"
     )
@@ -130,6 +142,7 @@ def add_sample(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     model_flags(parser)
+    override_flags(parser, {"sampler": SamplerConfig, "engine": EngineConfig}, "--set sampler.k=16")
     parser.add_argument(
         "--dataset",
         default="arith",
@@ -216,16 +229,30 @@ def add_pairs(subparsers: argparse._SubParsersAction) -> None:
         "pairs",
         help="value step trees and build preference pairs",
         description=(
-            "Back up values over sampled trees (mc or bellman) and write sibling step pairs "
-            "with Δv above the threshold and their margins (parquet, plus a TRL-format "
-            "<out>.trl.parquet). --stepwise also writes TRL stepwise records (soft labels)."
+            "Back up values over sampled trees (mc, bellman or a PRM) and write sibling step "
+            "pairs with Δv above the threshold (parquet; the margin γ·Δv is a training "
+            "setting), plus <out>.trl.parquet for TRL's DPOTrainer (reference log-probs, "
+            "which steps end the solution). --stepwise also writes TRL stepwise records."
         ),
     )
     parser.add_argument("--trees", type=Path, required=True, help="trees file (.jsonl.gz)")
     parser.add_argument("--out", type=Path, required=True, help="pairs file (.parquet)")
-    parser.add_argument("--stepwise", type=Path, default=None, help="stepwise records (.parquet)")
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of config fields")
-    add_config_flags(parser, PairConfig)
+    parser.add_argument(
+        "--stepwise",
+        type=Path,
+        default=None,
+        help="also write TRL stepwise records (prompt, completions, labels) for PRM training",
+    )
+    parser.add_argument(
+        "--stepwise-threshold",
+        type=float,
+        default=None,
+        help="hard 0/1 stepwise labels (value >= this); default: soft labels (the values), "
+        "which TRL's PRM trainer would truncate to 0 with int()",
+    )
+    override_flags(parser, {"pairs": PairConfig}, "--set pairs.threshold=0.3")
+    # Rollouts need the model that sampled the trees: `sppd run` / `sppd study` only.
+    add_config_flags(parser, PairConfig, skip=NEEDS_MODEL)
     parser.set_defaults(run=_run_pairs)
 
 
@@ -260,7 +287,13 @@ def _run_pairs(args: argparse.Namespace) -> int:
     pairs, reasons = build_pairs(trees, config)
     write_pairs(pairs, args.out)
     if args.stepwise is not None:
-        write_parquet_atomic(stepwise_records(trees), args.stepwise)
+        if args.stepwise_threshold is None:
+            print(
+                "note: --stepwise labels are soft values; TRL's PRM trainer casts labels with "
+                "int() (every value below 1 becomes 0): pass --stepwise-threshold for hard labels",
+                file=sys.stderr,
+            )
+        write_parquet_atomic(stepwise_records(trees, args.stepwise_threshold), args.stepwise)
     print(json.dumps(summarize_pairs(pairs, len(trees), reasons), indent=1))
     return 0
 
@@ -277,13 +310,14 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     model_flags(parser)
+    override_flags(parser, {"train": TrainConfig, "pairs": PairConfig}, "--set train.beta=0.2")
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--pairs", type=Path, help="pairs file (.parquet) from `sppd pairs`")
     data.add_argument("--trees", type=Path, help="trees file (.jsonl.gz) from `sppd sample`")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--sft-per-problem", type=int, default=4, help="τ+ paths per problem")
     add_config_flags(parser, TrainConfig)
-    add_config_flags(parser, PairConfig)
+    add_config_flags(parser, PairConfig, skip=NEEDS_MODEL)
     parser.set_defaults(run=_run_train)
 
 

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from sppd_lib.cli.common import set_flag
-from sppd_lib.config import ConfigError, load_run_config, load_study_config
+from sppd_lib.config import (
+    ConfigError,
+    RunConfig,
+    StudyConfig,
+    add_config_flags,
+    flag_overrides,
+    load_run_config,
+    load_study_config,
+)
 
 __all__ = ["add_report", "add_run", "add_study", "add_sweep"]
 
@@ -133,13 +141,15 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
             "Run the self-training loop of a run config (configs/demo.yaml, configs/smoke.yaml, "
             "configs/paper_qwen2.5_7b.yaml). Every phase writes its artifact into "
             "runs/<run_id>/iter_<k>/; rerunning the same command resumes after the last "
-            "finished phase. Every field of sppd_lib.config.RunConfig (and its sections data, "
-            "sampler, pairs, train, eval) can be overridden with --set section.key=value."
+            "finished phase. Every field of sppd_lib.config.RunConfig (and of its sections) "
+            "can be overridden with --section.field (e.g. --sampler.k 16) or --set "
+            "section.key=value; order: defaults < --config < --set < explicit flags."
         ),
     )
     parser.add_argument("--config", type=Path, required=True, help="run config (YAML)")
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<run_id>")
     set_flag(parser, "--set sampler.k=16 --set iterations=3")
+    add_config_flags(parser, RunConfig, sections=True)
     parser.set_defaults(run=_run_run)
 
 
@@ -148,7 +158,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from sppd_lib.metrics import accuracy_by_iteration, gain_headline
     from sppd_lib.rundir import RunDir, run_report_dir
 
-    config = load_run_config(args.config, args.set)
+    config = load_run_config(args.config, [*args.set, *flag_overrides(args, RunConfig)])
     run_dir = args.run_dir or Path("runs") / config.run_id
     report_dir = run_report_dir(run_dir, config.report_dir)
     if config.report:  # a report that cannot be written should fail now, not after the run
@@ -174,6 +184,7 @@ def _run_run(args: argparse.Namespace) -> int:
                 index=False, float_format=lambda x: f"{x:.3f}"
             )
         )
+    _print_outputs(RunDir(run_dir))
     if config.report:
         from sppd_lib.report import ReportError, render_run_report
 
@@ -182,10 +193,33 @@ def _run_run(args: argparse.Namespace) -> int:
         except ReportError as exc:  # the run itself is complete; only a page failed
             print(f"sppd run: report failed: {exc}", file=sys.stderr)
             return 1
-        print(f"\nreports: {written.index}")
+        print(f"report: {written.index}")
     if len(change):  # last, where a user looks first: did the run help, and how surely?
         print("\n" + gain_headline(change))
     return 0
+
+
+def _print_outputs(directory: Any) -> None:
+    """What the run made, for the end of ``sppd run``: the final policy, the TRL exports,
+    the tracker files and the time each phase took."""
+    final = directory.final_model.read_text().strip() if directory.final_model.is_file() else ""
+    if final:
+        path = Path(final) if Path(final).is_absolute() else directory.path / final
+        print(f"\nfinal model: {path}")
+    exports = [
+        directory.iteration(k).pairs_trl
+        for k in directory.iterations()
+        if directory.iteration(k).pairs_trl.is_file()
+    ]
+    if exports:
+        print("TRL exports (step pairs for DPOTrainer): " + ", ".join(map(str, exports)))
+    if directory.tensorboard.is_dir():
+        print(f"TensorBoard: tensorboard --logdir {directory.path}")
+    times = directory.phase_times()
+    if len(times):
+        by_phase = times.groupby("phase", sort=False)["seconds"].sum()
+        shown = ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in by_phase.items())
+        print(f"phase times (all iterations): {shown}; total {times['seconds'].sum():.0f} s")
 
 
 def add_study(subparsers: argparse._SubParsersAction) -> None:
@@ -210,6 +244,7 @@ def add_study(subparsers: argparse._SubParsersAction) -> None:
         help="take the trees of iteration 1 of this run (same starting model) instead of sampling",
     )
     set_flag(parser, "--set seeds=[0,1] --set train.epochs=2")
+    add_config_flags(parser, StudyConfig, sections=True)
     parser.set_defaults(run=_run_study)
 
 
@@ -237,7 +272,7 @@ def _run_study(args: argparse.Namespace) -> int:
     from sppd_lib.study import run_study
     from sppd_lib.study_results import format_arm_table
 
-    config = load_study_config(args.config, args.set)
+    config = load_study_config(args.config, [*args.set, *flag_overrides(args, StudyConfig)])
     if config.report:
         check_report_packages("report: true (or set report: false)")
     study_dir = args.study_dir or Path("studies") / config.study_id

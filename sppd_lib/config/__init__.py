@@ -13,7 +13,7 @@ from sppd_lib.config.engine import (
     migrate_engine_keys,
     upgrade_engine_section,
 )
-from sppd_lib.config.flags import add_config_flags
+from sppd_lib.config.flags import add_config_flags, flag_overrides
 from sppd_lib.config.loading import (
     ConfigError,
     apply_overrides,
@@ -71,6 +71,7 @@ __all__ = [
     "check_ranges",
     "config_from_dict",
     "config_to_dict",
+    "flag_overrides",
     "generator_options",
     "load_config",
     "load_run_config",

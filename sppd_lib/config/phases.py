@@ -25,6 +25,7 @@ from sppd_lib.prompts import DEFAULT_STEP_DELIMITER, SYSTEM_PROMPT
 __all__ = [
     "MARGIN_MODES",
     "PHASES",
+    "TRACKERS",
     "EvalConfig",
     "MarginMode",
     "PairConfig",
@@ -41,6 +42,9 @@ PHASES: tuple[str, ...] = typing.get_args(Phase)
 MarginMode = Literal["dynamic", "fixed", "none"]
 #: The margin ablation of the paper (Table 4): the dynamic γ·Δv, a fixed one, no margin.
 MARGIN_MODES: tuple[str, ...] = typing.get_args(MarginMode)
+Tracker = Literal["none", "tensorboard", "wandb", "mlflow"]
+#: The experiment trackers of ``train.report_to`` (the names transformers' Trainer uses).
+TRACKERS: tuple[str, ...] = typing.get_args(Tracker)
 
 
 @dataclass
@@ -259,9 +263,21 @@ class TrainConfig:
     save_merged: bool = option(
         True, "Also save LoRA merged into full weights (next sampler, vLLM, export)."
     )
+    report_to: list[Tracker] = option(
+        ["none"],
+        "Experiment trackers, any of tensorboard, wandb, mlflow (or none): the trainer's loss "
+        "curves and, in `sppd run`, the loop's per-iteration metrics (step = iteration). "
+        "TensorBoard writes event files into the run (or --out) directory; wandb and mlflow "
+        "are installed and configured by you (WANDB_PROJECT, MLFLOW_TRACKING_URI).",
+    )
 
     def __post_init__(self) -> None:
         check_choices(self, "train.")
+        for tracker in self.report_to:
+            if tracker not in TRACKERS:
+                raise ConfigError(
+                    f"train.report_to: unknown tracker {tracker!r} (choose from {TRACKERS})"
+                )
         for name in ("epochs", "batch_size", "gradient_accumulation_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
