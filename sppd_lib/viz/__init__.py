@@ -25,6 +25,13 @@ from sppd_lib.viz.explorer import TreeExplorer, explorer_view, problem_list
 from sppd_lib.viz.explorer_html import offline_explorer
 from sppd_lib.viz.identity import run_header, runs_header
 from sppd_lib.viz.notebook import setup_notebook
+from sppd_lib.viz.overview import (
+    learned_table,
+    overview_html,
+    pass1_by_iteration,
+    phase_seconds,
+    run_overview,
+)
 from sppd_lib.viz.pairs import no_pair_reasons, pairs_frame, pairs_table
 from sppd_lib.viz.responses import (
     ResponsesExplorer,
@@ -66,19 +73,24 @@ __all__ = [
     "gained_lost_table",
     "grader_status_table",
     "is_empty_figure",
+    "learned_table",
     "load_run",
     "margin_histograms",
     "no_pair_reasons",
     "offline_explorer",
+    "overview_html",
     "pairs_by_depth",
     "pairs_frame",
     "pairs_table",
+    "pass1_by_iteration",
+    "phase_seconds",
     "problem_list",
     "resolve_run_dir",
     "response_length_figure",
     "responses_view",
     "reward_vs_value_margin",
     "run_header",
+    "run_overview",
     "runs_header",
     "setup_notebook",
     "summary_table",
