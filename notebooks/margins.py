@@ -49,6 +49,15 @@ viz.tree_stats_figure(run)
 # %%
 viz.no_pair_reasons(run)
 
+# %% [markdown]
+# ## Learned pairs
+# A pair is learned when its implicit reward margin β·h exceeds the loss margin it was asked
+# for (loss below log 2), read the last time it was in a training batch (before that batch's
+# update). Reward accuracy counts β·h > 0: the pair is ranked the right way, learned or not.
+
+# %%
+viz.learned_table(run)
+
 # %%
 viz.margin_histograms(run)
 

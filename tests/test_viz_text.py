@@ -481,3 +481,60 @@ def test_scores_table_gives_counts_and_the_paired_p(run) -> None:
     assert row["gained / lost"] == f"+{int(change['gained'])} −{int(change['lost'])}"
     assert row["final correct"].endswith(f"/{row['n']}")
     assert table.loc[("arith", "maj@8"), "gained / lost"] == "–"
+
+
+# -- coverage: pass@k ------------------------------------------------------------------------
+
+
+def test_pass_at_k_is_the_unbiased_estimator() -> None:
+    from math import comb
+
+    from sppd_lib.metrics import pass_at_k
+
+    for n, c, k in [(10, 3, 1), (10, 3, 5), (64, 1, 8), (5, 0, 2), (5, 5, 5), (4, 2, 3)]:
+        assert pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k))
+    assert pass_at_k(4, 1, 5) != pass_at_k(4, 1, 5)  # NaN: k beyond the samples
+    with pytest.raises(ValueError, match="pass@k needs"):
+        pass_at_k(4, 5, 1)
+
+
+def test_coverage_from_trees_and_eval_samples(run) -> None:
+    frame = viz.coverage_frame(run)
+    trees = frame[(frame["source"] == viz.coverage.TREES) & (frame["iteration"] == 1)]
+    ended = [[leaf for leaf in t.leaves() if leaf.terminal] for t in run.trees(1)]
+    share = [sum(bool(leaf.correct) for leaf in e) / len(e) for e in ended if e]
+    assert trees.set_index("k").loc[1, "pass_at_k"] == pytest.approx(sum(share) / len(share))
+    assert trees["pass_at_k"].is_monotonic_increasing
+    samples = frame[frame["source"] == "arith (eval samples)"].set_index("k")
+    assert list(samples.index) == [1, 2, 4, 8] and samples.loc[1, "pass_at_k"] == 0.125
+    assert samples.loc[8, "pass_at_k"] == 1.0  # every problem has its one correct sample
+    figure = viz.pass_at_k_figure(run)
+    assert len(figure.data) == 3 and "4 problems" in figure.layout.title.subtitle.text
+
+
+def test_margin_histogram_is_not_drawn_twice_when_gamma_is_one(run, run_dirs, tmp_path) -> None:
+    figure = viz.margin_histograms(run)  # the fixture: dynamic, γ = 1
+    assert {t.xaxis for t in figure.data} == {"x"}  # Δv only
+    assert any("equals its Δv" in a.text for a in figure.layout.annotations)
+    path = copy_run(run_dirs, tmp_path)
+    for k in (1, 2):  # a γ = 0.5 run: the margin panel is its own histogram
+        log_path = path / f"iter_{k}" / "train" / "pair_log.parquet"
+        log = pd.read_parquet(log_path)
+        write_parquet_atomic(log.assign(value_margin=log["delta_value"] * 0.5), log_path)
+    halved = viz.margin_histograms(viz.load_run(path))
+    assert {t.xaxis for t in halved.data} == {"x", "x2"}
+
+
+def test_tree_stats_legend_swatches_are_distinct(run) -> None:
+    figure = viz.tree_stats_figure(run)
+    swatches = [(t.marker.color, t.marker.pattern.shape) for t in figure.data]
+    assert len(set(swatches)) == len(swatches)
+
+
+def test_learned_table_and_reward_margin_subtitle(run) -> None:
+    table = viz.learned_table(run)
+    last = viz.overview.final_pairs(run, 1)
+    learned = int((last["reward_margin"] > last["value_margin"]).sum())
+    assert table.loc[1, "learned (β·h > margin)"].startswith(f"{learned}/{len(last)} (")
+    subtitle = viz.reward_vs_value_margin(run).layout.title.subtitle.text
+    assert f"iteration 1: {learned}/{len(last)}" in subtitle and "against margins" in subtitle
