@@ -538,3 +538,17 @@ def test_learned_table_and_reward_margin_subtitle(run) -> None:
     assert table.loc[1, "learned (β·h > margin)"].startswith(f"{learned}/{len(last)} (")
     subtitle = viz.reward_vs_value_margin(run).layout.title.subtitle.text
     assert f"iteration 1: {learned}/{len(last)}" in subtitle and "against margins" in subtitle
+
+
+def test_gained_lost_marks_cut_responses_and_shows_the_extracted_answer(run_dirs, tmp_path) -> None:
+    path = copy_run(run_dirs, tmp_path)
+    run = viz.load_run(path)
+    changed = viz.gained_lost(run, 0, 2)
+    lost = changed[changed["change"] == "lost"].iloc[0]
+    evals = pd.read_parquet(path / "iter_2" / "eval.parquet")
+    evals.loc[evals["problem_id"] == lost["problem_id"], "finish_reason"] = "length"
+    write_parquet_atomic(evals, path / "iter_2" / "eval.parquet")
+    page = viz.gained_lost_table(viz.load_run(path), 0, 2).html
+    assert page.count("✂ cut by the token limit") == 2  # the cell: in the HTML and the JSON rows
+    assert "1 of the responses shown were cut" in page
+    assert f"extracted answer: <mark class='wrong'>{lost['pred_after']}</mark>" in page
