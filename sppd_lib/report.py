@@ -285,6 +285,7 @@ table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 table.overview th[title] { cursor: help; } table.overview td { vertical-align: top; }
+table.overview td span { white-space: nowrap; }
 .overview-scroll { overflow-x: auto; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
@@ -324,7 +325,7 @@ def _scores_html(runs: Sequence[viz.Run]) -> str:
         "change": "{:+.1%}".format,
         "McNemar p": lambda p: "–" if p != p else f"{p:.2g}",
     }
-    return table.to_html(index=False, formatters=formats, border=0)
+    return table.to_html(index=False, formatters=formats, border=0, na_rep="–")
 
 
 _OVERVIEW_NOTE = (

@@ -113,6 +113,7 @@ def pass_at_k_figure(run: Run) -> go.Figure:
                     mode="lines+markers",
                     name=f"iteration {k}",
                     legendgroup=str(k),
+                    legendrank=int(k),
                     showlegend=k not in shown,
                     line={"color": series_colour(index)},
                     marker={"symbol": series_symbol(index), "size": 8},
@@ -125,7 +126,8 @@ def pass_at_k_figure(run: Run) -> go.Figure:
             )
             shown.add(k)
         figure.update_xaxes(title_text="k", type="log", dtick=0.30103, row=1, col=col)
-    figure.update_yaxes(title_text="pass@k (mean over problems)", tickformat=".0%", row=1, col=1)
+    figure.update_yaxes(range=[-0.02, 1.02], tickformat=".0%")
+    figure.update_yaxes(title_text="pass@k (mean over problems)", row=1, col=1)
     counts = "; ".join(
         f"{source}: {int(group['problems'].max())} problems"
         for source, group in frame.groupby("source", sort=False)

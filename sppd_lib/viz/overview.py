@@ -248,7 +248,7 @@ _HELP = {
 
 def _lines(cell: str) -> str:
     """A cell's parts (``; ``-separated) on lines of their own, so the table fits a page."""
-    return "<br>".join(html.escape(part) for part in cell.split("; "))
+    return "<br>".join(f"<span>{html.escape(part)}</span>" for part in cell.split("; "))
 
 
 def overview_html(run: Run) -> str:
