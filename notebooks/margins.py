@@ -58,6 +58,15 @@ viz.no_pair_reasons(run)
 # %%
 viz.learned_table(run)
 
+# %% [markdown]
+# ## Held-out pairs: before and after training
+# With train.heldout_trees > 0 the pairs of some trees are kept out of training and scored
+# after it: does the policy rank pairs it never saw (reward accuracy), and did the chosen
+# step's log-prob fall along with the rejected one's (likelihood displacement)?
+
+# %%
+viz.heldout_table(run)
+
 # %%
 viz.margin_histograms(run)
 

@@ -28,6 +28,7 @@ from sppd_lib.viz.explorer_html import offline_explorer
 from sppd_lib.viz.identity import run_header, runs_header
 from sppd_lib.viz.notebook import setup_notebook
 from sppd_lib.viz.overview import (
+    heldout_table,
     learned_table,
     overview_html,
     pass1_by_iteration,
@@ -75,6 +76,7 @@ __all__ = [
     "gained_lost",
     "gained_lost_table",
     "grader_status_table",
+    "heldout_table",
     "is_empty_figure",
     "learned_table",
     "load_run",

@@ -1,7 +1,8 @@
 """The run overview: one row per iteration with what it cost and how far to trust it — prompts,
 trees with a correct leaf, pairs (and identical ones), the Δv spread, the learned rate, the
 training loss and reward accuracy, greedy pass@1 per benchmark with its count, 95% interval and
-McNemar p against iteration 0, and the seconds of every phase (``phase_times.jsonl``).
+McNemar p against iteration 0, and the seconds of every phase (``phase_times.jsonl``); and,
+for the margins page, the learned pairs and the held-out preference metrics.
 
 Every rate is printed with its count (``7/44``): a share of a handful of problems or pairs says
 little, and the reader has to see how little.
@@ -21,6 +22,7 @@ from sppd_lib.viz.run import Run
 
 __all__ = [
     "final_pairs",
+    "heldout_table",
     "learned_by_iteration",
     "learned_table",
     "overview_html",
@@ -127,6 +129,38 @@ def learned_table(run: Run) -> pd.DataFrame:
     )
 
 
+def heldout_table(run: Run) -> pd.DataFrame:
+    """Per iteration with ``heldout.parquet`` (``train.heldout_trees`` > 0): the pairs of
+    trees kept out of training, scored after it. Reward accuracy and learned (k/n, β·h > 0
+    and > margin; before training β·h is 0 for every pair), and the mean summed log-prob of
+    the chosen and the rejected steps before (the reference) and after training with the
+    pairs whose chosen step lost probability: both falling is likelihood displacement."""
+    rows = {}
+    for k in run.iterations:
+        frame = run.heldout(k)
+        if frame is None or not len(frame):
+            continue
+        n = len(frame)
+        chosen = frame["chosen_after"] - frame["chosen_before"]
+        rejected = frame["rejected_after"] - frame["rejected_before"]
+        rows[k] = {
+            "held-out pairs (trees)": f"{n} ({frame['tree_id'].nunique()})",
+            "reward accuracy after (β·h > 0)": _share(int(frame["ranked"].sum()), n),
+            "learned after (β·h > margin)": _share(int(frame["learned"].sum()), n),
+            "log π(chosen): before → after": f"{frame['chosen_before'].mean():.2f} → "
+            f"{frame['chosen_after'].mean():.2f} ({chosen.mean():+.2f})",
+            "log π(rejected): before → after": f"{frame['rejected_before'].mean():.2f} → "
+            f"{frame['rejected_after'].mean():.2f} ({rejected.mean():+.2f})",
+            "chosen step less likely": _share(int((chosen < 0).sum()), n),
+        }
+    if not rows:
+        return pd.DataFrame(
+            {"note": ["no held-out pairs (set train.heldout_trees > 0 to hold some out)"]},
+            index=[""],
+        )
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("iteration")
+
+
 def pass1_by_iteration(run: Run) -> pd.DataFrame:
     """Greedy pass@1 per (iteration, benchmark) from ``eval.parquet``: correct, n, the 95%
     Wilson interval, and against iteration 0 on the problems both evaluated: gained, lost and
@@ -209,7 +243,10 @@ def run_overview(run: Run) -> pd.DataFrame:
         )
         if pairs is not None and len(pairs):
             same = int(identical_steps(pairs).sum())
-            row["pairs"] = f"{len(pairs)}" + (f" ({same} identical)" if same else "")
+            heldout = run.heldout(k)
+            notes = [f"{same} identical"] if same else []
+            notes += [f"{len(heldout)} held out"] if heldout is not None and len(heldout) else []
+            row["pairs"] = f"{len(pairs)}" + (f" ({', '.join(notes)})" if notes else "")
             row["Δv median [range]"] = _spread(pairs["delta_value"])
         else:
             row["pairs"] = "0" if pairs is not None else "–"
@@ -235,7 +272,8 @@ def run_overview(run: Run) -> pd.DataFrame:
 _HELP = {
     "prompts": "problems sampled as trees this iteration",
     "trees with a correct leaf": "trees with at least one complete path graded correct",
-    "pairs": "sibling step pairs kept (identical: chosen and rejected steps have the same text)",
+    "pairs": "sibling step pairs kept (identical: chosen and rejected steps have the same "
+    "text; held out: pairs of trees kept out of training, train.heldout_trees)",
     "Δv median [range]": "value gap v(chosen) − v(rejected) of the pairs",
     "learned (β·h > margin)": "pairs whose implicit reward margin β·h exceeded the loss margin "
     "the last time they were trained on (loss below log 2)",
