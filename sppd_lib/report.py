@@ -277,14 +277,15 @@ def _raise_if_failed(report: Report) -> None:
 # ---------------------------------------------------------------------------------------
 
 _INDEX_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+body { font-family: system-ui, sans-serif; max-width: 1280px; margin: 2em auto; padding: 0 1em;
        color: #222; }
 h1 { margin-bottom: 0.2em; } .meta { color: #666; margin-top: 0; }
 ul.reports li { margin: 0.5em 0; } .failed { color: #b00; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
-table.overview th[title] { cursor: help; } table.overview td { vertical-align: top; }
+table.overview { font-size: 0.85em; } table.overview th[title] { cursor: help; }
+table.overview td { vertical-align: top; }
 table.overview td span { white-space: nowrap; }
 .overview-scroll { overflow-x: auto; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }

@@ -105,7 +105,7 @@ def test_identical_pairs_are_flagged(run_dirs, tmp_path) -> None:
     run = viz.load_run(path)
     frame = viz.pairs_frame(run, 1)
     assert frame["identical"].tolist() == [True] + [False] * (len(frame) - 1)
-    assert "(1 identical)" in viz.run_overview(run).loc[1, "pairs"]
+    assert viz.run_overview(run).loc[1, "pairs"] == f"{len(frame)}; 1 identical"
     page = viz.pairs_table(run, 1).html
     assert "⚠ identical" in page and "1 pair(s) have identical chosen and rejected" in page
 

@@ -41,11 +41,11 @@ def _share(count: int, total: int) -> str:
 
 
 def _spread(values: pd.Series) -> str:
-    """``0.62 [0.51–0.97]``: median and range, for a distribution in one cell."""
+    """``0.62; [0.51–0.97]``: median and range, for a distribution in one cell."""
     values = pd.Series(values, dtype=float).dropna()
     if not len(values):
         return "–"
-    return f"{values.median():.3g} [{values.min():.3g}–{values.max():.3g}]"
+    return f"{values.median():.3g}; [{values.min():.3g}–{values.max():.3g}]"
 
 
 def final_pairs(run: Run, iteration: int) -> pd.DataFrame | None:
@@ -112,7 +112,7 @@ def learned_table(run: Run) -> pd.DataFrame:
                 _share(a, n) for a, n in zip(frame["ranked"], frame["trained"], strict=True)
             ],
             "β·h at the end: median [range]": [
-                f"{m:.2f} [{lo:.2f}–{hi:.2f}]"
+                f"{m:.3g} [{lo:.3g}–{hi:.3g}]"
                 for m, lo, hi in zip(
                     frame["bh_median"], frame["bh_min"], frame["bh_max"], strict=True
                 )
@@ -246,7 +246,7 @@ def run_overview(run: Run) -> pd.DataFrame:
             heldout = run.heldout(k)
             notes = [f"{same} identical"] if same else []
             notes += [f"{len(heldout)} held out"] if heldout is not None and len(heldout) else []
-            row["pairs"] = f"{len(pairs)}" + (f" ({', '.join(notes)})" if notes else "")
+            row["pairs"] = "; ".join([str(len(pairs)), *notes])
             row["Δv median [range]"] = _spread(pairs["delta_value"])
         else:
             row["pairs"] = "0" if pairs is not None else "–"
