@@ -211,7 +211,7 @@ def phase_seconds(run: Run) -> pd.DataFrame:
 def _seconds_cell(row: pd.Series) -> str:
     parts = [f"{phase.removeprefix('train_')} {s:.0f}" for phase, s in row.items() if s == s]
     total = float(np.nansum(row.to_numpy(dtype=float)))
-    return f"{total:.0f} s; " + " · ".join(parts) if parts else "–"
+    return f"{total:.0f} s; " + "; ".join(parts) if parts else "–"
 
 
 def _pass1_cell(r: Any) -> str:
@@ -279,8 +279,8 @@ _HELP = {
     "the last time they were trained on (loss below log 2)",
     "reward accuracy (β·h > 0)": "pairs ranked the right way the last time they were trained on",
     "train loss": "mean SPPD loss of the pairs the last time they were trained on",
-    "seconds": "wall-clock seconds per phase (phase_times.jsonl): total, then sample · "
-    "pairs · train · eval",
+    "seconds": "wall-clock seconds per phase (phase_times.jsonl): total, then sample, "
+    "pairs, train, eval",
 }
 
 

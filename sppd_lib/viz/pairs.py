@@ -225,7 +225,8 @@ def pairs_table(
         f"Margin: {html.escape(rule.get(mode, str(mode)))} (train config). "
         "β·h before / after: the implicit reward margin the first and the last time the "
         "pair was in a training batch (before that batch's update); learned: β·h > margin "
-        "then. A dash: the pair was not trained on (no pair_log.parquet)."
+        "then. A dash: the pair was not trained on (no pair_log.parquet, or held out by "
+        "train.heldout_trees)."
     )
     identical = int(frame["identical"].sum()) if total else 0
     if identical:
