@@ -37,6 +37,17 @@ viz.run_header(run, "Accuracy", index_link=not interactive)
 viz.accuracy_figure(run)
 
 # %% [markdown]
+# ## Coverage: pass@k
+# pass@k against k, from the trees of the training prompts and from the sampled evaluation
+# (when eval.num_samples > 0), one line per iteration (unbiased estimator, mean over the
+# problems with at least k samples). Training that sharpens the policy raises pass@1 and may
+# lower pass@k at large k. The paths of a tree share prefixes: its curve is what the tree
+# found, not k independent samples.
+
+# %%
+viz.pass_at_k_figure(run)
+
+# %% [markdown]
 # ## All scores
 # accuracy [95% interval] correct/problems
 

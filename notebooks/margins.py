@@ -49,6 +49,24 @@ viz.tree_stats_figure(run)
 # %%
 viz.no_pair_reasons(run)
 
+# %% [markdown]
+# ## Learned pairs
+# A pair is learned when its implicit reward margin β·h exceeds the loss margin it was asked
+# for (loss below log 2), read the last time it was in a training batch (before that batch's
+# update). Reward accuracy counts β·h > 0: the pair is ranked the right way, learned or not.
+
+# %%
+viz.learned_table(run)
+
+# %% [markdown]
+# ## Held-out pairs: before and after training
+# With train.heldout_trees > 0 the pairs of some trees are kept out of training and scored
+# after it: does the policy rank pairs it never saw (reward accuracy), and did the chosen
+# step's log-prob fall along with the rejected one's (likelihood displacement)?
+
+# %%
+viz.heldout_table(run)
+
 # %%
 viz.margin_histograms(run)
 

@@ -31,6 +31,7 @@ __all__ = [
     "mcnemar_exact",
     "paired_bootstrap",
     "paired_change",
+    "pass_at_k",
     "sampled_scores",
     "seed_interval",
     "summary_rows",
@@ -181,6 +182,21 @@ def gain_headline(change: pd.DataFrame) -> str:
         f"held-out gain, iteration {iteration} against iteration 0 (greedy pass@1):\n  "
         + "\n  ".join(lines)
     )
+
+
+def pass_at_k(samples: int, correct: int, k: int) -> float:
+    """Unbiased pass@k of one problem from ``samples`` draws of which ``correct`` are right
+    (Chen et al. 2021, eq. 1): ``1 − C(n−c, k) / C(n, k)``, the chance that ``k`` of the
+    ``n`` draws, taken without replacement, hold a correct one. NaN when ``k > samples``."""
+    if k < 1 or samples < 0 or not 0 <= correct <= samples:
+        raise ValueError(f"pass@k needs 1 <= k and 0 <= correct <= samples, got {k=}, "
+                         f"{samples=}, {correct=}")  # fmt: skip
+    if k > samples:
+        return float("nan")
+    if samples - correct < k:
+        return 1.0
+    # The product form of the ratio of binomials: stable for large n.
+    return 1.0 - float(np.prod(1.0 - k / np.arange(samples - correct + 1, samples + 1)))
 
 
 def _vote_winner(groups: list[list[int]], weights: Sequence[float]) -> int | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import json
 import logging
 import os
 import re
@@ -301,13 +302,17 @@ def _raise_if_failed(report: Report) -> None:
 # ---------------------------------------------------------------------------------------
 
 _INDEX_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+body { font-family: system-ui, sans-serif; max-width: 1280px; margin: 2em auto; padding: 0 1em;
        color: #222; }
 h1 { margin-bottom: 0.2em; } .meta { color: #666; margin-top: 0; }
 ul.reports li { margin: 0.5em 0; } .failed { color: #b00; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
+table.overview { font-size: 0.85em; } table.overview th[title] { cursor: help; }
+table.overview td { vertical-align: top; }
+table.overview td span { white-space: nowrap; }
+.overview-scroll { overflow-x: auto; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
 
@@ -340,8 +345,49 @@ def _scores_html(runs: Sequence[viz.Run]) -> str:
     table = viz.final_scores_table(runs)
     if not len(table):
         return "<p>Nothing evaluated yet.</p>"
-    formats = {"start": "{:.1%}".format, "final": "{:.1%}".format, "change": "{:+.1%}".format}
-    return table.to_html(index=False, formatters=formats, border=0)
+    formats = {
+        "start": "{:.1%}".format,
+        "final": "{:.1%}".format,
+        "change": "{:+.1%}".format,
+        "McNemar p": lambda p: "–" if p != p else f"{p:.2g}",
+    }
+    return table.to_html(index=False, formatters=formats, border=0, na_rep="–")
+
+
+_OVERVIEW_NOTE = (
+    "What each iteration made, learned, scored and cost. Every share comes with its count "
+    "(k/n); pass@1 cells read correct/problems = share [95% Wilson interval], then against "
+    "iteration 0 on the same problems: problems gained and lost and the exact McNemar p (a "
+    "small p: the change is unlikely to be chance). Learned: pairs with β·h above their loss "
+    "margin the last time they were trained on. Hover a header for more."
+)
+
+#: Written into every comparison folder: the runs it compares (the run indexes link to it).
+COMPARE_MANIFEST = "compare.json"
+
+
+def _comparisons_html(run: viz.Run, out: Path) -> str:
+    """Links to the ``sppd report --compare`` folders that include ``run``: those beside the
+    run's report folder and under ``reports/`` of the current directory (the default)."""
+    mine = str(run.path.resolve())
+    found = []
+    for root in dict.fromkeys([out.parent.resolve(), (Path("reports")).resolve()]):
+        for manifest in sorted(root.glob(f"*/{COMPARE_MANIFEST}")):
+            try:
+                runs = json.loads(manifest.read_text(encoding="utf-8")).get("runs", [])
+            except (OSError, ValueError, AttributeError):
+                continue  # not ours or torn: no link rather than a broken page
+            if mine in runs:
+                found.append((manifest.parent, runs))
+    if not found:
+        return ""
+    items = "".join(
+        f'<li><a href="{html.escape(os.path.relpath(folder / "index.html", out.resolve()))}">'
+        f"{html.escape(folder.name)}</a>: "
+        f"{html.escape(', '.join(Path(r).name for r in runs))}</li>"
+        for folder, runs in found
+    )
+    return f'<h2>Comparisons with other runs</h2><ul class="reports">{items}</ul>'
 
 
 class _ConfigDumper(yaml.SafeDumper):
@@ -405,7 +451,11 @@ def render_run_report(
     config = html.escape(config_yaml(run.config))
     iterations = ", ".join(map(str, run.iterations)) or "none yet"
     body = (
-        _links(report, entries)
+        "<h2>Overview: one row per iteration</h2>"
+        + f'<p class="meta">{_OVERVIEW_NOTE}</p>'
+        + f'<div class="overview-scroll">{viz.overview_html(run)}</div>'
+        + _links(report, entries)
+        + _comparisons_html(run, out)
         + "<h2>Scores</h2>"
         + _scores_html([run])
         + f"<h2>Config</h2><pre>{config}</pre>"
@@ -443,6 +493,8 @@ def render_compare_report(
         **STATIC_PARAMETERS,
     }
     names = ", ".join(r.run_id for r in runs)
+    manifest = {"runs": [str(r.path.resolve()) for r in runs]}
+    (out / COMPARE_MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     _render("compare_runs", parameters, out, f"Comparing {names}", report, keep_notebooks)
     entries = [("compare_runs", "Comparing runs", f"{metric} per iteration, final scores")]
     body = _links(report, entries) + "<h2>Final scores</h2>" + _scores_html(runs)

@@ -9,8 +9,9 @@ files. Every other module asks these classes for a path.
                            eval.parquet  eval_samples.parquet  phase_times.jsonl
                            train/log.jsonl  train/pair_log.parquet  train/done.json
                            train/<phase>/   (a TrainDir: log.jsonl, pair_log.parquet,
-                                             config.json, metrics.json, adapter/, model/,
-                                             README.md (model card), tensorboard/)
+                                             config.json, metrics.json, heldout.parquet,
+                                             adapter/, model/, README.md (model card),
+                                             tensorboard/)
 
     studies/<study_id>/study.yaml  trees.jsonl.gz  trees_source.json
                        start/                   (a PhaseDir: the starting model's eval)
@@ -160,6 +161,8 @@ class TrainDir:
         self.pair_log = self.path / "pair_log.parquet"
         self.config = self.path / "config.json"
         self.metrics = self.path / "metrics.json"
+        #: Pairs of held-out trees scored after training (``train.heldout_trees``).
+        self.heldout = self.path / "heldout.parquet"
         self.adapter = self.path / "adapter"
         self.model = self.path / "model"
         #: Written last by the loop: every phase of the iteration is trained.
@@ -179,6 +182,9 @@ class TrainDir:
 
     def read_pair_log(self) -> pd.DataFrame | None:
         return read_parquet(self.pair_log)
+
+    def read_heldout(self) -> pd.DataFrame | None:
+        return read_parquet(self.heldout)
 
 
 class PhaseDir:

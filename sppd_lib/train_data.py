@@ -147,12 +147,15 @@ def pair_margins(data: pd.DataFrame, config: TrainConfig) -> tuple[list[float], 
 def training_order(
     frame: pd.DataFrame, epochs: int, seed: int, group_by_tree: bool
 ) -> pd.DataFrame:
-    """``epochs`` shuffled copies of ``frame`` (with ``pair_index`` = original row).
+    """``epochs`` shuffled copies of ``frame`` (with ``pair_index`` = original row, unless
+    the frame carries it already: a subset keeps the rows of its pairs file).
 
     With ``group_by_tree`` the trees are shuffled and each tree's pairs stay together, so a
     batch holds siblings whose shared prefix is forwarded once.
     """
-    frame = frame.reset_index(drop=True).assign(pair_index=lambda f: f.index)
+    frame = frame.reset_index(drop=True)
+    if "pair_index" not in frame.columns:
+        frame = frame.assign(pair_index=frame.index)
     rng = random.Random(seed)
     passes = []
     for _ in range(epochs):

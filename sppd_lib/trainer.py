@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from collections import defaultdict
@@ -348,8 +349,9 @@ def train(
     anything is saved to ``out_dir`` (so the phase is never taken as done).
 
     ``out_dir`` gets ``log.jsonl`` (one line per logged step), ``pair_log.parquet`` (per pair
-    per step: β·h, margin, loss), ``config.json``, ``metrics.json``, ``adapter/`` (LoRA) and
-    ``model/`` (full weights with the tokenizer). It is built in ``<out_dir>.partial`` and
+    per step: β·h, margin, loss), ``config.json``, ``metrics.json``, ``adapter/`` (LoRA),
+    ``model/`` (full weights with the tokenizer) and, with ``heldout_trees``,
+    ``heldout.parquet`` (:func:`score_heldout`). It is built in ``<out_dir>.partial`` and
     renamed when complete, so a crash never leaves a half-written result.
 
     Nothing this function did not create is deleted: ``out_dir`` must not exist or be empty
@@ -366,6 +368,7 @@ def train(
         data = data.iloc[: config.max_examples]
     margins, margin_settings = pair_margins(data, config)
     data = data.assign(margin=margins)
+    data, heldout = heldout_split(data, config)
     if config.phase == "sppd":
         logger.info(
             "%s margin, γ %.3g: mean margin %.3f over %d pairs",
@@ -395,6 +398,7 @@ def train(
     state.wait_for_everyone()
     ordered = training_order(data, config.epochs, config.seed, config.group_by_tree)
     dataset = PreferenceDataset(ordered, config.phase)
+    heldout_set = PreferenceDataset(heldout, config.phase) if heldout is not None else None
     policy = _prepare_model(model, config)
     if config.reference == "recompute" and config.phase != "sft":
         reference = policy
@@ -402,7 +406,9 @@ def train(
             from sppd_lib.models import load_model
 
             reference, _ = load_model(config.reference_model, device=str(policy.device))
-        compute_reference_logps(reference, dataset, config.batch_size, config.packing)
+        for pairs in (dataset, heldout_set):
+            if pairs is not None:
+                compute_reference_logps(reference, pairs, config.batch_size, config.packing)
         del reference
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer = SPPDTrainer(
@@ -444,8 +450,11 @@ def train(
     )
     if not _all_finite(p for p in policy.parameters()):
         raise _diverged("a trained weight", config.phase, output.global_step)
+    scored = score_heldout(policy, heldout, heldout_set, config) if heldout_set else None
     if not trainer.is_world_process_zero():
         return result
+    if scored is not None:
+        write_parquet_atomic(scored, TrainDir(work_dir).heldout)
     _save(trainer, policy, tokenizer, config, work_dir, result, base_model)
     layout.work_mark.unlink()
     if out_dir.exists():
@@ -454,6 +463,69 @@ def train(
     result.model_dir = layout.model if config.save_merged else None
     result.adapter_dir = layout.adapter if config.lora_r else None
     return result
+
+
+def heldout_split(
+    data: pd.DataFrame, config: TrainConfig
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(training pairs, held-out pairs or ``None``): the pairs of a seeded ``heldout_trees``
+    share of the trees (at least one tree, and one left to train on) are held out. Both keep
+    ``pair_index``, their row in the pairs file, so the logs still join the pairs."""
+    if config.phase != "sppd" or config.heldout_trees <= 0 or "tree_id" not in data.columns:
+        return data, None
+    data = data.reset_index(drop=True)
+    data = data.assign(pair_index=data.index) if "pair_index" not in data.columns else data
+    trees = sorted(set(data["tree_id"]))
+    count = min(len(trees) - 1, max(1, round(config.heldout_trees * len(trees))))
+    if count < 1:
+        logger.warning("heldout_trees: one tree only, nothing held out")
+        return data, None
+    held = set(random.Random(config.seed).sample(trees, count))
+    mask = data["tree_id"].isin(held)
+    logger.info("held out %d of %d trees (%d pairs)", count, len(trees), int(mask.sum()))
+    return data[~mask], data[mask]
+
+
+@torch.no_grad()
+def score_heldout(
+    policy: PreTrainedModel,
+    heldout: pd.DataFrame,
+    dataset: PreferenceDataset,
+    config: TrainConfig,
+) -> pd.DataFrame:
+    """The held-out pairs under the trained ``policy``: per pair the summed step log-probs of
+    chosen and rejected before training (the reference's) and after, β·h after, the margin,
+    and whether β·h > margin (learned) and β·h > 0 (ranked). Before training β·h is 0."""
+    collator = PairCollator(dataset.phase, config.packing)
+    was_training = policy.training
+    policy.eval()
+    device = next(policy.parameters()).device
+    after: list[list[float]] = []
+    for start in range(0, len(dataset), config.batch_size):
+        rows = dataset.rows[start : start + config.batch_size]
+        batch = batch_of({k: v.to(device) for k, v in collator(rows).items()})
+        logps, _ = sequence_logps(policy, batch, 2 * len(rows), attention_of(policy))
+        after.extend(logps.view(-1, 2).tolist())
+    policy.train(was_training)
+    frame = pd.DataFrame(
+        {
+            "pair_index": [row["pair_index"] for row in dataset.rows],
+            "tree_id": heldout["tree_id"].to_numpy(),
+            "delta_value": [row["delta_value"] for row in dataset.rows],
+            "margin": [row["margin"] for row in dataset.rows],
+            "chosen_before": [row["ref_chosen"] for row in dataset.rows],
+            "rejected_before": [row["ref_rejected"] for row in dataset.rows],
+            "chosen_after": [c for c, _ in after],
+            "rejected_after": [r for _, r in after],
+        }
+    )
+    h = (frame["chosen_after"] - frame["chosen_before"]) - (
+        frame["rejected_after"] - frame["rejected_before"]
+    )
+    frame["reward_margin"] = config.beta * h
+    frame["learned"] = frame["reward_margin"] > frame["margin"]
+    frame["ranked"] = frame["reward_margin"] > 0
+    return frame
 
 
 def _save(

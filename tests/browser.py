@@ -38,6 +38,8 @@ class BrowserCheck:
     screenshot: Path | None = None
     #: What the ``probe`` expression returned (after every figure was drawn), if one was given.
     probe: Any = None
+    #: ``console.warn`` / ``console.log`` messages (plotly reports a bad colour this way).
+    warnings: list[str] | None = None
 
 
 def find_chromium() -> str | None:
@@ -97,6 +99,18 @@ class _DevTools:
                 found.append(f"{entry.get('source')}: {entry.get('text')} {entry.get('url', '')}")
         return found
 
+    def warnings(self) -> list[str]:
+        found = []
+        for event in self.events:
+            params = event.get("params", {})
+            if event.get("method") == "Runtime.consoleAPICalled" and params.get("type") in (
+                "warning",
+                "log",
+                "trace",
+            ):
+                found.append(" ".join(str(a.get("value", a)) for a in params.get("args", [])))
+        return found
+
 
 def _devtools_url(profile: Path, deadline: float) -> str:
     import urllib.request
@@ -136,7 +150,7 @@ def _inspect_page(
         shot = tools.call("Page.captureScreenshot", clip=clip, captureBeyondViewport=True)
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         screenshot.write_bytes(base64.b64decode(shot["data"]))
-    return BrowserCheck(figures, rendered, tools.errors(), screenshot, probed)
+    return BrowserCheck(figures, rendered, tools.errors(), screenshot, probed, tools.warnings())
 
 
 def _end_process_group(process: subprocess.Popen[bytes]) -> None:

@@ -196,6 +196,9 @@ def make_run_dir(
             write_parquet_atomic(
                 _pair_log(pairs, phases["sppd"], gamma, rng), folder / "train" / "pair_log.parquet"
             )
+        phase_dir = RunDir(path).iteration(iteration)
+        for phase in (["sample", "pairs", "train_sppd"] if iteration >= 1 else []) + ["eval"]:
+            phase_dir.record_phase_time({"phase": phase, "seconds": round(rng.uniform(1, 60), 2)})
         evals = _eval_rows(iteration, 0.25 + accuracy_gain * iteration, rng)
         write_parquet_atomic(evals, folder / "eval.parquet")
         summary.extend(_summary_rows(iteration, evals, rng))

@@ -72,6 +72,27 @@ def test_cli_errors_are_clear(tmp_path, capsys) -> None:
     assert "notebook not found" in capsys.readouterr().err
 
 
+def test_run_index_links_the_comparisons_that_include_the_run(tmp_path) -> None:
+    from sppd_lib import viz
+    from tests.run_fixture import fixture_runs
+
+    first, second = fixture_runs(tmp_path / "runs")
+    run = viz.load_run(first)
+    reports = tmp_path / "reports"
+    out = reports / "fixture"
+    out.mkdir(parents=True)
+    assert report._comparisons_html(run, out) == ""
+    for name, runs in (("ab", [first, second]), ("b-only", [second])):
+        (reports / name).mkdir()
+        manifest = {"runs": [str(p.resolve()) for p in runs]}
+        (reports / name / report.COMPARE_MANIFEST).write_text(json.dumps(manifest))
+    (reports / "torn").mkdir()
+    (reports / "torn" / report.COMPARE_MANIFEST).write_text("{not json")
+    links = report._comparisons_html(run, out)
+    assert 'href="../ab/index.html"' in links and "fixture, step-dpo" in links
+    assert "b-only" not in links and "torn" not in links
+
+
 def test_kernel_runs_this_interpreter() -> None:
     import sys
 
@@ -103,6 +124,12 @@ def rendered(run_dirs, tmp_path_factory):
     runs = [str(p) for p in run_dirs]
     compare_out = str(out / "compare")
     assert main(["report", "--compare", *runs, "--out", compare_out, "--keep-notebooks"]) == 0
+    assert (
+        "Comparisons with other runs"
+        in report.render_run_report(
+            run_dirs[0], out / "run-after-compare", notebooks=["pairs"]
+        ).index.read_text()
+    )
     compare = report.Report(
         out / "compare",
         out / "compare" / "index.html",
@@ -126,6 +153,16 @@ def test_run_report(rendered, run_dirs) -> None:
     index = run_report.index.read_text()
     assert all(f'href="{p.name}"' in index for p in run_report.html) and "pass@1" in index
     assert "final 95% CI" in index and "model tiny-llama" in index
+    # the overview: every iteration with its pairs, learned rate, pass@1 counts and seconds
+    assert "Overview: one row per iteration" in index and "learned (β·h &gt; margin)" in index
+    assert re.search(
+        r"<td><span>\d+/4 = \d+% \[\d+–\d+\]</span><br><span>vs 0: \+\d+ −\d+, p = ", index
+    )
+    phases = "".join(
+        rf"<br><span>{phase} \d+</span>" for phase in ("sample", "pairs", "sppd", "eval")
+    )
+    assert re.search(rf"<td><span>\d+ s</span>{phases}</td>", index)
+    assert "McNemar p" in index
     assert "step_delimiter: &quot;\\n\\n&quot;" in index  # not a quote broken over lines
     shared = run_report.out_dir / report.plotly_js_name()
     assert shared.stat().st_size > 1_000_000  # one plotly.js for the folder
@@ -217,6 +254,7 @@ def test_pages_render_in_chromium(rendered, tmp_path) -> None:
         check = browser_check(page, shot, probe=probe)
         expected = plotly_outputs(notebook)
         assert check.errors == [], (page.name, check.errors)
+        assert not [w for w in check.warnings if "Invalid color" in w], page.name
         assert check.figures == check.rendered == expected, page.name
         assert shot.stat().st_size > 10_000
         if page.stem == "pairs" and probe:

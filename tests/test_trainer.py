@@ -388,3 +388,41 @@ def test_real_model_learns_its_step_pairs(smollm2, smollm2_trees, tmp_path) -> N
     accuracy = (h > 0).float().mean().item()
     assert accuracy > 0.5, h
     assert result.steps == -(-3 * len(pairs) // 4)
+
+
+def test_heldout_trees_are_scored_after_training_not_trained_on(pairs, tmp_path) -> None:
+    """``heldout_trees``: one of the three trees is kept out; its pairs are scored after
+    training with log-probs before (the sampler's) and after, and β·h of the trained model."""
+    from sppd_lib.loss import value_margin
+
+    model, tokenizer = fresh_model()
+    config = TrainConfig(
+        batch_size=4, epochs=2, lora_r=8, learning_rate=1e-2, heldout_trees=0.3, save_merged=False
+    )
+    result = train(model, tokenizer, pairs, config, tmp_path / "train", progress=False)
+    heldout = pd.read_parquet(TrainDir(result.out_dir).heldout)
+    assert heldout["tree_id"].nunique() == 1
+    held = pairs.reset_index(drop=True)
+    held = held[held["tree_id"] == heldout["tree_id"].iloc[0]]
+    assert list(heldout["pair_index"]) == list(held.index)  # rows of the pairs file
+    trained = set(pd.read_parquet(TrainDir(result.out_dir).pair_log)["pair_index"])
+    assert not trained & set(heldout["pair_index"])
+    assert trained == set(range(len(pairs))) - set(heldout["pair_index"])
+    assert result.examples == len(pairs) - len(heldout)  # what was trained on
+    assert list(heldout["chosen_before"]) == pytest.approx(list(held["chosen_ref_logp"]))
+    # the after log-probs are the trained policy's own
+    with torch.no_grad():
+        ids = held.iloc[0]
+        sequence = torch.tensor([[*ids["prompt_ids"], *ids["chosen_ids"]]])
+        logits = model(sequence).logits[0, len(ids["prompt_ids"]) - 1 : -1]
+        own = logits.log_softmax(-1).gather(1, torch.tensor(ids["chosen_ids"])[:, None]).sum()
+    assert heldout["chosen_after"].iloc[0] == pytest.approx(float(own), abs=1e-3)
+    h = (heldout["chosen_after"] - heldout["chosen_before"]) - (
+        heldout["rejected_after"] - heldout["rejected_before"]
+    )
+    assert (heldout["reward_margin"] - 0.1 * h).abs().max() < 1e-9
+    margin = value_margin(torch.tensor([0.5]), "dynamic", 1.0, None).item()
+    assert heldout["margin"].tolist() == pytest.approx([margin] * len(heldout))
+    assert heldout["learned"].tolist() == (heldout["reward_margin"] > margin).tolist()
+    with pytest.raises(ConfigError, match="heldout_trees"):
+        TrainConfig(heldout_trees=1.0)

@@ -59,7 +59,9 @@ def bare_run(tmp_path):
 
 
 def node_count(figure: go.Figure) -> int:
-    return sum(len(t.x) for t in figure.data if t.mode and "markers" in t.mode)
+    return sum(
+        len(t.x) for t in figure.data if t.mode and "markers" in t.mode and t.hoverinfo != "skip"
+    )
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def test_featured_trees(run) -> None:
     assert [k for k, _, _ in picked] == [2, 2, 2]
     assert len({tree.problem.id for _, tree, _ in picked}) == 3
     figures = viz.featured_tree_figures(run, first=1, most_pairs=2)
-    assert len(figures) == 3 and "most pairs" in figures[-1].layout.title.subtitle.text
+    assert len(figures) == 3 and "most pairs" in figures[-1].layout.title.text
 
 
 # -- run figures --------------------------------------------------------------------------
@@ -256,7 +258,7 @@ def test_tree_explorer_is_driven_by_its_controls(run) -> None:
     assert second_id in explorer.figure.layout.title.text
 
     explorer.update(iteration=1)
-    assert "iteration" not in explorer.figure.layout.title.subtitle.text  # plain tree figure
+    assert "iteration" not in explorer.figure.layout.title.text  # plain tree figure
     assert explorer.current_tree() is run.tree(1, second_id)
 
     full = node_count(explorer.figure)

@@ -258,6 +258,13 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "Recompute activations to save memory.")
     bf16: bool | None = option(None, "bf16 mixed precision; default: on for CUDA, off on CPU.")
     max_examples: int | None = option(None, "Train on the first N pairs/paths only.")
+    heldout_trees: float = option(
+        0.0,
+        "SPPD only: share of the trees (a draw seeded by `seed`) whose step pairs are kept "
+        "out of training and scored after it: reward accuracy and chosen / rejected "
+        "log-probs before (the reference) and after training, in heldout.parquet, to spot "
+        "likelihood displacement. Costs one forward pass over those pairs; 0: off.",
+    )
     logging_steps: int = option(1, "Optimiser steps between log lines.")
     seed: int = option(0, "Seed of the data order and the LoRA initialisation.")
     save_merged: bool = option(
@@ -298,6 +305,7 @@ class TrainConfig:
                 "lora_alpha": (self.lora_alpha > 0, "> 0"),
                 "lora_dropout": (0 <= self.lora_dropout < 1, "in [0, 1)"),
                 "max_examples": (self.max_examples is None or self.max_examples >= 1, ">= 1"),
+                "heldout_trees": (0 <= self.heldout_trees < 1, "in [0, 1)"),
             },
         )
 

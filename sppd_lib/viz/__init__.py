@@ -1,6 +1,7 @@
 """Plotly figures of a run directory, by family: step trees (:mod:`.trees`), the interactive
 explorer (:mod:`.explorer`), pairs, margins and training (:mod:`.training`), accuracy and run
-comparisons (:mod:`.accuracy`), the pairs as text (:mod:`.pairs`), responses gained and lost
+comparisons (:mod:`.accuracy`), the run overview (:mod:`.overview`), pass@k coverage
+(:mod:`.coverage`), the pairs as text (:mod:`.pairs`), responses gained and lost
 (:mod:`.responses`), the run header (:mod:`.identity`), the explorer of static pages
 (:mod:`.explorer_html`), notebook setup (:mod:`.notebook`); runs are read by :mod:`.run`,
 styled by :mod:`.style`, tables drawn by :mod:`.table`.
@@ -21,10 +22,19 @@ from sppd_lib.viz.accuracy import (
     final_scores_view,
     summary_table,
 )
+from sppd_lib.viz.coverage import coverage_frame, pass_at_k_figure
 from sppd_lib.viz.explorer import TreeExplorer, explorer_view, problem_list
 from sppd_lib.viz.explorer_html import offline_explorer
 from sppd_lib.viz.identity import run_header, runs_header
 from sppd_lib.viz.notebook import setup_notebook
+from sppd_lib.viz.overview import (
+    heldout_table,
+    learned_table,
+    overview_html,
+    pass1_by_iteration,
+    phase_seconds,
+    run_overview,
+)
 from sppd_lib.viz.pairs import no_pair_reasons, pairs_frame, pairs_table
 from sppd_lib.viz.responses import (
     ResponsesExplorer,
@@ -56,6 +66,7 @@ __all__ = [
     "changes_table",
     "compare_runs_figure",
     "config_diff_table",
+    "coverage_frame",
     "empty_figure",
     "explorer_view",
     "featured_tree_figures",
@@ -65,20 +76,27 @@ __all__ = [
     "gained_lost",
     "gained_lost_table",
     "grader_status_table",
+    "heldout_table",
     "is_empty_figure",
+    "learned_table",
     "load_run",
     "margin_histograms",
     "no_pair_reasons",
     "offline_explorer",
+    "overview_html",
     "pairs_by_depth",
     "pairs_frame",
     "pairs_table",
+    "pass1_by_iteration",
+    "pass_at_k_figure",
+    "phase_seconds",
     "problem_list",
     "resolve_run_dir",
     "response_length_figure",
     "responses_view",
     "reward_vs_value_margin",
     "run_header",
+    "run_overview",
     "runs_header",
     "setup_notebook",
     "summary_table",

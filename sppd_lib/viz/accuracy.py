@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from sppd_lib.metrics import paired_change
 from sppd_lib.viz.run import Run
 from sppd_lib.viz.style import (
     empty_figure,
@@ -184,12 +185,17 @@ def compare_runs_figure(runs: Sequence[Run], metric: str = "pass@1") -> go.Figur
 
 def final_scores_table(runs: Sequence[Run]) -> pd.DataFrame:
     """Per run, benchmark and metric: the first and last evaluated iteration's score and the
-    change, with the 95% interval and the problems of the last one (``final iteration``)."""
+    change, with the counts behind both (``start correct``, ``final correct``: k/n), the 95%
+    interval of the last one (``final iteration``) and, for greedy pass@1, the problems gained
+    and lost and the exact McNemar p of the change (a tiny benchmark's "+12.5%" is one
+    problem, and its p says so)."""
     rows = []
     for run in runs:
         for (benchmark, metric), group in run.summary.groupby(["benchmark", "metric"]):
             group = group.sort_values("iteration")
             first, last = group.iloc[0], group.iloc[-1]
+            gained, lost, p_value = _paired(run, int(first["iteration"]), int(last["iteration"]),
+                                            str(benchmark), str(metric))  # fmt: skip
             rows.append(
                 {
                     "run": run.run_id,
@@ -199,24 +205,44 @@ def final_scores_table(runs: Sequence[Run]) -> pd.DataFrame:
                     "final": last["value"],
                     "change": last["value"] - first["value"],
                     "final iteration": int(last["iteration"]),
+                    "start correct": f"{int(first['correct'])}/{int(first['n'])}",
+                    "final correct": f"{int(last['correct'])}/{int(last['n'])}",
                     "final 95% CI": f"iteration {int(last['iteration'])}: "
                     f"{last['ci95_low']:.1%}–{last['ci95_high']:.1%}",
+                    "gained / lost": "–" if gained is None else f"+{gained} −{lost}",
+                    "McNemar p": p_value,
                     "n": int(last["n"]),
                 }
             )
     columns = ["run", "benchmark", "metric", "start", "final", "change", "final iteration"]
+    extra = ["start correct", "final correct", "final 95% CI", "gained / lost", "McNemar p", "n"]
     if not rows:
-        return pd.DataFrame(columns=[*columns, "final 95% CI", "n"])
+        return pd.DataFrame(columns=[*columns, *extra])
     table = pd.DataFrame(rows)
     table["metric_rank"] = [metric_order(table["metric"]).index(m) for m in table["metric"]]
     table = table.sort_values(["benchmark", "metric_rank", "run"]).drop(columns="metric_rank")
     return table.reset_index(drop=True)
 
 
+def _paired(
+    run: Run, first: int, last: int, benchmark: str, metric: str
+) -> tuple[int | None, int | None, float]:
+    """Greedy pass@1 problems gained and lost between two iterations and the exact McNemar
+    p, from their ``eval.parquet`` (``None, None, NaN`` for other metrics or without both)."""
+    before, after = run.eval(first), run.eval(last)
+    if metric != "pass@1" or first == last or before is None or after is None:
+        return None, None, float("nan")
+    change = paired_change(before, after).set_index("benchmark")
+    if benchmark not in change.index:
+        return None, None, float("nan")
+    row = change.loc[benchmark]
+    return int(row["gained"]), int(row["lost"]), float(row["p_value"])
+
+
 def final_scores_view(runs: Sequence[Run]) -> Any:
     """:func:`final_scores_table` for display: percentages, signed changes, no index."""
     table = final_scores_table(runs)
-    formats = {"start": "{:.1%}", "final": "{:.1%}", "change": "{:+.1%}"}
+    formats = {"start": "{:.1%}", "final": "{:.1%}", "change": "{:+.1%}", "McNemar p": "{:.2g}"}
     return table.style.format(formats).hide(axis="index")
 
 

@@ -3,6 +3,7 @@ driving a ``go.FigureWidget`` (ipywidgets is imported only when one is built).""
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import plotly.graph_objects as go
@@ -10,7 +11,7 @@ import plotly.graph_objects as go
 from sppd_lib.tree import StepTree
 from sppd_lib.viz.pairs import pairs_table
 from sppd_lib.viz.run import Run
-from sppd_lib.viz.style import empty_figure
+from sppd_lib.viz.style import empty_figure, natural_key
 from sppd_lib.viz.trees import tree_figure
 
 __all__ = ["SORTS", "TreeExplorer", "explorer_view", "problem_list"]
@@ -23,9 +24,6 @@ SORTS = {
     "fewest correct paths": ("correct_paths", False),
     "problem id": ("problem_id", False),
 }
-#: Width of the figure in Lab (px): a fixed width, so the widget box cannot squeeze it; a
-#: narrower screen scrolls the box.
-FIGURE_WIDTH = 1150
 #: Problems listed in the dropdown at most (search narrows the rest): a 10k-item dropdown
 #: is unusable and slow to send to the browser.
 MAX_OPTIONS = 500
@@ -48,7 +46,8 @@ def problem_list(
         hit |= stats["question"].str.lower().str.contains(needle, regex=False)
         stats = stats[hit]
     column, descending = SORTS.get(sort, SORTS["most pairs"])
-    stats = stats.sort_values(column, ascending=not descending, kind="stable")
+    key = (lambda ids: ids.map(natural_key)) if column == "problem_id" else None
+    stats = stats.sort_values(column, ascending=not descending, kind="stable", key=key)
     options = [
         (
             f"{r.problem_id} · {r.pairs} pairs · {r.correct_paths}/{r.complete_paths} correct"
@@ -102,7 +101,9 @@ class TreeExplorer:
         for control in (self.search, self.sort):
             control.observe(self._on_list_change, names="value")
         # The figure scrolls inside a box instead of being squeezed to a capped height.
-        scroll = widgets.Box([self.figure], layout={"max_height": "900px", "overflow": "auto"})
+        scroll = widgets.Box(
+            [self.figure], layout={"max_height": "900px", "overflow": "auto", "width": "100%"}
+        )
         self.widget = widgets.VBox(
             [
                 widgets.HBox([self.iteration, self.search, self.sort]),
@@ -110,7 +111,8 @@ class TreeExplorer:
                 widgets.HBox([self.max_depth, self.min_value]),
                 scroll,
                 self.pairs_output,
-            ]
+            ],
+            layout={"width": "100%"},
         )
 
     def _refresh_problems(self, problem: str | None = None) -> None:
@@ -141,10 +143,19 @@ class TreeExplorer:
             return None
         return self.run.tree(self.iteration.value, self.problem.value)
 
+    def _nothing_shown(self) -> str:
+        """Why no tree is drawn: no trees at all, or a search that matches none."""
+        if self.iteration.value is None:
+            return f"No iteration of run {self.run.run_id} has trees."
+        return (
+            f"No problem of iteration {self.iteration.value} matches the search "
+            f"{self.search.value!r}: change or clear it."
+        )
+
     def _figure(self) -> go.Figure:
         tree = self.current_tree()
         if tree is None:
-            return empty_figure("Step tree", f"No iteration of run {self.run.run_id} has trees.")
+            return empty_figure("Step tree", self._nothing_shown())
         min_value = self.min_value.value or None
         pairs = self.run.pairs(self.iteration.value)
         return tree_figure(tree, pairs, self.max_depth.value, min_value)
@@ -155,15 +166,19 @@ class TreeExplorer:
         self.figure.layout = {}
         self.figure.add_traces(list(new.data))
         self.figure.layout = new.layout
-        self.figure.layout.width = FIGURE_WIDTH
+        # No fixed width: the figure takes the cell's width, colour bar included.
+        self.figure.layout.autosize = True
         self._draw_pairs()
 
     def pairs_html(self) -> str:
         """The selected tree's pairs as a sortable table (what is shown below the figure)."""
         tree = self.current_tree()
-        if tree is None:
-            return ""
-        return pairs_table(self.run, self.iteration.value, tree.problem.id).html
+        if tree is None:  # never the pairs of a tree no longer shown
+            return f"<p><i>No tree shown, so no pairs: {html.escape(self._nothing_shown())}</i></p>"
+        # The pairs of the steps drawn: the depth filter applies to both.
+        return pairs_table(
+            self.run, self.iteration.value, tree.problem.id, max_depth=self.max_depth.value
+        ).html
 
     def _draw_pairs(self) -> None:
         from IPython.display import HTML, display

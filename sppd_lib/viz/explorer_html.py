@@ -33,13 +33,14 @@ _JS = r"""
   var it = root.querySelector('select.iteration'), search = root.querySelector('input.search');
   var sort = root.querySelector('select.sort'), list = root.querySelector('select.problem');
   var count = root.querySelector('.count'), plot = root.querySelector('.plotly-graph-div');
+  var empty = root.querySelector('.empty');
   data.iterations.forEach(function (k) { var o = document.createElement('option');
     o.value = k; o.textContent = 'iteration ' + k; it.appendChild(o); });
   it.value = data.start;
   var orders = {pairs: function (a, b) { return b.pairs - a.pairs; },
     correct: function (a, b) { return b.correct - a.correct; },
     fewest: function (a, b) { return a.correct - b.correct; },
-    id: function (a, b) { return a.id < b.id ? -1 : a.id > b.id ? 1 : 0; }};
+    id: function (a, b) { return a.id.localeCompare(b.id, 'en', {numeric: true}); }};
   function fill(keep) {
     var needle = search.value.toLowerCase();
     var found = data.trees.filter(function (t) { return String(t.iteration) === it.value &&
@@ -58,12 +59,19 @@ _JS = r"""
   }
   function draw() {
     var tree = data.trees.find(function (t) { return t.key === list.value; });
-    if (!tree) { Plotly.purge(plot); return; }
+    var table = window.sppdTables && window.sppdTables[data.pairs];
+    empty.style.display = tree ? 'none' : '';
+    if (!tree) {  // nothing matches: say so, and never leave the last tree's pairs listed
+      empty.textContent = 'No problem of iteration ' + it.value + ' matches "' +
+        search.value + '": change or clear the search.';
+      Plotly.purge(plot); plot.style.height = '0px';
+      if (table) table.where('tree', '\u0000none');
+      return;
+    }
     var layout = Object.assign({}, tree.figure.layout, {template: template});
     plot.style.height = layout.height + 'px';  // the tree's own height; the box scrolls
     Plotly.react(plot, tree.figure.data, layout, {displaylogo: false});
-    if (window.sppdTables && window.sppdTables[data.pairs]) window.sppdTables[data.pairs].where(
-      'tree', tree.key);
+    if (table) table.where('tree', tree.key);
   }
   [it, sort].forEach(function (e) { e.addEventListener('change', function () {
     fill(list.value); }); });
@@ -78,6 +86,7 @@ _CSS = """
   font: 13px system-ui, sans-serif; margin: 0.4em 0; }
 .sppd-explorer select.problem { width: 100%; font: 13px ui-monospace, monospace; }
 .sppd-explorer .count { color: #555; }
+.sppd-explorer .empty { color: #555; font: italic 14px system-ui, sans-serif; }
 .sppd-explorer .tree-scroll { max-height: 85vh; overflow-y: auto; overflow-x: hidden;
   border: 1px solid #eee; }
 """
@@ -150,6 +159,7 @@ def offline_explorer(run: Run, iteration: int | None = None, limit: int = MAX_TR
         "<option value='id'>problem id</option></select></label>"
         "<span class='count'></span></div>"
         "<select class='problem' size='6'></select>"
+        "<p class='empty' style='display:none'></p>"
         "<div class='tree-scroll'><div class='plotly-graph-div' style='width:100%'></div></div>"
         f"<script class='trees' type='application/json'>{_script_json(data)}</script>"
         f"<script class='template' type='application/json'>{_script_json(template)}</script>"

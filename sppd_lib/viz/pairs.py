@@ -11,9 +11,17 @@ import numpy as np
 import pandas as pd
 
 from sppd_lib.viz.run import Run
+from sppd_lib.viz.style import natural_key
 from sppd_lib.viz.table import Cell, Column, HTMLBlock, interactive_table, text_cell
 
-__all__ = ["PAIR_COLUMNS", "no_pair_reasons", "pairs_frame", "pairs_table", "train_settings"]
+__all__ = [
+    "PAIR_COLUMNS",
+    "identical_steps",
+    "no_pair_reasons",
+    "pairs_frame",
+    "pairs_table",
+    "train_settings",
+]
 
 #: Columns of :func:`pairs_frame`.
 PAIR_COLUMNS = [
@@ -31,6 +39,7 @@ PAIR_COLUMNS = [
     "bh_before",
     "bh_after",
     "learned",
+    "identical",
     "pair_index",
     "parent_node",
     "chosen_node",
@@ -73,6 +82,14 @@ def _margins(delta_value: pd.Series, settings: dict[str, Any]) -> np.ndarray:
     return margins.numpy()
 
 
+def identical_steps(pairs: pd.DataFrame) -> pd.Series:
+    """Per pair: the chosen and the rejected step have the same text (up to surrounding
+    white space). With the same tokens such a pair has h = 0 whatever the policy: its loss
+    is a constant that teaches nothing. It is trained on all the same; the pages flag it."""
+    chosen = pairs["chosen"].astype(str).str.strip()
+    return chosen == pairs["rejected"].astype(str).str.strip()
+
+
 def _prefix(run: Run, iteration: int, tree_id: str, parent: int) -> tuple[str, str]:
     """(question, steps before the branching step) of a pair, from its tree."""
     tree = run.tree(iteration, tree_id)
@@ -93,13 +110,20 @@ def _trained(pair_log: pd.DataFrame | None) -> pd.DataFrame:
     return pd.DataFrame({"bh_before": log.first(), "bh_after": log.last()})
 
 
-def pairs_frame(run: Run, iteration: int | None = None, tree_id: str | None = None) -> pd.DataFrame:
+def pairs_frame(
+    run: Run,
+    iteration: int | None = None,
+    tree_id: str | None = None,
+    max_depth: int | None = None,
+) -> pd.DataFrame:
     """The pairs of one iteration (``None``: all) as :data:`PAIR_COLUMNS`.
 
     ``margin`` comes from the train config (margin mode, γ, fixed margin) and Δv; ``bh_before``
     / ``bh_after`` are β·h the first / last time the pair was in a training batch (measured
     before that batch's update, so "after" is the start of the last epoch); ``learned`` is
-    β·h > margin at that last time (loss below log 2), missing when the pair was not trained.
+    β·h > margin at that last time (loss below log 2), missing when the pair was not trained;
+    ``identical``: chosen and rejected text are the same (:func:`identical_steps`).
+    ``max_depth`` keeps the pairs whose sibling steps are at most that deep.
     """
     iterations = run.tree_iterations() if iteration is None else [iteration]
     settings = train_settings(run)
@@ -112,6 +136,8 @@ def pairs_frame(run: Run, iteration: int | None = None, tree_id: str | None = No
         pairs["margin"] = _margins(pairs["delta_value"], settings)
         if tree_id is not None:
             pairs = pairs[pairs["tree_id"] == tree_id]
+        if max_depth is not None:  # the tree explorer's depth filter
+            pairs = pairs[pairs["depth"] <= max_depth]
         trained = _trained(run.pair_log(k))
         pairs = pairs.join(trained, on="pair_index")
         parents = zip(pairs["tree_id"], pairs["parent_node"], strict=True)
@@ -123,6 +149,7 @@ def pairs_frame(run: Run, iteration: int | None = None, tree_id: str | None = No
             None if np.isnan(a) else bool(a > m)
             for a, m in zip(after, pairs["margin"], strict=True)
         ]
+        pairs["identical"] = identical_steps(pairs)
         frames.append(pairs.assign(iteration=k, problem_id=pairs["tree_id"]))
     if not frames:
         return pd.DataFrame(columns=PAIR_COLUMNS)
@@ -160,6 +187,12 @@ _TABLE_COLUMNS = [
     Column("bh_before", "β·h before", numeric=True, help="β·h the first time it was trained"),
     Column("bh_after", "β·h after", numeric=True, help="β·h the last time it was trained"),
     Column("learned", "learned", menu=True, help="β·h > margin the last time it was trained"),
+    Column(
+        "identical",
+        "identical",
+        menu=True,
+        help="chosen and rejected steps have the same text: h = 0, nothing to learn",
+    ),
     Column("tree", "tree", hidden=True),  # iteration/problem: the explorer narrows by it
 ]
 
@@ -170,10 +203,11 @@ def pairs_table(
     tree_id: str | None = None,
     table_id: str | None = None,
     limit: int = MAX_HTML_ROWS,
+    max_depth: int | None = None,
 ) -> HTMLBlock:
     """:func:`pairs_frame` as an offline sortable, filterable table (largest Δv first); at
     most ``limit`` rows are put in the page, and the note says so."""
-    frame = pairs_frame(run, iteration, tree_id)
+    frame = pairs_frame(run, iteration, tree_id, max_depth)
     total = len(frame)
     if total > limit:
         frame = frame.sort_values("delta_value", ascending=False, kind="stable").head(limit)
@@ -186,12 +220,20 @@ def pairs_table(
         else "fixed at the mean of γ·Δv of the iteration's pairs"
     )
     note = (
-        f"{total} pairs{' of this tree' if tree_id else ''}. "
+        f"{total} pairs{' of this tree' if tree_id else ''}"
+        f"{f' up to depth {max_depth}' if max_depth is not None else ''}. "
         f"Margin: {html.escape(rule.get(mode, str(mode)))} (train config). "
         "β·h before / after: the implicit reward margin the first and the last time the "
         "pair was in a training batch (before that batch's update); learned: β·h > margin "
-        "then. A dash: the pair was not trained on (no pair_log.parquet)."
+        "then. A dash: the pair was not trained on (no pair_log.parquet, or held out by "
+        "train.heldout_trees)."
     )
+    identical = int(frame["identical"].sum()) if total else 0
+    if identical:
+        note += (
+            f" {identical} pair(s) have identical chosen and rejected text (flagged ⚠): "
+            "h = 0 for them, so training cannot learn them."
+        )
     if total > limit:
         note += f" Only the {limit} pairs of largest Δv are in this page; all are in pairs.parquet."
     rows = []
@@ -202,7 +244,7 @@ def pairs_table(
                 text_cell(int(r.iteration)),
                 Cell(
                     f'<span title="{html.escape(r.question)}">{html.escape(r.problem_id)}</span>',
-                    r.problem_id,
+                    natural_key(r.problem_id),
                     r.problem_id,
                 ),
                 text_cell(int(r.depth)),
@@ -216,6 +258,7 @@ def pairs_table(
                 text_cell(float(r.bh_before)),
                 text_cell(float(r.bh_after)),
                 learned,
+                Cell("⚠ identical", 1, "yes") if r.identical else Cell("", 0, "no"),
                 Cell(
                     f"{int(r.iteration)}/{html.escape(r.problem_id)}",
                     None,

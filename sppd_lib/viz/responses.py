@@ -74,13 +74,17 @@ def changes_table(run: Run) -> pd.DataFrame:
 def gained_lost(run: Run, before: int, after: int, benchmark: str | None = None) -> pd.DataFrame:
     """Problems whose greedy answer changed correctness between two iterations: benchmark,
     problem_id, change (``gained`` / ``lost``), question, gold and, per iteration, response,
-    pred, status and num_tokens (suffixes ``_before`` / ``_after``)."""
+    pred, status, num_tokens and finish_reason (suffixes ``_before`` / ``_after``)."""
     a, b = run.eval(before), run.eval(after)
     columns = ["benchmark", "problem_id", "change", "question", "gold"]
     if a is None or b is None:
         return pd.DataFrame(columns=columns)
     keys = ["benchmark", "problem_id"]
-    kept = [c for c in ("response", "pred", "correct", "status", "num_tokens") if c in a.columns]
+    kept = [
+        c
+        for c in ("response", "pred", "correct", "status", "num_tokens", "finish_reason")
+        if c in a.columns and c in b.columns
+    ]
     both = a[[*keys, "question", "gold", *kept]].merge(
         b[[*keys, *kept]], on=keys, suffixes=("_before", "_after")
     )
@@ -94,21 +98,30 @@ def gained_lost(run: Run, before: int, after: int, benchmark: str | None = None)
     return both[[*columns, *rest]].reset_index(drop=True)
 
 
-def _highlight(response: Any, pred: Any, correct: bool) -> str:
-    """The response as escaped HTML with the extracted answer (its last occurrence) marked."""
+def _highlight(
+    response: Any, pred: Any, correct: bool, finish_reason: Any = None, tokens: Any = None
+) -> str:
+    """The response as escaped HTML with the extracted answer (its last occurrence) marked,
+    and under it the answer the grader extracted and, for a response cut by the token limit,
+    a warning: a "lost" problem may be an extraction artefact (the last number of a cut or
+    oddly formatted response), which the reader can then see for themselves."""
     text = "" if response is None else str(response)
     answer = "" if pred is None or (isinstance(pred, float) and math.isnan(pred)) else str(pred)
     kind = "right" if correct else "wrong"
+    found = f"<mark class='{kind}'>{html.escape(answer)}</mark>" if answer else "none"
+    footer = f"extracted answer: {found}"
+    if finish_reason == "length":
+        count = f" ({int(tokens)} tokens)" if tokens is not None and tokens == tokens else ""
+        footer = f"<b class='cut'>✂ cut by the token limit{count}</b> · " + footer
     at = text.rfind(answer) if answer else -1
     if at < 0:
-        found = f"<mark class='{kind}'>{html.escape(answer)}</mark>" if answer else "none"
-        return f"<pre>{html.escape(text)}</pre><small>extracted answer: {found}</small>"
+        return f"<pre>{html.escape(text)}</pre><small>{footer}</small>"
     marked = (
         html.escape(text[:at])
         + f"<mark class='{kind}'>{html.escape(answer)}</mark>"
         + html.escape(text[at + len(answer) :])
     )
-    return f"<pre>{marked}</pre>"
+    return f"<pre>{marked}</pre><small>{footer}</small>"
 
 
 _COLUMNS = [
@@ -121,11 +134,29 @@ _COLUMNS = [
 ]
 
 
+def _response_cell(row: Any, when: str) -> Cell:
+    """One side of a gained / lost row; its filter value says "cut" for a truncated one."""
+    finish = getattr(row, f"finish_reason_{when}", None)
+    markup = _highlight(
+        getattr(row, f"response_{when}"),
+        getattr(row, f"pred_{when}"),
+        getattr(row, f"correct_{when}"),
+        finish,
+        getattr(row, f"num_tokens_{when}", None),
+    )
+    return Cell(markup, None, "cut by the token limit" if finish == "length" else "")
+
+
 def gained_lost_table(run: Run, before: int, after: int) -> HTMLBlock:
     """:func:`gained_lost` as an offline table: the question and gold answer, both responses
     side by side, the extracted answer marked (blue right, orange wrong)."""
     frame = gained_lost(run, before, after)
     gained = int((frame["change"] == "gained").sum())
+    cut = sum(
+        int((frame[f"finish_reason_{w}"] == "length").sum())
+        for w in ("before", "after")
+        if f"finish_reason_{w}" in frame.columns
+    )
     rows = []
     for r in frame.itertuples():
         rows.append(
@@ -138,14 +169,15 @@ def gained_lost_table(run: Run, before: int, after: int) -> HTMLBlock:
                     r.problem_id,
                 ),
                 text_cell(str(r.gold)),
-                Cell(_highlight(r.response_before, r.pred_before, r.correct_before), None, ""),
-                Cell(_highlight(r.response_after, r.pred_after, r.correct_after), None, ""),
+                _response_cell(r, "before"),
+                _response_cell(r, "after"),
             ]
         )
     return interactive_table(
         _COLUMNS,
         rows,
-        title=f"Iteration {before} → {after}: {gained} gained, {len(frame) - gained} lost",
+        title=f"Iteration {before} → {after}: {gained} gained, {len(frame) - gained} lost"
+        + (f" ({cut} of the responses shown were cut by the token limit: ✂)" if cut else ""),
         empty=f"No problem changed between iterations {before} and {after}.",
         page_size=50,
     )

@@ -88,6 +88,11 @@ class Run:
     def pair_log(self, iteration: int) -> pd.DataFrame | None:
         return self._cached("pair_log", iteration, self.iter_dir(iteration).train.read_pair_log)
 
+    def heldout(self, iteration: int) -> pd.DataFrame | None:
+        """Pairs of held-out trees scored after SPPD training (``train.heldout_trees``)."""
+        sppd = self.iter_dir(iteration).train.phase("sppd")
+        return self._cached("heldout", iteration, sppd.read_heldout)
+
     def eval(self, iteration: int) -> pd.DataFrame | None:
         return self._cached("eval", iteration, self.iter_dir(iteration).read_eval)
 

@@ -4,6 +4,7 @@ the order of metrics."""
 from __future__ import annotations
 
 import html
+import re
 import textwrap
 from collections.abc import Iterable
 
@@ -20,6 +21,7 @@ __all__ = [
     "hover_html",
     "is_empty_figure",
     "metric_order",
+    "natural_key",
     "note_panel",
     "series_colour",
     "series_symbol",
@@ -128,6 +130,12 @@ def hover_html(text: str, limit: int = 400, width: int = 80) -> str:
 def subsample(frame: pd.DataFrame, limit: int = MAX_POINTS) -> pd.DataFrame:
     """At most ``limit`` rows, a seeded sample beyond (scatter plots of per-pair rows)."""
     return frame if len(frame) <= limit else frame.sample(limit, random_state=0)
+
+
+def natural_key(text: str) -> str:
+    """``text`` with every number zero-padded, so that ids sort as numbers within text
+    (``arith/test/2`` before ``arith/test/10``) wherever strings are compared."""
+    return re.sub(r"\d+", lambda m: m.group().zfill(12), str(text))
 
 
 def metric_order(metrics: Iterable[str]) -> list[str]:

@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from sppd_lib.viz.overview import learned_by_iteration
 from sppd_lib.viz.run import Run
 from sppd_lib.viz.style import (
     TRAINING_PANELS,
@@ -44,6 +45,9 @@ def margin_histograms(run: Run) -> go.Figure:
         trained = pair_log[pair_log.get("phase", "sppd") == "sppd"]
         margins = trained.drop_duplicates(["iteration", "pair_index"])
     panels = ((1, pairs, "delta_value", "Δv"), (2, margins, "value_margin", "margin"))
+    if _margin_is_delta_value(margins):  # γ = 1 dynamic: a second, identical histogram
+        note_panel(figure, _wrap(_SAME_AS_DV), 1, 2)
+        panels = panels[:1]
     for col, frame, column, what in panels:
         if frame is None or not len(frame):
             note_panel(figure, "not trained yet (no pair_log.parquet)", 1, col)
@@ -70,6 +74,20 @@ def margin_histograms(run: Run) -> go.Figure:
         figure.update_yaxes(title_text="pairs", row=1, col=col)
     figure.update_layout(barmode="group", bargap=0.1)
     return style_figure(figure, title)
+
+
+_SAME_AS_DV = (
+    "every trained pair's loss margin equals its Δv (dynamic margin with γ = 1): the "
+    "histogram on the left is the margin's too"
+)
+
+
+def _margin_is_delta_value(margins: pd.DataFrame | None) -> bool:
+    """The loss margin of every trained pair is its Δv (γ = 1, dynamic)."""
+    if margins is None or not len(margins) or "delta_value" not in margins.columns:
+        return False
+    gap = (margins["value_margin"] - margins["delta_value"]).abs()
+    return bool(gap.max() <= 1e-6 * max(1.0, float(margins["delta_value"].abs().max())))
 
 
 def _why_single(what: str) -> str:
@@ -134,6 +152,16 @@ def reward_vs_value_margin(run: Run) -> go.Figure:
     )
     _pair_scatter(figure, pair_log)
     _margin_lines(figure, log)
+    learned = learned_by_iteration(run)
+    if len(learned):
+        figure.update_layout(
+            title_subtitle_text="learned (β·h > margin the last time trained): "
+            + "; ".join(
+                f"iteration {r.iteration}: {r.learned}/{r.trained}, β·h {r.bh_min:.3g}–"
+                f"{r.bh_max:.3g} against margins {r.margin_min:.3g}–{r.margin_max:.3g}"
+                for r in learned.itertuples()
+            )
+        )
     return style_figure(figure, title, height=460)
 
 
@@ -351,11 +379,12 @@ def tree_stats_figure(run: Run) -> go.Figure:
         }
     )
     for col, column, colour, pattern in (
-        # greys: the iteration colours of the first panel keep their meaning
+        # Neutral greys and browns, none of the iteration colours of the first panel, and
+        # four distinct legend swatches (a pattern alone hardly shows in a swatch).
         (2, "pairs", "#555555", ""),
-        (2, "trees with pairs", "#aaaaaa", "/"),
-        (3, "tree tokens", "#555555", ""),
-        (3, "flat tokens", "#aaaaaa", "/"),
+        (2, "trees with pairs", "#bbbbbb", ""),
+        (3, "tree tokens", "#8c6d31", ""),
+        (3, "flat tokens", "#e0c98f", "/"),
     ):
         figure.add_trace(
             go.Bar(

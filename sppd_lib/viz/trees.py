@@ -192,6 +192,7 @@ def _node_traces(tree: StepTree, layout: _Layout, roles: dict[int, list[str]]) -
         else:
             marker["color"] = "#cccccc"
         answers = [_answer_label(n) for n in nodes]
+        name = kind if valued else f"{kind} (no value)"
         traces.append(
             go.Scatter(
                 x=[layout.x[n.id] for n in nodes],
@@ -201,13 +202,28 @@ def _node_traces(tree: StepTree, layout: _Layout, roles: dict[int, list[str]]) -
                 textposition="middle right",
                 textfont={"size": 10, "color": "#555"},
                 cliponaxis=False,  # answer labels right of the deepest leaves stay whole
-                name=kind if valued else f"{kind} (no value)",
+                name=name,
+                legendgroup=name,
+                # plotly.js draws a legend symbol of value-coloured markers black and warns
+                # "Invalid color specifier" for each: a proxy below stands in the legend.
+                showlegend=not valued,
                 marker=marker,
                 hovertext=[_node_hover(tree, n, roles.get(n.id, [])) for n in nodes],
                 hoverinfo="text",
             )
         )
+        if valued:
+            traces.append(_legend_proxy(name, {**marker, "color": "#9ecae1"}))
     return traces
+
+
+def _legend_proxy(name: str, marker: dict[str, Any]) -> go.Scatter:
+    """A trace without points that shows ``marker`` in the legend under ``name`` (and toggles
+    the nodes of the same legend group)."""
+    return go.Scatter(
+        x=[None], y=[None], mode="markers", name=name, legendgroup=name, marker=marker,
+        hoverinfo="skip",
+    )  # fmt: skip
 
 
 def _answer_label(node: StepNode) -> str:
@@ -241,6 +257,7 @@ def tree_figure(
     pairs_df: pd.DataFrame | None = None,
     max_depth: int | None = None,
     min_value: float | None = None,
+    note: str | None = None,
 ) -> go.Figure:
     """One problem's step tree: x = depth, y = leaf order.
 
@@ -250,7 +267,8 @@ def tree_figure(
     prefix to the chosen / rejected step of a pair are blue solid / orange dashed.
     ``pairs_df`` may hold the pairs of many trees (those of this tree are picked);
     ``max_depth`` and ``min_value`` hide deeper steps and steps (with their subtrees) of lower
-    value; the subtitle says how many steps are shown.
+    value; the subtitle (the title's second line, after ``note``) says how many steps are
+    shown.
     """
     if pairs_df is not None and len(pairs_df):
         pairs_df = pairs_df[pairs_df["tree_id"] == tree.problem.id]
@@ -265,6 +283,12 @@ def tree_figure(
     )
     figure.data[0].showlegend = False
     title, subtitle = _tree_title(tree, pairs_df, len(layout.nodes) - 1)  # without the root
+    if note:
+        subtitle = f"{html.escape(note)} · {subtitle}"
+    # The subtitle is a second line of the title, not plotly's subtitle: plotly.js places a
+    # subtitle by measuring the title, which is 0 px tall in a widget drawn before it is
+    # shown (JupyterLab), and the two overlapped on first render.
+    title = f"{title}<br><span style='font-size:12px;color:#555'>{subtitle}</span>"
     # No height cap: a tree of 512 steps gets the rows it needs and the page scrolls. The
     # title, subtitle and legend are placed in pixels from the top, so they never overlap
     # whatever the height (fractions of the height moved with it).
@@ -274,7 +298,6 @@ def tree_figure(
     figure.update_layout(
         title={
             "text": title,
-            "subtitle": {"text": subtitle},
             "x": 0.01,
             "xanchor": "left",
             "yref": "container",
@@ -348,8 +371,5 @@ def featured_tree_figures(
         return [empty_figure("Step trees", f"No iteration of run {run.run_id} has trees yet.")]
     figures = []
     for k, tree, why in picked:
-        figure = tree_figure(tree, run.pairs(k))
-        subtitle = f"iteration {k}, {why} · {figure.layout.title.subtitle.text}"
-        figure.update_layout(title_subtitle_text=subtitle)
-        figures.append(figure)
+        figures.append(tree_figure(tree, run.pairs(k), note=f"iteration {k}, {why}"))
     return figures
