@@ -360,9 +360,13 @@ def _constant_doc(source: str, node: ast.AST) -> str:
     return _rst_to_md(" ".join(doc))
 
 
-def _api_entry(name: str, node: ast.AST, source: str) -> list[str]:
+def _api_entry(name: str, node: ast.AST, source: str, documented: set[str]) -> list[str]:
     if isinstance(node, ast.ImportFrom):
-        return [f"- `{name}`: from `{node.module}` (documented there)"]
+        module = node.module or ""
+        if module in documented:
+            anchor = re.sub(r"[^\w-]", "", module.lower())  # the heading's id, as toc makes it
+            return [f"- `{name}`: from [`{module}`](#{anchor})"]
+        return [f"- `{name}`: from `{module}`"]
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
         return [
             f"### `{name}`",
@@ -416,7 +420,9 @@ def api_page() -> str:
         "page says which module does what.",
         "",
     ]
-    for module, path in _modules():
+    modules = _modules()
+    documented = {module for module, _ in modules}
+    for module, path in modules:
         source = path.read_text(encoding="utf-8")
         tree = ast.parse(source)
         names = _exported(tree)
@@ -430,7 +436,7 @@ def api_page() -> str:
             if node is None:
                 constants.append(f"- `{name}`")
                 continue
-            entry = _api_entry(name, node, source)
+            entry = _api_entry(name, node, source, documented)
             if entry and entry[0].startswith("- "):
                 constants += entry
             else:
