@@ -123,6 +123,20 @@ def test_documented_command_parses(where: str, args: list[str], monkeypatch) -> 
         load(config, parsed.set)  # raises ConfigError naming a wrong key or value
 
 
+def test_documented_make_targets_exist() -> None:
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    shown = set()
+    for path in DOC_FILES:
+        for language, body in code_blocks(path):
+            if language in ("", "bash", "sh", "shell", "console"):
+                for line in body.replace("\\\n", " ").splitlines():  # continuations joined
+                    if line.startswith("make "):
+                        tokens = shlex.split(line, comments=True)
+                        shown |= {t for t in tokens[1:] if "=" not in t}
+    assert {"demo", "test", "setup", "docs"} <= shown
+    assert shown <= targets, shown - targets
+
+
 def _unknown_keys(data: Any, cls: type, where: str) -> list[str]:
     """Dotted keys of ``data`` that ``cls`` (a config dataclass) does not have."""
     if not isinstance(data, dict):
