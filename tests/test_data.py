@@ -78,7 +78,7 @@ def test_arith_dev_split_is_disjoint_and_leaves_test_unchanged() -> None:
     assert not questions["dev"] & questions["train"]
     assert not questions["dev"] & questions["test"]
     assert splits["dev"][0].id == "arith/dev/0"
-    # The held-out set predates the dev split: its first problems are the ones README reports.
+    # The held-out set predates the dev split: its first problems are the ones the docs report.
     without_dev = load_problems("arith", "test", limit=150, dev_fraction=0.0)
     assert [p.question for p in without_dev] == [p.question for p in splits["test"]]
     with pytest.raises(DataError, match="arith has splits \\['train', 'dev', 'test'\\]"):

@@ -48,7 +48,8 @@ def test_case(case: dict[str, Any]) -> None:
 
 
 def test_agreement_with_math_verify() -> None:
-    """The figure the README quotes: agreement on the cases that use Math-Verify's defaults."""
+    """The figure the docs quote (docs/concepts/grading.md): agreement on the cases that use
+    Math-Verify's defaults."""
     default = [c for c in CASES if c.get("default_settings", True)]
     agree = sum(grade(as_response(c["pred"]), c["gold"]).correct is c["expected"] for c in default)
     argued = [c for c in default if "ours" in c and c["ours"] != c["expected"]]

