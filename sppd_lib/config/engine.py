@@ -77,7 +77,8 @@ class EngineConfig:
         "Tokens per KV-cache block (vllm). Prefix caching shares whole blocks only, so a tree "
         "whose steps are a few dozen tokens long shares little of its prefixes with big "
         "blocks: 32 was fastest per complete path for SmolLM2-135M trees on CPU "
-        "(docs/results/benchmarks.md, sampler benchmark). null: vLLM's default (128 on CPU, 16 on GPUs). Cached prefixes "
+        "(docs/results/benchmarks.md, sampler benchmark). null: vLLM's default (128 on CPU, "
+        "16 on GPUs). Cached prefixes "
         "make trees less exactly reproducible (docs/concepts/determinism.md).",
     )
     enable_sleep_mode: bool = option(
