@@ -82,7 +82,8 @@ def add_config_flags(
             "--" + prefix + field.name.replace("_", "-"),
             dest=key,
             default=None,
-            help=f"{field.metadata['help']} (default: {default!r})",
+            # argparse formats help with %: a literal "62%" in a help text must be escaped.
+            help=f"{field.metadata['help']} (default: {default!r})".replace("%", "%%"),
             **options,
         )
     for section, section_prefix in nested:
