@@ -66,6 +66,8 @@ def sppd_commands(body: str) -> list[list[str]]:
         for i, token in enumerate(tokens):
             if token == "sppd" or token.endswith("/sppd"):
                 args = tokens[i + 1 :]
+                if args and args[0].endswith(":"):
+                    break  # printed output ("sppd run: error: ..."), not a command
             elif token == "-m" and tokens[i + 1 : i + 2] == ["sppd_lib.cli"]:
                 args = tokens[i + 2 :]
             else:
