@@ -92,13 +92,13 @@ def test_7_sampling_skips_an_overlong_training_problem(tmp_path: Path, caplog) -
 
 
 def test_8_a_full_disk_names_the_file_and_says_rerun(tmp_path: Path, capsys, monkeypatch) -> None:
-    import pandas as pd
+    import pyarrow.parquet as pq
 
-    def to_full_disk(self, path, **options) -> None:  # the kernel's own ENOSPC
+    def to_full_disk(table, where, **options) -> None:  # the kernel's own ENOSPC
         with open("/dev/full", "wb") as device:
             device.write(b"x" * 1_000_000)
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", to_full_disk)
+    monkeypatch.setattr(pq, "write_table", to_full_disk)
     out = tmp_path / "eval.parquet"
     argv = ["eval", "--model", "tiny-llama", "--benchmarks", "arith", "--limit", "1"]
     assert main([*argv, "--max-new-tokens", "2", "--out", str(out)]) == 2
