@@ -151,6 +151,7 @@ class CrashingStream:
     def __init__(self, engine, partial, lines: int) -> None:
         self.engine, self.partial, self.lines = engine, partial, lines
         self.submit, self.pending, self.abort = engine.submit, engine.pending, engine.abort
+        self.sample = engine.sample  # a StreamingEngine is an Engine too (isinstance checks)
 
     def collect(self):
         if self.partial.is_file() and self.partial.read_text().count("\n") >= self.lines:
